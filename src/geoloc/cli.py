@@ -1,0 +1,58 @@
+"""`geoloc <command>`: one entry point per workflow step, so any rule can be run by hand.
+
+Each command lives in its own module, which provides `add_arguments(parser)` and
+`run(args) -> int | None`; this file only dispatches and turns `GeolocError` into a
+one-line message and a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from geoloc import __version__
+from geoloc.errors import GeolocError
+
+# command name -> (module, one-line help)
+COMMANDS = {
+    "synth": ("geoloc.synthetic", "generate the synthetic city dataset"),
+    "train": ("geoloc.train", "train one CosPlace model"),
+    "evaluate": ("geoloc.evaluate", "compute recalls of a trained model on one test set"),
+    "fetch-weights": ("geoloc.weights", "download pretrained weights and check their sha256"),
+    "aggregate": ("geoloc.aggregate", "collect per-run results into one recalls table"),
+    "report": ("geoloc.report", "render the HTML study report"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="geoloc", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"geoloc {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(command)
+        command.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return int(args._module.run(args) or 0)
+    except GeolocError as exc:
+        print(f"geoloc {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
