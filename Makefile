@@ -17,15 +17,16 @@ $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install --quiet -e '.[workflow,dev]'
 	touch $(STAMP)
 
+# Rules call the `geoloc` command: the venv's bin must be on PATH for them.
 demo: $(STAMP)
-	$(BIN)/snakemake --profile profiles/demo
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --profile profiles/demo
 
 test: $(STAMP)
-	$(BIN)/pytest $(PYTEST_ARGS)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/snakefmt --check workflow
-	$(BIN)/snakemake --lint --configfile config/demo.yaml
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --lint --profile profiles/demo
 
 clean:
 	rm -rf results .snakemake

@@ -1,0 +1,202 @@
+"""The study grid: config blocks -> named runs with their settings, checked before any job starts.
+
+A block is a product backbones x pretrainings x precisions x seeds, with an optional tag and
+training overrides. Each point is a run named `{backbone}-{pretraining}-{precision}-s{seed}`
+(+ `-{tag}`); a `timm:<model>` backbone appears as `timm_<model>` in names and file names, since
+`:` is awkward in paths and SLURM job names. Errors name the config key they come from.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from geoloc.errors import GeolocError
+
+TIMM_PREFIX = "timm:"
+NO_PRETRAINING = "none"  # random initialisation: never has a weights entry
+
+
+class ConfigError(GeolocError):
+    """A config value that would make the workflow fail or lie; names the key."""
+
+
+@dataclass(frozen=True)
+class Run:
+    name: str
+    backbone: str  # as the model registry knows it, e.g. "resnet18" or "timm:convnext_small"
+    pretraining: str
+    precision: str
+    seed: int
+    tag: str | None
+    training: dict[str, Any]  # the block's overrides applied to the config's `training`
+    block: int  # index of the grid block that defines it, for error messages
+
+    @property
+    def weights_id(self) -> str | None:
+        """File stem of the run's pretrained weights, or None for random initialisation."""
+        if self.pretraining == NO_PRETRAINING:
+            return None
+        return f"{backbone_slug(self.backbone)}-{self.pretraining}"
+
+    def settings(self) -> tuple:
+        """Everything that makes two runs of the same name the same run."""
+        return (self.backbone, self.pretraining, self.precision, self.seed, self.tag,
+                sorted(self.training.items()))
+
+
+def backbone_slug(backbone: str) -> str:
+    """The backbone as it appears in run names and weights file names."""
+    if backbone.startswith(TIMM_PREFIX):
+        return "timm_" + backbone[len(TIMM_PREFIX):]
+    return backbone
+
+
+def run_name(backbone: str, pretraining: str, precision: str, seed: int, tag: str | None = None) -> str:
+    name = f"{backbone_slug(backbone)}-{pretraining}-{precision}-s{seed}"
+    return f"{name}-{tag}" if tag else name
+
+
+def expand_grid(blocks: Iterable[Mapping[str, Any]], training: Mapping[str, Any]) -> dict[str, Run]:
+    """All runs of the grid by name, in config order; a name defined twice must mean the same run."""
+    runs: dict[str, Run] = {}
+    for index, block in enumerate(blocks):
+        overrides = dict(block.get("training") or {})
+        tag = block.get("tag")
+        if overrides and not tag:
+            raise ConfigError(
+                f"config key grid[{index}].tag: a block that overrides training settings "
+                f"({', '.join(sorted(overrides))}) needs a tag, so its runs get their own names"
+            )
+        points = itertools.product(block["backbones"], block["pretrainings"], block["precisions"], block["seeds"])
+        for backbone, pretraining, precision, seed in points:
+            run = Run(
+                name=run_name(backbone, pretraining, precision, seed, tag),
+                backbone=backbone, pretraining=pretraining, precision=precision, seed=seed, tag=tag,
+                training={**training, **overrides}, block=index,
+            )
+            _add_run(runs, run)
+    return runs
+
+
+def _add_run(runs: dict[str, Run], run: Run) -> None:
+    earlier = runs.get(run.name)
+    if earlier is None:
+        runs[run.name] = run
+        return
+    if earlier.settings() != run.settings():
+        raise ConfigError(
+            f"config key grid[{run.block}]: run {run.name!r} is also defined by grid[{earlier.block}] "
+            f"with different settings ({_difference(earlier, run)}); give one of the blocks another tag"
+        )
+
+
+def _difference(a: Run, b: Run) -> str:
+    if a.backbone != b.backbone:  # two spellings with one slug, e.g. timm:x_y and timm_x_y
+        return f"backbone {a.backbone!r} vs {b.backbone!r}"
+    keys = sorted(k for k in a.training.keys() | b.training.keys() if a.training.get(k) != b.training.get(k))
+    return ", ".join(f"{k} {a.training.get(k)!r} vs {b.training.get(k)!r}" for k in keys)
+
+
+def check_backbones(runs: Iterable[Run], known: Collection[str], is_timm_model: Callable[[str], bool]) -> None:
+    """Every backbone is in the model registry, or a `timm:` name that timm knows."""
+    for run in runs:
+        if run.backbone in known:
+            continue
+        key = f"config key grid[{run.block}].backbones"
+        if run.backbone.startswith(TIMM_PREFIX):
+            if not is_timm_model(run.backbone[len(TIMM_PREFIX):]):
+                raise ConfigError(f"{key}: timm has no model {run.backbone[len(TIMM_PREFIX):]!r}")
+            continue
+        raise ConfigError(
+            f"{key}: unknown backbone {run.backbone!r}; known: {', '.join(sorted(known))}, or timm:<model name>"
+        )
+
+
+@dataclass(frozen=True)
+class WeightsFile:
+    """One pretrained weights file the grid needs."""
+
+    backbone: str
+    pretraining: str
+    format: str
+
+    @property
+    def slug(self) -> str:
+        return backbone_slug(self.backbone)
+
+
+def weights_files(runs: Iterable[Run], lookup: Callable[[str, str], Mapping[str, Any]]) -> dict[str, WeightsFile]:
+    """The weights files the grid needs, by file stem (`Run.weights_id`).
+
+    `lookup(backbone, pretraining)` returns the registry entry or raises GeolocError (no such
+    entry, unreadable registry); pretraining `none` needs no file.
+    """
+    files: dict[str, WeightsFile] = {}
+    for run in runs:
+        if run.weights_id is None or run.weights_id in files:
+            continue
+        try:
+            entry = lookup(run.backbone, run.pretraining)
+        except GeolocError as exc:
+            raise ConfigError(f"config key grid[{run.block}].pretrainings: {exc}") from exc
+        files[run.weights_id] = WeightsFile(run.backbone, run.pretraining, entry["format"])
+    return files
+
+
+def check_datasets(root: str | Path, test_sets: Iterable[str]) -> None:
+    """The real datasets hold every folder the runs read (checked before any job starts)."""
+    needed = ["sf_xs/train", "sf_xs/val", *(f"{name}/test" for name in test_sets)]
+    missing = [folder for folder in needed if not (Path(root) / folder).is_dir()]
+    if missing:
+        raise ConfigError(f"config key datasets_root: {root} has no {', '.join(missing)} "
+                          f"(expected {', '.join(needed)})")
+
+
+def check_reference(reference: str, runs: Collection[str]) -> None:
+    if reference not in runs:
+        raise ConfigError(f"config key reference: {reference!r} is not a run of the grid; runs: {', '.join(runs)}")
+
+
+@dataclass(frozen=True)
+class Study:
+    runs: dict[str, Run]
+    weights: dict[str, WeightsFile]
+
+
+def plan_study(
+    config: Mapping[str, Any],
+    *,
+    known_backbones: Collection[str],
+    is_timm_model: Callable[[str], bool],
+    lookup_weights: Callable[[str, str], Mapping[str, Any]],
+) -> Study:
+    """The runs and weights files of a schema-validated config, after every check that needs more
+    than the schema: backbones, pretrainings (weights), the reference, and (for real data) the dataset folders."""
+    runs = expand_grid(config["grid"], config["training"])
+    check_backbones(runs.values(), known_backbones, is_timm_model)
+    weights = weights_files(runs.values(), lookup_weights)
+    check_reference(config["reference"], runs)
+    if not config["synthetic"]["enabled"]:
+        check_datasets(config["datasets_root"], config["test_sets"])
+    return Study(runs, weights)
+
+
+def describe_schema_error(error: Any) -> str:
+    """One line naming the config key of a jsonschema ValidationError."""
+    path = ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in error.absolute_path).replace(".[", "[")
+    if error.validator == "additionalProperties":
+        unknown = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        where = f"config key {path}" if path else "config"
+        return f"{where}: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}"
+    if error.validator == "required":
+        missing = [name for name in error.validator_value if name not in error.instance]
+        prefix = f"{path}." if path else ""
+        described = error.schema.get("properties", {}).get(missing[0], {}).get("description")
+        return f"config key {prefix}{missing[0]} is required" + (f": {described}" if described else "")
+    if error.validator == "pattern":  # the regex alone tells a user little; the description says what is allowed
+        return f"config key {path}: {error.instance!r} is not allowed: {error.schema.get('description', error.message)}"
+    return f"config key {path or '(top level)'}: {error.message}"

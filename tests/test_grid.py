@@ -1,0 +1,152 @@
+"""The grid: blocks -> named runs with their settings, and the checks made before any job."""
+
+import pytest
+
+from geoloc import grid
+from geoloc.errors import GeolocError
+
+TRAINING = {"epochs": 3, "loss": "cosface", "batch_size": 32}
+KNOWN = {"resnet18", "efficientnet_v2_s", "mobilenet_v3_large"}
+
+
+def block(backbones=("resnet18",), pretrainings=("none",), precisions=("fp32",), seeds=(0,), **extra):
+    return {"backbones": list(backbones), "pretrainings": list(pretrainings), "precisions": list(precisions),
+            "seeds": list(seeds), **extra}
+
+
+def registry_lookup(entries):
+    """A weights lookup over {(backbone, pretraining): format} that fails like geoloc.weights.lookup."""
+    def lookup(backbone, pretraining):
+        if (backbone, pretraining) not in entries:
+            raise GeolocError(f"weights registry r.yaml has no pretraining {pretraining!r} for {backbone!r}")
+        return {"url": "file:///x", "sha256": None, "size": None, "format": entries[backbone, pretraining]}
+    return lookup
+
+
+def config(*blocks, reference, datasets_root="/nowhere", synthetic=True, test_sets=("sf_xs",)):
+    return {"grid": list(blocks), "training": TRAINING, "reference": reference,
+            "datasets_root": str(datasets_root), "synthetic": {"enabled": synthetic}, "test_sets": list(test_sets)}
+
+
+def test_run_names_join_backbone_pretraining_precision_seed_and_tag():
+    assert grid.run_name("resnet18", "imagenet", "fp32", 0) == "resnet18-imagenet-fp32-s0"
+    assert grid.run_name("mobilenet_v3_large", "imagenet", "amp", 2, "4ep") == "mobilenet_v3_large-imagenet-amp-s2-4ep"
+    # ':' would be awkward in paths and SLURM job names
+    assert grid.run_name("timm:convnext_small.fb_in22k", "none", "amp", 0) == "timm_convnext_small.fb_in22k-none-amp-s0"
+
+
+def test_block_expands_to_its_product_in_config_order():
+    runs = grid.expand_grid([block(pretrainings=("imagenet", "places365"), precisions=("fp32", "amp"), seeds=(0, 1))],
+                            TRAINING)
+    assert list(runs) == [
+        "resnet18-imagenet-fp32-s0", "resnet18-imagenet-fp32-s1", "resnet18-imagenet-amp-s0",
+        "resnet18-imagenet-amp-s1", "resnet18-places365-fp32-s0", "resnet18-places365-fp32-s1",
+        "resnet18-places365-amp-s0", "resnet18-places365-amp-s1",
+    ]
+    run = runs["resnet18-places365-amp-s1"]
+    assert (run.backbone, run.pretraining, run.precision, run.seed, run.tag) == ("resnet18", "places365", "amp", 1, None)
+
+
+def test_block_overrides_change_only_its_own_runs():
+    runs = grid.expand_grid(
+        [block(backbones=("efficientnet_v2_s",)),
+         block(backbones=("efficientnet_v2_s",), tag="sphereface", training={"loss": "sphereface"})],
+        TRAINING,
+    )
+    assert runs["efficientnet_v2_s-none-fp32-s0"].training == TRAINING
+    assert runs["efficientnet_v2_s-none-fp32-s0-sphereface"].training == {**TRAINING, "loss": "sphereface"}
+    assert TRAINING["loss"] == "cosface"  # the shared settings are not modified
+
+
+def test_block_with_overrides_but_no_tag_is_refused():
+    with pytest.raises(grid.ConfigError, match=r"config key grid\[1\]\.tag: .*\(epochs\) needs a tag"):
+        grid.expand_grid([block(), block(training={"epochs": 4})], TRAINING)
+
+
+def test_a_run_defined_twice_identically_is_one_run():
+    runs = grid.expand_grid([block(precisions=("fp32", "amp")), block(precisions=("amp",))], TRAINING)
+    assert list(runs) == ["resnet18-none-fp32-s0", "resnet18-none-amp-s0"]
+    assert runs["resnet18-none-amp-s0"].block == 0
+
+
+def test_a_run_name_with_two_different_settings_names_both_blocks_and_the_difference():
+    blocks = [block(tag="x"), block(tag="x", training={"epochs": 4})]
+    with pytest.raises(grid.ConfigError) as error:
+        grid.expand_grid(blocks, TRAINING)
+    assert str(error.value) == (
+        "config key grid[1]: run 'resnet18-none-fp32-s0-x' is also defined by grid[0] with different "
+        "settings (epochs 3 vs 4); give one of the blocks another tag"
+    )
+
+
+def test_unknown_backbone_is_named_with_its_block():
+    runs = grid.expand_grid([block(), block(backbones=("resnet19",))], TRAINING)
+    with pytest.raises(grid.ConfigError, match=r"config key grid\[1\]\.backbones: unknown backbone 'resnet19'"):
+        grid.check_backbones(runs.values(), KNOWN, is_timm_model=lambda name: True)
+
+
+def test_timm_backbones_are_checked_against_timm():
+    asked = []
+
+    def is_timm_model(name):
+        asked.append(name)
+        return name == "convnext_small"
+
+    good = grid.expand_grid([block(backbones=("timm:convnext_small",))], TRAINING)
+    grid.check_backbones(good.values(), KNOWN, is_timm_model)
+    bad = grid.expand_grid([block(backbones=("timm:convnext_smal",))], TRAINING)
+    with pytest.raises(grid.ConfigError, match=r"grid\[0\]\.backbones: timm has no model 'convnext_smal'"):
+        grid.check_backbones(bad.values(), KNOWN, is_timm_model)
+    assert asked == ["convnext_small", "convnext_smal"]
+
+
+def test_weights_files_one_per_backbone_and_pretraining_with_format():
+    runs = grid.expand_grid(
+        [block(pretrainings=("imagenet", "places365", "none"), precisions=("fp32", "amp")),
+         block(backbones=("timm:convnext_small",), pretrainings=("imagenet",))],
+        TRAINING,
+    )
+    lookup = registry_lookup({("resnet18", "imagenet"): "torchvision", ("resnet18", "places365"): "places365",
+                              ("timm:convnext_small", "imagenet"): "timm"})
+    files = grid.weights_files(runs.values(), lookup)
+    assert files == {
+        "resnet18-imagenet": grid.WeightsFile("resnet18", "imagenet", "torchvision"),
+        "resnet18-places365": grid.WeightsFile("resnet18", "places365", "places365"),
+        "timm_convnext_small-imagenet": grid.WeightsFile("timm:convnext_small", "imagenet", "timm"),
+    }
+    assert runs["resnet18-places365-amp-s0"].weights_id == "resnet18-places365"
+    assert runs["resnet18-none-amp-s0"].weights_id is None
+    assert files["timm_convnext_small-imagenet"].slug == "timm_convnext_small"
+
+
+def test_pretraining_without_weights_entry_is_a_config_error_naming_the_key():
+    runs = grid.expand_grid([block(), block(pretrainings=("gldv2",))], TRAINING)
+    with pytest.raises(grid.ConfigError) as error:
+        grid.weights_files(runs.values(), registry_lookup({}))
+    assert str(error.value) == ("config key grid[1].pretrainings: weights registry r.yaml has no pretraining "
+                                "'gldv2' for 'resnet18'")
+
+
+def test_reference_must_be_a_run_of_the_grid():
+    study = config(block(precisions=("fp32", "amp")), reference="resnet18-none-amp-s0")
+    plan = grid.plan_study(study, known_backbones=KNOWN, is_timm_model=bool, lookup_weights=registry_lookup({}))
+    assert list(plan.runs) == ["resnet18-none-fp32-s0", "resnet18-none-amp-s0"]
+    assert plan.weights == {}
+    with pytest.raises(grid.ConfigError, match=r"config key reference: 'resnet18-imagenet-fp32-s0' is not a run"):
+        grid.plan_study({**study, "reference": "resnet18-imagenet-fp32-s0"}, known_backbones=KNOWN,
+                        is_timm_model=bool, lookup_weights=registry_lookup({}))
+
+
+def test_real_datasets_must_hold_every_folder_the_runs_read(tmp_path):
+    for folder in ("sf_xs/train", "sf_xs/val", "sf_xs/test"):
+        (tmp_path / folder).mkdir(parents=True)
+    study = config(block(), reference="resnet18-none-fp32-s0", datasets_root=tmp_path, synthetic=False,
+                   test_sets=("sf_xs", "tokyo_night"))
+    with pytest.raises(grid.ConfigError) as error:
+        grid.plan_study(study, known_backbones=KNOWN, is_timm_model=bool, lookup_weights=registry_lookup({}))
+    assert str(error.value).startswith(f"config key datasets_root: {tmp_path} has no tokyo_night/test (expected ")
+    (tmp_path / "tokyo_night/test").mkdir(parents=True)
+    grid.plan_study(study, known_backbones=KNOWN, is_timm_model=bool, lookup_weights=registry_lookup({}))
+    # a synthetic city is generated by the workflow, so it need not exist yet
+    grid.plan_study({**study, "datasets_root": str(tmp_path / "later"), "synthetic": {"enabled": True}},
+                    known_backbones=KNOWN, is_timm_model=bool, lookup_weights=registry_lookup({}))

@@ -1,0 +1,298 @@
+"""The workflow on a real SLURM cluster through the shipped profile `profiles/slurm`.
+
+Needs the single-node cluster of `tests/slurm/start.sh` (these tests skip, with the reason,
+without one). The workflow runs on a copy of the tiny synthetic city with two small runs, one
+from random initialisation and one from (broken, then repaired) pretrained weights. Only
+test-only settings are added on the command line: fast status polling, and no retries (a failure
+shows at once, and a cancelled training is resumed by the next invocation, not by a retry).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.slurm
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEFILE = REPO / "workflow" / "Snakefile"
+PROFILE = REPO / "profiles" / "slurm"
+WEIGHTS_REGISTRY = REPO / "resources" / "weights.yaml"
+
+SCRATCH_RUN = "resnet18-none-fp32-s0"
+PRETRAINED_RUN = "resnet18-imagenet-fp32-s0"  # its weights file is broken at first
+WEIGHTS_FILE = "weights/resnet18-imagenet.pth"  # config weights.dir is "weights"
+TEST_SETS = ["sf_xs"]
+TRAINING = {
+    "epochs": 1, "iterations_per_epoch": 4, "batch_size": 4, "image_size": 32, "lr": 1e-3,
+    "M": 10, "alpha": 45, "N": 2, "L": 1, "min_images_per_class": 3, "groups_num": 1,
+    "fc_output_dim": 16, "num_workers": 0, "checkpoint_every": 100,
+}
+# Cancelled right after its first checkpoint (iteration 2); the 38 iterations left outlast the
+# cancellation on a fast machine and stay short when resumed on a slow one.
+CANCELLED_TRAINING = {**TRAINING, "iterations_per_epoch": 40, "checkpoint_every": 2}
+TEST_ONLY_ARGS = [
+    "--slurm-init-seconds-before-status-checks", "1",
+    "--retries", "0",
+]
+SNAKEMAKE_TIMEOUT_S = 400
+
+
+def _cluster_problem() -> str | None:
+    """Why the SLURM tests cannot run here, or None."""
+    if shutil.which("sinfo") is None or shutil.which("sacct") is None:
+        return "no SLURM client on this machine; start the test cluster with tests/slurm/start.sh"
+    sinfo = subprocess.run(["sinfo", "-h", "-N", "-o", "%T"], capture_output=True, text=True, timeout=30)
+    if sinfo.returncode != 0:
+        return f"SLURM does not answer ({_last_line(sinfo.stderr)}); run tests/slurm/start.sh"
+    if "idle" not in sinfo.stdout.split():
+        return f"no idle SLURM node (node states: {sinfo.stdout.split()}); run tests/slurm/start.sh"
+    sacct = subprocess.run(["sacct", "-n", "-X", "-j", "1"], capture_output=True, text=True, timeout=30)
+    if sacct.returncode != 0:
+        return f"SLURM accounting does not answer ({_last_line(sacct.stderr)}); run tests/slurm/start.sh"
+    return None
+
+
+def _last_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    return lines[-1] if lines else "no message"
+
+
+def _workflow_problem() -> str | None:
+    for path in (SNAKEFILE, PROFILE / "config.yaml", WEIGHTS_REGISTRY):
+        if not path.is_file():
+            return f"{path.relative_to(REPO)} is not written yet"
+    for module in ("geoloc.train", "geoloc.evaluate", "geoloc.synthetic", "geoloc.report"):
+        if importlib.util.find_spec(module) is None:
+            return f"{module} is not written yet"
+    return None
+
+
+# Session scope: checked before the session-scoped tiny_city is generated for nothing.
+@pytest.fixture(scope="session", autouse=True)
+def slurm_cluster():
+    problem = _workflow_problem() or _cluster_problem()
+    if problem:
+        pytest.skip(problem)
+
+
+@dataclass
+class Invocation:
+    returncode: int
+    log: str  # Snakemake's stdout and stderr
+
+    @property
+    def slurm_run_id(self) -> str:
+        """The plugin's run id: the SLURM job name of every job this invocation submitted."""
+        match = re.search(r"SLURM run ID: (\S+)", self.log)
+        assert match, f"not a SLURM executor run:\n{self.log}"
+        return match.group(1)
+
+
+@dataclass(frozen=True)
+class SlurmJob:
+    job_id: str
+    rule: str
+    wildcards: str
+    state: str
+    requested: str  # sacct ReqTRES, e.g. "billing=1,cpu=1,gres/gpu=1,mem=1G,node=1"
+
+
+def snakemake_command(workdir: Path, *args: str) -> list[str]:
+    """The workflow in `workdir`, with its config.yaml, through profiles/slurm."""
+    return [
+        sys.executable, "-m", "snakemake", "--snakefile", str(SNAKEFILE), "--directory", str(workdir),
+        "--profile", str(PROFILE), "--configfile", str(workdir / "config.yaml"), *TEST_ONLY_ARGS, *args,
+    ]
+
+
+def job_environment() -> dict[str, str]:
+    # Jobs inherit this environment (sbatch --export=ALL): they find `geoloc` in the virtualenv.
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+
+
+def snakemake(workdir: Path, *args: str) -> Invocation:
+    done = subprocess.run(snakemake_command(workdir, *args), cwd=workdir, env=job_environment(),
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          timeout=SNAKEMAKE_TIMEOUT_S)
+    return Invocation(done.returncode, done.stdout)
+
+
+def slurm_jobs(*, workdir: Path | None = None, run_id: str | None = None) -> list[SlurmJob]:
+    """Jobs SLURM accounting knows, of one workflow directory or one Snakemake invocation."""
+    command = ["sacct", "-X", "-n", "-P", "-S", "now-6hours", "-o", "JobIDRaw,JobName,WorkDir,Comment,State,ReqTRES"]
+    output = subprocess.run(command, capture_output=True, text=True, check=True, timeout=30).stdout
+    jobs = []
+    for line in output.splitlines():
+        job_id, name, job_workdir, comment, state, requested = line.split("|")
+        if workdir is not None and Path(job_workdir) != workdir.resolve():
+            continue
+        if run_id is not None and name != run_id:
+            continue
+        # The plugin writes rule and wildcards into the comment: rule_<rule>[_wildcards_<values>].
+        rule, _, wildcards = comment.removeprefix("rule_").partition("_wildcards_")
+        jobs.append(SlurmJob(job_id, rule, wildcards, state.split()[0], requested))
+    return jobs
+
+
+def make_workdir(root: Path, city: Path, training: dict, pretrainings: list[str]) -> Path:
+    """A workflow directory with its own copy of the city and a config of resnet18 runs."""
+    workdir = root / "work"
+    workdir.mkdir()
+    shutil.copytree(city, workdir / "data")
+    config = {
+        "datasets_root": str(workdir / "data"),
+        "test_sets": TEST_SETS,
+        "weights": {"registry": str(WEIGHTS_REGISTRY), "dir": "weights"},
+        "device": "cpu",
+        "training": training,
+        "evaluation": {"batch_size": 16, "num_workers": 0},
+        "grid": [{"backbones": ["resnet18"], "pretrainings": pretrainings, "precisions": ["fp32"], "seeds": [0]}],
+        "reference": SCRATCH_RUN,
+        "report": {"published": None},
+    }
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    return workdir
+
+
+def write_resnet18_weights(path: Path) -> None:
+    """A torchvision-format ResNet-18 state dict (random: only its format matters here)."""
+    import torch
+    import torchvision
+
+    torch.save(torchvision.models.resnet18().state_dict(), path)
+
+
+@dataclass
+class FailAndRecover:
+    workdir: Path
+    broken: Invocation  # the whole workflow, the pretrained run's weights file unreadable
+    rerun: Invocation  # the failed target alone, after the weights file is repaired
+    rest: Invocation  # the whole workflow again
+
+
+@pytest.fixture(scope="module")
+def fail_and_recover(tmp_path_factory, tiny_city) -> FailAndRecover:
+    workdir = make_workdir(tmp_path_factory.mktemp("slurm"), tiny_city, TRAINING, ["none", "imagenet"])
+    weights = workdir / WEIGHTS_FILE
+    weights.parent.mkdir()
+    # Present, so not downloaded (compute nodes and tests are offline), but unreadable.
+    weights.write_bytes(b"not a weights file")
+    broken = snakemake(workdir, "--keep-going")
+    write_resnet18_weights(weights)
+    rerun = snakemake(workdir, f"results/runs/{PRETRAINED_RUN}/model.pt")
+    rest = snakemake(workdir)
+    return FailAndRecover(workdir, broken, rerun, rest)
+
+
+def _run_jobs(jobs: list[SlurmJob], state: str) -> list[tuple[str, str]]:
+    return sorted((job.rule, job.wildcards) for job in jobs if job.state == state)
+
+
+def test_train_and_evaluate_run_as_slurm_jobs_while_aggregate_and_report_run_locally(fail_and_recover):
+    assert fail_and_recover.rest.returncode == 0, fail_and_recover.rest.log
+    jobs = slurm_jobs(workdir=fail_and_recover.workdir)
+    runs = [PRETRAINED_RUN, SCRATCH_RUN]
+    assert _run_jobs(jobs, "COMPLETED") == sorted(
+        [("train", run) for run in runs] + [("evaluate", f"{run}_{test}") for run in runs for test in TEST_SETS])
+    assert {job.rule for job in jobs} == {"train", "evaluate"}
+    for rule in ("aggregate", "report"):
+        assert f"localrule {rule}:" in fail_and_recover.rest.log
+    results = fail_and_recover.workdir / "results"
+    recalls = (results / "recalls.csv").read_text()
+    assert all(recalls.count(run) == len(TEST_SETS) for run in runs), recalls
+    assert (results / "report.html").stat().st_size > 0
+
+
+def test_every_train_and_evaluate_job_asked_slurm_for_one_gpu(fail_and_recover):
+    jobs = slurm_jobs(workdir=fail_and_recover.workdir)
+    assert len(jobs) == 2 * (1 + len(TEST_SETS)) + 1  # both runs, and the failed training
+    for job in jobs:
+        assert "gres/gpu=1" in job.requested.split(","), job
+
+
+def test_failed_job_is_reported_with_its_logs_and_the_other_run_still_finishes(fail_and_recover):
+    broken = fail_and_recover.broken
+    assert broken.returncode != 0
+    jobs = slurm_jobs(run_id=broken.slurm_run_id)
+    [failed] = [job for job in jobs if job.state == "FAILED"]
+    assert (failed.rule, failed.wildcards) == ("train", PRETRAINED_RUN)
+    report = broken.log[broken.log.index("Error in rule train:"):]
+    assert f"SLURM-job '{failed.job_id}' failed" in report
+    logs = re.search(r"^\s*log: (.*) \(check log file", report, re.MULTILINE)
+    assert logs, report
+    rule_log, slurm_log = (fail_and_recover.workdir / path for path in logs.group(1).split(", "))
+    assert rule_log == fail_and_recover.workdir / "results" / "logs" / "train" / f"{PRETRAINED_RUN}.log"
+    assert f"weights file {WEIGHTS_FILE} is not a readable PyTorch file" in rule_log.read_text()
+    assert slurm_log.name == f"{failed.job_id}.log"
+    assert "Error in rule train" in slurm_log.read_text()
+    # --keep-going: the other run trained and was evaluated after the failure.
+    assert _run_jobs(jobs, "COMPLETED") == [("evaluate", f"{SCRATCH_RUN}_{test}") for test in TEST_SETS] + \
+        [("train", SCRATCH_RUN)]
+    for test in TEST_SETS:
+        assert (fail_and_recover.workdir / "results" / "runs" / SCRATCH_RUN / "recalls" / f"{test}.csv").is_file()
+
+
+def test_rerunning_the_failed_target_reruns_only_that_job(fail_and_recover):
+    rerun = fail_and_recover.rerun
+    assert rerun.returncode == 0, rerun.log
+    jobs = slurm_jobs(run_id=rerun.slurm_run_id)
+    assert [(job.rule, job.wildcards, job.state) for job in jobs] == [("train", PRETRAINED_RUN, "COMPLETED")]
+    assert "localrule" not in rerun.log
+    summary = json.loads((fail_and_recover.workdir / "results" / "runs" / PRETRAINED_RUN / "train.json").read_text())
+    assert summary["weights"]["path"] == WEIGHTS_FILE
+
+
+def wait_for(condition, what: str, timeout_s: float, interval_s: float):
+    """Poll `condition()` until it returns something truthy, and return that."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if found := condition():
+            return found
+        time.sleep(interval_s)
+    raise AssertionError(f"no {what} after {timeout_s} s")
+
+
+def checkpoint_iterations(folder: Path) -> list[int]:
+    return [int(m.group(1)) for p in folder.glob("ckpt-*.pt") if (m := re.fullmatch(r"ckpt-(\d+)\.pt", p.name))]
+
+
+def test_cancelled_training_resumes_from_its_checkpoint_in_the_next_invocation(tmp_path, tiny_city):
+    workdir = make_workdir(tmp_path, tiny_city, CANCELLED_TRAINING, ["none"])
+    target = f"results/runs/{SCRATCH_RUN}/model.pt"
+    checkpoints = workdir / "results" / "checkpoints" / SCRATCH_RUN
+    first_log = tmp_path / "first.log"
+    with first_log.open("w") as log:
+        first = subprocess.Popen(snakemake_command(workdir, target), cwd=workdir, env=job_environment(),
+                                 stdout=log, stderr=subprocess.STDOUT)
+        try:
+            [train] = wait_for(lambda: slurm_jobs(workdir=workdir), "training job", 120, 0.5)
+            # Cancel the moment the first checkpoint is written: the job is then mid-run.
+            checkpointed = max(wait_for(lambda: checkpoint_iterations(checkpoints), "checkpoint", 300, 0.05))
+            subprocess.run(["scancel", train.job_id], check=True, timeout=30)
+            first.wait(timeout=SNAKEMAKE_TIMEOUT_S)
+        finally:
+            if first.poll() is None:
+                first.kill()
+                first.wait()
+    assert first.returncode != 0, first_log.read_text()
+    [cancelled] = slurm_jobs(workdir=workdir)
+    assert cancelled.state == "CANCELLED"
+    assert not (workdir / target).exists()
+
+    second = snakemake(workdir, target)
+    assert second.returncode == 0, second.log
+    summary = json.loads((workdir / "results" / "runs" / SCRATCH_RUN / "train.json").read_text())
+    total = CANCELLED_TRAINING["epochs"] * CANCELLED_TRAINING["iterations_per_epoch"]
+    assert checkpointed <= summary["resumed_from_iteration"] < total

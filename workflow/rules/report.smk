@@ -1,0 +1,57 @@
+# All runs into one table, and the table into the HTML report.
+
+
+rule aggregate:
+    input:
+        recalls=expand(
+            "<results>/runs/{run}/recalls/{test_set}.csv", run=RUNS, test_set=TEST_SETS
+        ),
+        train=expand("<results>/runs/{run}/train.json", run=RUNS),
+    output:
+        "<results>/recalls.csv",
+    log:
+        "<logs>/aggregate.log",
+    localrule: True
+    conda:
+        "../envs/geoloc.yaml"
+    params:
+        run_dirs=run_folders,
+    shell:
+        "geoloc aggregate --out {output:q} {params.run_dirs} > {log:q} 2>&1"
+
+
+rule effective_config:
+    output:
+        "<results>/config.yaml",
+    log:
+        "<logs>/effective_config.log",
+    localrule: True
+    params:
+        text=config_as_yaml,
+    run:
+        atomic_write_text(output[0], params.text)
+
+
+rule report:
+    input:
+        recalls="<results>/recalls.csv",
+        config="<results>/config.yaml",
+        train=expand("<results>/runs/{run}/train.json", run=RUNS),
+        queries=expand(
+            "<results>/runs/{run}/recalls/{test_set}.queries.csv",
+            run=RUNS,
+            test_set=TEST_SETS,
+        ),
+        published=published_results,
+    output:
+        "<results>/report.html",
+    log:
+        "<logs>/report.log",
+    localrule: True
+    conda:
+        "../envs/geoloc.yaml"
+    params:
+        settings=report_arguments,
+    shell:
+        "geoloc report --recalls {input.recalls:q} --config {input.config:q} {params.settings}"
+        " --out {output:q} > {log:q} 2>&1"
