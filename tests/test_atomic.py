@@ -58,3 +58,12 @@ def test_full_disk_is_a_clear_error_and_leaves_nothing(tmp_path, monkeypatch):
         atomic_write_text(tmp_path / "x.txt", "data")
     monkeypatch.undo()
     assert os.listdir(tmp_path) == []
+
+
+def test_outputs_get_the_usual_permissions_not_mkstemps_private_ones(tmp_path):
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "shared.csv", "x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "shared.csv").stat().st_mode & 0o777 == 0o644

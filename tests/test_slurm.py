@@ -39,9 +39,10 @@ TRAINING = {
     "M": 10, "alpha": 45, "N": 2, "L": 1, "min_images_per_class": 3, "groups_num": 1,
     "fc_output_dim": 16, "num_workers": 0, "checkpoint_every": 100,
 }
-# Cancelled right after its first checkpoint (iteration 2); the 38 iterations left outlast the
-# cancellation on a fast machine and stay short when resumed on a slow one.
-CANCELLED_TRAINING = {**TRAINING, "iterations_per_epoch": 40, "checkpoint_every": 2}
+# Signalled right after its first checkpoint (iteration 2); the 38 iterations left outlast the
+# signal's delivery on a fast machine and stay short when resumed on a slow one.
+SIGNALLED_TRAINING = {**TRAINING, "iterations_per_epoch": 40, "checkpoint_every": 2}
+TOTAL_SIGNALLED_ITERATIONS = SIGNALLED_TRAINING["epochs"] * SIGNALLED_TRAINING["iterations_per_epoch"]
 TEST_ONLY_ARGS = [
     "--slurm-init-seconds-before-status-checks", "1",
     "--retries", "0",
@@ -174,10 +175,20 @@ def write_resnet18_weights(path: Path) -> None:
     torch.save(torchvision.models.resnet18().state_dict(), path)
 
 
+def reported_logs(invocation: Invocation, rule: str, workdir: Path) -> dict[Path, str]:
+    """The log files Snakemake names in its error report for `rule`, with their text now."""
+    report = invocation.log[invocation.log.index(f"Error in rule {rule}:"):]
+    logs = re.search(r"^\s*log: (.*) \(check log file", report, re.MULTILINE)
+    assert logs, report
+    paths = [workdir / path for path in logs.group(1).split(", ")]
+    return {path: path.read_text() for path in paths}
+
+
 @dataclass
 class FailAndRecover:
     workdir: Path
     broken: Invocation  # the whole workflow, the pretrained run's weights file unreadable
+    broken_logs: dict[Path, str]  # the logs named in its error report, before the rerun rewrites them
     rerun: Invocation  # the failed target alone, after the weights file is repaired
     rest: Invocation  # the whole workflow again
 
@@ -190,10 +201,11 @@ def fail_and_recover(tmp_path_factory, tiny_city) -> FailAndRecover:
     # Present, so not downloaded (compute nodes and tests are offline), but unreadable.
     weights.write_bytes(b"not a weights file")
     broken = snakemake(workdir, "--keep-going")
+    broken_logs = reported_logs(broken, "train", workdir) if "Error in rule train:" in broken.log else {}
     write_resnet18_weights(weights)
     rerun = snakemake(workdir, f"results/runs/{PRETRAINED_RUN}/model.pt")
     rest = snakemake(workdir)
-    return FailAndRecover(workdir, broken, rerun, rest)
+    return FailAndRecover(workdir, broken, broken_logs, rerun, rest)
 
 
 def _run_jobs(jobs: list[SlurmJob], state: str) -> list[tuple[str, str]]:
@@ -228,15 +240,12 @@ def test_failed_job_is_reported_with_its_logs_and_the_other_run_still_finishes(f
     jobs = slurm_jobs(run_id=broken.slurm_run_id)
     [failed] = [job for job in jobs if job.state == "FAILED"]
     assert (failed.rule, failed.wildcards) == ("train", PRETRAINED_RUN)
-    report = broken.log[broken.log.index("Error in rule train:"):]
-    assert f"SLURM-job '{failed.job_id}' failed" in report
-    logs = re.search(r"^\s*log: (.*) \(check log file", report, re.MULTILINE)
-    assert logs, report
-    rule_log, slurm_log = (fail_and_recover.workdir / path for path in logs.group(1).split(", "))
+    assert f"SLURM-job '{failed.job_id}' failed" in broken.log[broken.log.index("Error in rule train:"):]
+    [(rule_log, rule_text), (slurm_log, slurm_text)] = fail_and_recover.broken_logs.items()
     assert rule_log == fail_and_recover.workdir / "results" / "logs" / "train" / f"{PRETRAINED_RUN}.log"
-    assert f"weights file {WEIGHTS_FILE} is not a readable PyTorch file" in rule_log.read_text()
+    assert f"weights file {WEIGHTS_FILE} is not a readable PyTorch file" in rule_text
     assert slurm_log.name == f"{failed.job_id}.log"
-    assert "Error in rule train" in slurm_log.read_text()
+    assert "Error in rule train" in slurm_text
     # --keep-going: the other run trained and was evaluated after the failure.
     assert _run_jobs(jobs, "COMPLETED") == [("evaluate", f"{SCRATCH_RUN}_{test}") for test in TEST_SETS] + \
         [("train", SCRATCH_RUN)]
@@ -268,8 +277,11 @@ def checkpoint_iterations(folder: Path) -> list[int]:
     return [int(m.group(1)) for p in folder.glob("ckpt-*.pt") if (m := re.fullmatch(r"ckpt-(\d+)\.pt", p.name))]
 
 
-def test_cancelled_training_resumes_from_its_checkpoint_in_the_next_invocation(tmp_path, tiny_city):
-    workdir = make_workdir(tmp_path, tiny_city, CANCELLED_TRAINING, ["none"])
+def test_training_signalled_before_its_time_limit_resumes_from_its_checkpoint_next_time(tmp_path, tiny_city):
+    # `scancel --signal=USR1` is what SLURM does before a time limit with the profile's
+    # --signal=USR1@300, without waiting minutes for one. (A plain `scancel` would leave
+    # Snakemake waiting: the plugin does not recognise sacct's state "CANCELLED by <uid>".)
+    workdir = make_workdir(tmp_path, tiny_city, SIGNALLED_TRAINING, ["none"])
     target = f"results/runs/{SCRATCH_RUN}/model.pt"
     checkpoints = workdir / "results" / "checkpoints" / SCRATCH_RUN
     first_log = tmp_path / "first.log"
@@ -278,21 +290,22 @@ def test_cancelled_training_resumes_from_its_checkpoint_in_the_next_invocation(t
                                  stdout=log, stderr=subprocess.STDOUT)
         try:
             [train] = wait_for(lambda: slurm_jobs(workdir=workdir), "training job", 120, 0.5)
-            # Cancel the moment the first checkpoint is written: the job is then mid-run.
+            # Signal the moment the first checkpoint is written: the job is then mid-run.
             checkpointed = max(wait_for(lambda: checkpoint_iterations(checkpoints), "checkpoint", 300, 0.05))
-            subprocess.run(["scancel", train.job_id], check=True, timeout=30)
+            subprocess.run(["scancel", "--signal=USR1", train.job_id], check=True, timeout=30)
             first.wait(timeout=SNAKEMAKE_TIMEOUT_S)
         finally:
             if first.poll() is None:
                 first.kill()
                 first.wait()
     assert first.returncode != 0, first_log.read_text()
-    [cancelled] = slurm_jobs(workdir=workdir)
-    assert cancelled.state == "CANCELLED"
+    [signalled] = slurm_jobs(workdir=workdir)
+    assert signalled.state == "FAILED"
     assert not (workdir / target).exists()
+    interrupted_at = max(checkpoint_iterations(checkpoints))
+    assert checkpointed <= interrupted_at < TOTAL_SIGNALLED_ITERATIONS
 
     second = snakemake(workdir, target)
     assert second.returncode == 0, second.log
     summary = json.loads((workdir / "results" / "runs" / SCRATCH_RUN / "train.json").read_text())
-    total = CANCELLED_TRAINING["epochs"] * CANCELLED_TRAINING["iterations_per_epoch"]
-    assert checkpointed <= summary["resumed_from_iteration"] < total
+    assert summary["resumed_from_iteration"] == interrupted_at

@@ -18,6 +18,7 @@ import pandas as pd
 
 from geoloc.atomic import atomic_open
 from geoloc.errors import GeolocError
+from geoloc.result_files import RECALL_COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +35,6 @@ COLUMNS = (
     "peak_memory_mb", "params", "trainable_params", "gflops_per_image",
     "latency_ms_per_image", "descriptor_seconds", "search_seconds",
     "best_epoch", "best_val_r1", "device", "weights_sha256", "test_dir",
-)
-RECALL_CSV_COLUMNS = (
-    "test_set", "n_queries", "n_database", "n_queries_without_positive", "r1", "r5", "r10", "r20",
-    "descriptor_seconds", "search_seconds", "latency_ms_per_image", "test_dir",
 )
 # train.json keys copied as they are (null becomes an empty cell).
 TRAIN_KEYS = (
@@ -112,7 +109,7 @@ def read_recall_csv(path: Path) -> dict[str, str]:
         raise GeolocError(f"{path}: not readable: {exc}") from exc
     if len(rows) != 1:
         raise GeolocError(f"{path}: expected one data row, found {len(rows)}")
-    missing = [column for column in RECALL_CSV_COLUMNS if column not in rows[0]]
+    missing = [column for column in RECALL_COLUMNS if column not in rows[0]]
     if missing:
         raise GeolocError(f"{path}: column {missing[0]} is missing")
     return rows[0]
@@ -134,7 +131,7 @@ def _row(train: dict[str, Any], recall: dict[str, str]) -> dict[str, Any]:
         "weights_sha256": weights.get("sha256", ""),
     }
     row.update({key: train[key] for key in TRAIN_KEYS})
-    row.update({key: recall[key] for key in RECALL_CSV_COLUMNS})
+    row.update({key: recall[key] for key in RECALL_COLUMNS})
     return row
 
 

@@ -30,6 +30,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise GeolocError(f"cannot write {final}: {exc.strerror or exc}") from exc
     os.close(fd)
     tmp = Path(tmp_name)
+    # mkstemp creates 0600; results on a shared cluster disk must get the usual permissions.
+    os.chmod(tmp, 0o666 & ~_umask())
     try:
         yield tmp
         with open(tmp, "rb+") as handle:
@@ -55,6 +57,12 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs) -> Iterator[
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_open(path, "w", encoding="utf-8") as handle:
         handle.write(text)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(folder: Path) -> None:

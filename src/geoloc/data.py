@@ -13,6 +13,7 @@ import logging
 import os
 from collections import defaultdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -21,6 +22,9 @@ from PIL import Image, ImageOps
 from geoloc.atomic import atomic_write_text
 from geoloc.errors import GeolocError
 from geoloc.imagename import IMAGE_EXTENSIONS, parse_image_name
+
+if TYPE_CHECKING:  # geoloc.image_cache imports this module
+    from geoloc.image_cache import ImageCache
 
 log = logging.getLogger(__name__)
 
@@ -243,11 +247,22 @@ class TrainGroupDataset(torch.utils.data.Dataset):
 
     The sampler picks which image of a class to show, so every class can be seen equally
     often however many images it has (as CosPlace does).
+
+    With an image `cache` (geoloc.image_cache, built at `image_size` over these images),
+    images are read from it instead of decoded. Images the cache could not decode are left
+    out of their class, and a class left with no image is left out of the group.
     """
 
-    def __init__(self, classes: list[list[Path]], image_size: int) -> None:
-        self.classes = classes
+    def __init__(self, classes: list[list[Path]], image_size: int, cache: ImageCache | None = None) -> None:
         self.image_size = image_size
+        self.cache = cache
+        self.rows: list[list[int]] = []
+        if cache is not None:
+            if cache.size != image_size:
+                raise GeolocError(f"image cache {cache.data_file} holds {cache.size} px images, "
+                                  f"not {image_size} px")
+            classes, self.rows = _without_bad_images(classes, cache)
+        self.classes = classes
         self.images_per_class = [len(images) for images in classes]
 
     def __len__(self) -> int:
@@ -255,7 +270,23 @@ class TrainGroupDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: tuple[int, int]) -> tuple[torch.Tensor, int]:
         class_index, image_index = index
+        if self.cache is not None:
+            return self.cache.get(self.rows[class_index][image_index]), class_index
         return read_image(self.classes[class_index][image_index], self.image_size), class_index
+
+
+def _without_bad_images(classes: list[list[Path]], cache: ImageCache) -> tuple[list[list[Path]], list[list[int]]]:
+    """The classes without the images `cache` could not decode, and each kept image's cache row."""
+    kept_classes, kept_rows = [], []
+    for images in classes:
+        pairs = [(path, cache.index_of(path)) for path in images]
+        good = [(path, row) for path, row in pairs if row not in cache.errors]
+        if len(good) < len(images):
+            log.warning("leaving %d undecodable image(s) out of the class of %s", len(images) - len(good), images[0])
+        if good:
+            kept_classes.append([path for path, _ in good])
+            kept_rows.append([row for _, row in good])
+    return kept_classes, kept_rows
 
 
 class ImageListDataset(torch.utils.data.Dataset):

@@ -22,6 +22,7 @@ from geoloc.atomic import atomic_open
 from geoloc.data import ImageListDataset, TestSet
 from geoloc.errors import GeolocError
 from geoloc.models import load_model
+from geoloc.result_files import QUERY_COLUMNS, RECALL_COLUMNS
 from geoloc.recall import (
     RECALL_KS,
     check_k,
@@ -35,11 +36,6 @@ from geoloc.recall import (
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "amp")
-RECALL_COLUMNS = (
-    "test_set", "n_queries", "n_database", "n_queries_without_positive", "r1", "r5", "r10", "r20",
-    "descriptor_seconds", "search_seconds", "latency_ms_per_image", "test_dir",
-)
-QUERY_COLUMNS = ("query", "first_correct_rank", "has_positive", "predictions", "distances_m")
 
 
 @dataclass

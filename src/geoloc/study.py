@@ -19,12 +19,12 @@ import pandas as pd
 from geoloc.aggregate import read_recalls, read_train_json
 from geoloc.bootstrap import recall_samples
 from geoloc.errors import GeolocError
+from geoloc.result_files import QUERY_COLUMNS
 from geoloc.labels import TEST_SETS, backbone_label, precision_label, pretraining_label
 
 log = logging.getLogger(__name__)
 
 KS = (1, 5, 10, 20)
-QUERY_COLUMNS = ("query", "first_correct_rank", "has_positive", "predictions", "distances_m")
 # fmt: off
 COST_COLUMNS = (
     "training_time_seconds", "train_seconds", "val_seconds", "images_per_second",

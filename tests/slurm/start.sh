@@ -48,11 +48,12 @@ wait_for() {
     done
 }
 
-node_idle() { [[ $(sinfo -h -N -o '%T' 2>/dev/null) == idle ]]; }
+# The node takes jobs (idle, or busy with some).
+node_ready() { [[ $(sinfo -h -N -o '%T' 2>/dev/null) =~ ^(idle|mixed|allocated|completing)$ ]]; }
 
 cluster_up() {
     running "$RUN/slurmctld.pid" && running "$RUN/slurmd.pid" && running "$RUN/slurmdbd.pid" &&
-        node_idle && sacct -n -X -j 1 >/dev/null 2>&1
+        node_ready && sacct -n -X -j 1 >/dev/null 2>&1
 }
 
 install_packages() {
@@ -226,8 +227,8 @@ start_slurm_daemons() {
         slurmd
         started slurmd
     fi
-    if ! wait_for 60 node_idle; then
-        die "node not idle: $(sinfo -N -h -o '%T %E' 2>&1); see $LOG/slurmctld.log and $LOG/slurmd.log"
+    if ! wait_for 60 node_ready; then
+        die "node not ready: $(sinfo -N -h -o '%T %E' 2>&1); see $LOG/slurmctld.log and $LOG/slurmd.log"
     fi
 }
 
@@ -240,12 +241,12 @@ main() {
     local start=$SECONDS
     mkdir -p "$ETC" "$RUN" "$LOG" "$STATE_DIR/state/slurmctld" "$STATE_DIR/state/slurmd"
     chmod 0755 "$STATE_DIR"
+    link_system_config
     install_packages
     start_munge
     start_mariadb
     create_database_user
     write_configs
-    link_system_config
     start_slurmdbd
     register_accounting
     start_slurm_daemons
