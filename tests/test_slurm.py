@@ -147,6 +147,16 @@ def slurm_jobs(*, workdir: Path | None = None, run_id: str | None = None) -> lis
     return jobs
 
 
+def cancel_leftover_jobs(workdir: Path) -> None:
+    """Cancel jobs of `workdir` that a failed or timed-out test left on the cluster."""
+    queue = subprocess.run(["squeue", "-h", "-o", "%i|%Z"], capture_output=True, text=True, check=True,
+                           timeout=30).stdout
+    leftover = [job_id for job_id, job_workdir in (line.split("|") for line in queue.splitlines())
+                if Path(job_workdir) == workdir.resolve()]
+    if leftover:
+        subprocess.run(["scancel", *leftover], check=True, timeout=30)
+
+
 def make_workdir(root: Path, city: Path, training: dict, pretrainings: list[str]) -> Path:
     """A workflow directory with its own copy of the city and a config of resnet18 runs."""
     workdir = root / "work"
@@ -200,15 +210,18 @@ def fail_and_recover(tmp_path_factory, tiny_city) -> FailAndRecover:
     weights.parent.mkdir()
     # Present, so not downloaded (compute nodes and tests are offline), but unreadable.
     weights.write_bytes(b"not a weights file")
-    broken = snakemake(workdir, "--keep-going")
-    broken_logs = reported_logs(broken, "train", workdir) if "Error in rule train:" in broken.log else {}
-    write_resnet18_weights(weights)
-    rerun = snakemake(workdir, f"results/runs/{PRETRAINED_RUN}/model.pt")
-    rest = snakemake(workdir)
+    try:
+        broken = snakemake(workdir, "--keep-going")
+        broken_logs = reported_logs(broken, "train", workdir) if "Error in rule train:" in broken.log else {}
+        write_resnet18_weights(weights)
+        rerun = snakemake(workdir, f"results/runs/{PRETRAINED_RUN}/model.pt")
+        rest = snakemake(workdir)
+    finally:
+        cancel_leftover_jobs(workdir)
     return FailAndRecover(workdir, broken, broken_logs, rerun, rest)
 
 
-def _run_jobs(jobs: list[SlurmJob], state: str) -> list[tuple[str, str]]:
+def _jobs_in_state(jobs: list[SlurmJob], state: str) -> list[tuple[str, str]]:
     return sorted((job.rule, job.wildcards) for job in jobs if job.state == state)
 
 
@@ -216,7 +229,7 @@ def test_train_and_evaluate_run_as_slurm_jobs_while_aggregate_and_report_run_loc
     assert fail_and_recover.rest.returncode == 0, fail_and_recover.rest.log
     jobs = slurm_jobs(workdir=fail_and_recover.workdir)
     runs = [PRETRAINED_RUN, SCRATCH_RUN]
-    assert _run_jobs(jobs, "COMPLETED") == sorted(
+    assert _jobs_in_state(jobs, "COMPLETED") == sorted(
         [("train", run) for run in runs] + [("evaluate", f"{run}_{test}") for run in runs for test in TEST_SETS])
     assert {job.rule for job in jobs} == {"train", "evaluate"}
     for rule in ("aggregate", "report"):
@@ -246,8 +259,8 @@ def test_failed_job_is_reported_with_its_logs_and_the_other_run_still_finishes(f
     assert f"weights file {WEIGHTS_FILE} is not a readable PyTorch file" in rule_text
     assert slurm_log.name == f"{failed.job_id}.log"
     assert "Error in rule train" in slurm_text
-    # --keep-going: the other run trained and was evaluated after the failure.
-    assert _run_jobs(jobs, "COMPLETED") == [("evaluate", f"{SCRATCH_RUN}_{test}") for test in TEST_SETS] + \
+    # --keep-going: the other run was still trained and evaluated.
+    assert _jobs_in_state(jobs, "COMPLETED") == [("evaluate", f"{SCRATCH_RUN}_{test}") for test in TEST_SETS] + \
         [("train", SCRATCH_RUN)]
     for test in TEST_SETS:
         assert (fail_and_recover.workdir / "results" / "runs" / SCRATCH_RUN / "recalls" / f"{test}.csv").is_file()
@@ -298,6 +311,7 @@ def test_training_signalled_before_its_time_limit_resumes_from_its_checkpoint_ne
             if first.poll() is None:
                 first.kill()
                 first.wait()
+            cancel_leftover_jobs(workdir)
     assert first.returncode != 0, first_log.read_text()
     [signalled] = slurm_jobs(workdir=workdir)
     assert signalled.state == "FAILED"
@@ -305,7 +319,10 @@ def test_training_signalled_before_its_time_limit_resumes_from_its_checkpoint_ne
     interrupted_at = max(checkpoint_iterations(checkpoints))
     assert checkpointed <= interrupted_at < TOTAL_SIGNALLED_ITERATIONS
 
-    second = snakemake(workdir, target)
+    try:
+        second = snakemake(workdir, target)
+    finally:
+        cancel_leftover_jobs(workdir)
     assert second.returncode == 0, second.log
     summary = json.loads((workdir / "results" / "runs" / SCRATCH_RUN / "train.json").read_text())
     assert summary["resumed_from_iteration"] == interrupted_at

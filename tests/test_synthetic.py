@@ -83,7 +83,7 @@ def test_image_names_parse_back_with_zone_and_heading(tiny):
 
 def test_names_place_the_camera_where_it_was_rendered():
     city = synthetic.build_city(synthetic.SF_STYLE, (3, 3), np.random.default_rng(0))
-    shot = synthetic.Shot("f", x=12.0, y=30.0, heading=0.0, lighting=None, noise_seed=0, pano_id="p")
+    shot = synthetic.Shot("f", x=12.0, y=30.0, heading=0.0, street_heading=0.0, conditions=None, noise_seed=0, pano_id="p")
     meta = parse_image_name(synthetic.shot_file_name(city, shot))
     east0, north0 = city.style.utm_origin
     # 30 m grid-north lies 30 m away from the origin, turned by the grid rotation.
@@ -129,9 +129,9 @@ def test_night_is_dark_but_keeps_lit_windows():
     city = synthetic.build_city(synthetic.TOKYO_STYLE, (4, 4), rng)
     x, y = city.streets[2, 0], city.extent[1] / 2  # middle of a street running grid-north
     views = [(x, y, 90.0), (x, y, 270.0)]
-    night = synthetic.render_views(city, views, [synthetic.sample_lighting("night", rng)] * 2, 64,
+    night = synthetic.render_views(city, views, [synthetic.sample_conditions("night", rng)] * 2, 64,
                                    [np.random.default_rng(i) for i in range(2)]) / 255
-    day = synthetic.render_views(city, views, [synthetic.sample_lighting("database", rng)] * 2, 64,
+    day = synthetic.render_views(city, views, [synthetic.sample_conditions("database", rng)] * 2, 64,
                                  [np.random.default_rng(i) for i in range(2)]) / 255
     assert night.mean() < 0.5 * day.mean()
     assert night.mean() > 0.08  # not black: the previous prototype's night was hopeless
@@ -143,7 +143,7 @@ def test_views_depend_on_where_the_camera_stands_and_looks():
     city = synthetic.build_city(synthetic.SF_STYLE, (4, 4), rng)
     x, y = city.streets[2, 0], city.extent[1] / 2
     cameras = [(x, y, 90.0), (x, y + 2.0, 92.0), (x, y, 270.0), (x, y + 150.0, 90.0)]
-    light = synthetic.sample_lighting("database", rng)
+    light = synthetic.sample_conditions("database", rng)
     view, near, turned, far = synthetic.render_views(
         city, cameras, [light] * 4, 64, [np.random.default_rng(0) for _ in cameras]).astype(float)
     nearby = np.abs(view - near).mean()
@@ -155,7 +155,7 @@ def test_views_rendered_together_equal_views_rendered_alone():
     rng = np.random.default_rng(4)
     city = synthetic.build_city(synthetic.SF_STYLE, (3, 3), rng)
     cameras = [(city.streets[1, 0], 40.0, 10.0), (city.streets[2, 0], 90.0, 200.0)]
-    lights = [synthetic.sample_lighting("day", rng), synthetic.sample_lighting("night", rng)]
+    lights = [synthetic.sample_conditions("day", rng), synthetic.sample_conditions("night", rng)]
     together = synthetic.render_views(city, cameras, lights, 32, [np.random.default_rng(i) for i in range(2)])
     for i in range(2):
         alone = synthetic.render_views(city, cameras[i:i + 1], lights[i:i + 1], 32, [np.random.default_rng(i)])
@@ -198,7 +198,7 @@ def render_folder(plan, folder: str) -> tuple[np.ndarray, np.ndarray]:
     chosen = [s for s in shots if s.folder == folder]
     batches = [list(g) for _, g in itertools.groupby(chosen, lambda s: s.pano_id)]
     pixels = np.concatenate([
-        synthetic.render_views(city, [(s.x, s.y, s.heading) for s in batch], [s.lighting for s in batch], 64,
+        synthetic.render_views(city, [(s.x, s.y, s.heading) for s in batch], [s.conditions for s in batch], 64,
                                [np.random.default_rng(s.noise_seed) for s in batch])
         for batch in batches])
     return pixels, np.array([city.to_utm(s.x, s.y, s.heading)[:2] for s in chosen])

@@ -68,6 +68,20 @@ def resolve_device(name: str) -> torch.device:
     raise GeolocError(f"unknown device {name!r}: expected auto, cpu or cuda")
 
 
+class _ImagesOrErrors(ImageListDataset):
+    """(image, "") or, for an image that cannot be decoded, (blank image, the error message).
+
+    Raised in a loader worker, the error would reach the user as a worker traceback; it is
+    raised by the main process instead, with its one-line message naming the file.
+    """
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, str]:
+        try:
+            return super().__getitem__(index), ""
+        except GeolocError as exc:
+            return torch.zeros(3, self.image_size, self.image_size, dtype=torch.uint8), str(exc)
+
+
 def compute_descriptors(
     model: torch.nn.Module,
     paths: list[Path],
@@ -91,7 +105,7 @@ def compute_descriptors(
         raise GeolocError("no images to compute descriptors of")
     device = torch.device(device)
     loader = torch.utils.data.DataLoader(
-        ImageListDataset(paths, image_size),
+        _ImagesOrErrors(paths, image_size),
         batch_size=batch_size,
         shuffle=False,
         num_workers=num_workers,
@@ -105,13 +119,45 @@ def compute_descriptors(
     batches = []
     try:
         with torch.inference_mode(), autocast:
-            for images in loader:
+            for images, errors in loader:
+                if failed := next((error for error in errors if error), None):
+                    raise GeolocError(failed)
                 images = images.to(device, non_blocking=True).float().div_(255.0)
                 descriptors = F.normalize(model(images).float(), dim=1)
                 batches.append(descriptors.cpu().numpy())
     finally:
         model.train(was_training)
     return np.concatenate(batches)
+
+
+def checked_positives(test_set: TestSet, positive_dist_threshold: float) -> list[np.ndarray]:
+    """Each query's positives (database indices within the threshold), once the set is usable.
+
+    GeolocError when the set has more queries than database images (every real test set's
+    database is the larger: database/ and queries/ are most likely swapped), or when no query
+    has a positive (every recall would be 0 by construction). Queries without a positive are
+    logged: they stay in the denominator, as in CosPlace, and can never be correct.
+    """
+    n_queries, n_database = len(test_set.queries_paths), len(test_set.database_paths)
+    if n_queries > n_database:
+        raise GeolocError(
+            f"test set {test_set.folder}: {n_queries} queries but only {n_database} database images; "
+            "a test set's database must hold at least as many images as its queries "
+            "(are database/ and queries/ swapped?)"
+        )
+    positives = positives_within(test_set.database_utm, test_set.queries_utm, positive_dist_threshold)
+    n_without = sum(len(indices) == 0 for indices in positives)
+    if n_without == n_queries:
+        raise GeolocError(
+            f"test set {test_set.folder}: no query has a database image within "
+            f"{positive_dist_threshold} m, so every recall would be 0"
+        )
+    if n_without:
+        log.warning(
+            "test set %s: %d of %d queries have no database image within %s m; they count as misses",
+            test_set.folder, n_without, n_queries, positive_dist_threshold,
+        )
+    return positives
 
 
 def evaluate_model(
@@ -128,28 +174,21 @@ def evaluate_model(
 ) -> EvalResult:
     """Recall@1/5/10/20 of `model` on `test_set` (CosPlace's protocol, see geoloc.recall).
 
-    k must reach 20, unless it covers the whole database (then recall@20 = recall@k). Raises
-    GeolocError when no query has a positive (every recall would be 0 by construction).
+    k must reach 20, unless it covers the whole database (then recall@20 = recall@k), and may
+    not exceed the database. The set itself is checked by `checked_positives`.
     """
+    positives = checked_positives(test_set, positive_dist_threshold)
     n_queries, n_database = len(test_set.queries_paths), len(test_set.database_paths)
-    check_k(k, n_database)
+    try:
+        check_k(k, n_database)
+    except GeolocError as exc:
+        raise GeolocError(f"test set {test_set.folder}: {exc}; lower k (--k, evaluation.k in the config)") from None
     if k < max(RECALL_KS) and k < n_database:
         raise GeolocError(
             f"k={k} is too small to measure recall@{max(RECALL_KS)} on {n_database} database images"
         )
-    positives = positives_within(test_set.database_utm, test_set.queries_utm, positive_dist_threshold)
     has_positive = np.array([len(indices) > 0 for indices in positives], dtype=bool)
     n_without = int(n_queries - has_positive.sum())
-    if n_without == n_queries:
-        raise GeolocError(
-            f"test set {test_set.folder}: no query has a database image within "
-            f"{positive_dist_threshold} m, so every recall would be 0"
-        )
-    if n_without:
-        log.warning(
-            "test set %s: %d of %d queries have no database image within %s m; they count as misses",
-            test_set.folder, n_without, n_queries, positive_dist_threshold,
-        )
 
     options = dict(image_size=image_size, batch_size=batch_size, device=device, precision=precision,
                    num_workers=num_workers)
@@ -240,7 +279,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--num-workers", type=_int_at_least(0), default=0, help="image decoding processes")
     parser.add_argument("--k", type=_int_at_least(1), default=20,
-                        help="neighbours retrieved per query (capped at the database size)")
+                        help="neighbours retrieved per query (at most the database size)")
     parser.add_argument("--positive-dist-threshold", type=float, default=25.0,
                         help="metres (UTM) within which a database image is a correct match")
 
@@ -249,14 +288,17 @@ def run(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
     test_set = TestSet(args.test_dir)
     model = load_model(args.model, map_location=device)
-    k = min(args.k, len(test_set.database_paths))
-    if k < args.k:
-        log.info("k capped at the database size, %d images", k)
     result = evaluate_model(
         model, test_set, image_size=args.image_size, batch_size=args.batch_size, device=device,
-        precision=args.precision, num_workers=args.num_workers, k=k,
+        precision=args.precision, num_workers=args.num_workers, k=args.k,
         positive_dist_threshold=args.positive_dist_threshold,
     )
     log.info("%s: %s", args.test_set, ", ".join(f"R@{n} {value:.1f}" for n, value in result.recalls.items()))
-    write_recalls_csv(args.out, result, args.test_set, args.test_dir)
+    # The recalls file last, as the mark of a finished evaluation (aggregate reads it); when it
+    # cannot be written (disk full), the per-query file goes too: both or neither.
     write_queries_csv(args.queries_out, result, test_set)
+    try:
+        write_recalls_csv(args.out, result, args.test_set, args.test_dir)
+    except BaseException:
+        args.queries_out.unlink(missing_ok=True)
+        raise

@@ -276,7 +276,9 @@ def build_city(style: CityStyle, n_blocks: tuple[int, int], rng: np.random.Gener
         bay_w=rng.uniform(*style.bay_m, n),
         window_w=rng.uniform(*style.window_width, n),
         window_h=rng.uniform(*style.window_height, n),
-        wall=_jitter(np.array(style.wall_colours)[rng.integers(0, len(style.wall_colours), n)], 0.06, rng),
+        # Brightness varies between buildings too, so they differ in luminance, not only in hue.
+        wall=_jitter(np.array(style.wall_colours)[rng.integers(0, len(style.wall_colours), n)], 0.06, rng)
+        * rng.uniform(0.6, 1.1, (n, 1)),
         trim=np.array(style.trim_colours)[rng.integers(0, len(style.trim_colours), n)],
         glass=np.array(style.glass_colours)[rng.integers(0, len(style.glass_colours), n)],
         shop=rng.random(n) < style.shop_probability,
@@ -314,16 +316,19 @@ def _signs(seg_a, seg_b, floor_h, style: CityStyle, rng: np.random.Generator):
     return box, colours
 
 
-# ----------------------------------------------------------------------------- lighting
+# ----------------------------------------------------------------------------- conditions
 
 
 @dataclass(frozen=True)
-class Lighting:
+class Conditions:
+    """Lighting, weather and passing cars of one image."""
+
     sun_azimuth: float  # compass degrees in map coordinates
     sun: float  # strength of direct light on a facade facing the sun
     ambient: float
     sky_zenith: tuple[float, float, float]
     sky_horizon: tuple[float, float, float]
+    clouds: float  # fraction of the sky covered
     haze: tuple[float, float, float]
     visibility_m: float
     exposure: float
@@ -333,53 +338,60 @@ class Lighting:
     lit_windows: float  # fraction of windows lit from inside (0 in daylight)
     street_light: float  # night: light from street lamps on the lower floors and the road
     glow: float  # emission of signs
+    cars: float  # expected number of cars in view (they differ from image to image)
+
+
+# The mix of conditions of training images: taken over years, at all hours, like SF-XL's.
+TRAIN_MIX = {"day": 0.7, "sunset": 0.15, "night": 0.15}
 
 
 def _uniform3(rng: np.random.Generator, centre, spread: float) -> tuple[float, float, float]:
     return tuple(float(c) for c in np.asarray(centre) * rng.uniform(1 - spread, 1 + spread, 3))
 
 
-def sample_lighting(kind: str, rng: np.random.Generator) -> Lighting:
-    """Lighting of one image: "database" (steady daylight), "day", "train", "sunset", "night"."""
+def sample_conditions(kind: str, rng: np.random.Generator) -> Conditions:
+    """Conditions of one image: "database" (steady daylight), "day", "sunset", "night", or
+    "train" (one of the others, drawn from TRAIN_MIX)."""
+    if kind == "train":
+        kind = str(rng.choice(list(TRAIN_MIX), p=list(TRAIN_MIX.values())))
     if kind == "database":
-        return Lighting(
+        return Conditions(
             sun_azimuth=150.0 + rng.uniform(-10, 10), sun=0.45, ambient=0.6,
-            sky_zenith=(0.40, 0.58, 0.85), sky_horizon=(0.78, 0.85, 0.93), haze=(0.80, 0.84, 0.90),
-            visibility_m=900.0, exposure=rng.uniform(0.95, 1.05), gamma=1.0, tint=(1.0, 1.0, 1.0),
-            noise=0.01, lit_windows=0.0, street_light=0.0, glow=0.0,
+            sky_zenith=(0.40, 0.58, 0.85), sky_horizon=(0.78, 0.85, 0.93), clouds=rng.uniform(0, 0.3),
+            haze=(0.80, 0.84, 0.90), visibility_m=900.0, exposure=rng.uniform(0.95, 1.05), gamma=1.0,
+            tint=(1.0, 1.0, 1.0), noise=0.01, lit_windows=0.0, street_light=0.0, glow=0.0, cars=2.0,
         )
-    if kind in ("day", "train"):
-        # Training images vary more than queries, as images taken over many years do.
-        wide = 1.3 if kind == "train" else 1.0
+    if kind == "day":
         overcast = rng.random() < 0.3
         sky = (0.72, 0.74, 0.78) if overcast else (0.40, 0.58, 0.85)
-        return Lighting(
+        return Conditions(
             sun_azimuth=rng.uniform(0, 360), sun=0.1 if overcast else rng.uniform(0.3, 0.6),
             ambient=rng.uniform(0.5, 0.8), sky_zenith=_uniform3(rng, sky, 0.15),
-            sky_horizon=_uniform3(rng, (0.80, 0.84, 0.90), 0.1), haze=_uniform3(rng, (0.78, 0.8, 0.84), 0.1),
-            visibility_m=rng.uniform(120, 900), exposure=rng.uniform(1 - 0.35 * wide, 1 + 0.3 * wide),
-            gamma=math.exp(rng.uniform(-0.3, 0.3) * wide), tint=_uniform3(rng, (1, 1, 1), 0.12 * wide),
-            noise=rng.uniform(0.0, 0.04), lit_windows=0.0, street_light=0.0, glow=0.0,
+            sky_horizon=_uniform3(rng, (0.80, 0.84, 0.90), 0.1), clouds=rng.uniform(0, 0.7),
+            haze=_uniform3(rng, (0.78, 0.8, 0.84), 0.1), visibility_m=rng.uniform(120, 900),
+            exposure=rng.uniform(0.65, 1.3), gamma=math.exp(rng.uniform(-0.3, 0.3)),
+            tint=_uniform3(rng, (1, 1, 1), 0.12), noise=rng.uniform(0.0, 0.04), lit_windows=0.0,
+            street_light=0.0, glow=0.0, cars=3.0,
         )
     if kind == "sunset":
-        return Lighting(
+        return Conditions(
             sun_azimuth=rng.uniform(230, 300), sun=rng.uniform(0.3, 0.5), ambient=rng.uniform(0.35, 0.5),
             sky_zenith=_uniform3(rng, (0.30, 0.35, 0.60), 0.1), sky_horizon=_uniform3(rng, (0.98, 0.62, 0.35), 0.1),
-            haze=_uniform3(rng, (0.85, 0.60, 0.45), 0.1), visibility_m=rng.uniform(150, 500),
-            exposure=rng.uniform(0.8, 1.1), gamma=math.exp(rng.uniform(-0.15, 0.15)),
-            tint=_uniform3(rng, (1.12, 0.92, 0.78), 0.06), noise=rng.uniform(0.01, 0.04),
-            lit_windows=0.15, street_light=0.1, glow=0.4,
+            clouds=rng.uniform(0, 0.5), haze=_uniform3(rng, (0.85, 0.60, 0.45), 0.1),
+            visibility_m=rng.uniform(150, 500), exposure=rng.uniform(0.8, 1.1),
+            gamma=math.exp(rng.uniform(-0.15, 0.15)), tint=_uniform3(rng, (1.12, 0.92, 0.78), 0.06),
+            noise=rng.uniform(0.01, 0.04), lit_windows=0.15, street_light=0.1, glow=0.4, cars=3.0,
         )
     if kind == "night":
-        return Lighting(
+        return Conditions(
             sun_azimuth=0.0, sun=0.0, ambient=rng.uniform(0.06, 0.12),
             sky_zenith=_uniform3(rng, (0.02, 0.03, 0.08), 0.2), sky_horizon=_uniform3(rng, (0.16, 0.13, 0.16), 0.2),
-            haze=_uniform3(rng, (0.12, 0.10, 0.10), 0.2), visibility_m=rng.uniform(200, 600),
-            exposure=rng.uniform(0.9, 1.3), gamma=math.exp(rng.uniform(-0.2, 0.1)),
+            clouds=rng.uniform(0, 0.4), haze=_uniform3(rng, (0.12, 0.10, 0.10), 0.2),
+            visibility_m=rng.uniform(200, 600), exposure=rng.uniform(0.9, 1.3), gamma=math.exp(rng.uniform(-0.2, 0.1)),
             tint=_uniform3(rng, (1.05, 0.97, 0.88), 0.06), noise=rng.uniform(0.02, 0.05),
-            lit_windows=rng.uniform(0.45, 0.7), street_light=rng.uniform(0.35, 0.55), glow=1.0,
+            lit_windows=rng.uniform(0.45, 0.7), street_light=rng.uniform(0.35, 0.55), glow=1.0, cars=2.0,
         )
-    raise ValueError(f"unknown lighting kind {kind!r}")
+    raise ValueError(f"unknown conditions kind {kind!r}")
 
 
 # ----------------------------------------------------------------------------- rendering
@@ -485,9 +497,49 @@ def _visible_facades(city: City, origins: np.ndarray, rays: np.ndarray) -> np.nd
     return near & facing & ~beyond_left & ~beyond_right
 
 
-def _lighting_arrays(lights: list[Lighting]) -> dict[str, np.ndarray]:
-    """Each lighting parameter as an array with one row per view."""
-    return {f.name: np.array([getattr(light, f.name) for light in lights], dtype=float) for f in fields(Lighting)}
+def _condition_arrays(conditions: list[Conditions]) -> dict[str, np.ndarray]:
+    """Each condition parameter as an array with one row per view."""
+    return {f.name: np.array([getattr(c, f.name) for c in conditions], dtype=float) for f in fields(Conditions)}
+
+
+def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], cells: int) -> np.ndarray:
+    """Noise in [0, 1] varying over about `cells` cells per side (bilinear interpolation)."""
+    coarse = rng.random((cells + 1, cells + 1))
+    gy, gx = np.linspace(0, cells, shape[0]), np.linspace(0, cells, shape[1])
+    y0, x0 = np.minimum(gy.astype(int), cells - 1), np.minimum(gx.astype(int), cells - 1)
+    fy, fx = (gy - y0)[:, None], (gx - x0)[None, :]
+    top = coarse[y0][:, x0] * (1 - fx) + coarse[y0][:, x0 + 1] * fx
+    bottom = coarse[y0 + 1][:, x0] * (1 - fx) + coarse[y0 + 1][:, x0 + 1] * fx
+    return top * (1 - fy) + bottom * fy
+
+
+CAR_COLOURS = np.array([(0.92, 0.92, 0.92), (0.12, 0.12, 0.13), (0.55, 0.56, 0.58), (0.65, 0.12, 0.10),
+                        (0.15, 0.25, 0.55), (0.80, 0.78, 0.70)])
+
+
+def _draw_cars(image: np.ndarray, wall_depth: np.ndarray, cond: Conditions, focal: float, horizon: float,
+               rng: np.random.Generator) -> None:
+    """Paint passing and parked cars (upright boxes on the road, nearer walls hiding them) into
+    one view's image (H, W, 3), given the perpendicular wall distance of each pixel (H, W)."""
+    height, width = wall_depth.shape
+    n_cars = rng.poisson(cond.cars)
+    depths = np.sort(rng.uniform(4.0, 50.0, n_cars))[::-1]  # far to near
+    rows = np.arange(height)[:, None] + 0.5
+    cols = np.arange(width)[None, :] + 0.5
+    for depth in depths:
+        centre, length = rng.uniform(0, width), rng.uniform(1.8, 4.6)
+        roof, colour = rng.uniform(1.3, 1.7), CAR_COLOURS[rng.integers(len(CAR_COLOURS))]
+        bottom = horizon + focal * CAMERA_HEIGHT_M / depth
+        top = horizon + focal * (CAMERA_HEIGHT_M - roof) / depth
+        body = (rows >= top) & (rows < bottom) & (np.abs(cols - centre) < focal * length / (2 * depth))
+        body &= wall_depth > depth
+        level = (bottom - rows[:, 0]) / (bottom - top)  # 0 at the wheels, 1 at the roof, per row
+        lit = colour * (cond.ambient + 0.5 * cond.sun + 0.5 * cond.street_light)
+        paint = np.where(level[:, None] > 0.55, np.array([0.10, 0.12, 0.15]), lit)  # windows
+        paint = np.where(level[:, None] < 0.18, np.array([0.04, 0.04, 0.04]), paint)  # wheels, shadow
+        fog = 1 - math.exp(-depth / cond.visibility_m)
+        r, c = np.nonzero(body)
+        image[r, c] = paint[r] * (1 - fog) + np.array(cond.haze) * fog
 
 
 def _nearest_walls(city: City, origin: np.ndarray, rays: np.ndarray, visible: np.ndarray):
@@ -511,12 +563,12 @@ def _nearest_walls(city: City, origin: np.ndarray, rays: np.ndarray, visible: np
     return np.take_along_axis(t, nearest, 1), np.take_along_axis(s, nearest, 1), candidates[nearest]
 
 
-def render_views(city: City, cameras: np.ndarray, lights: list[Lighting], pixels: int,
+def render_views(city: City, cameras: np.ndarray, conditions: list[Conditions], pixels: int,
                  noise: list[np.random.Generator]) -> np.ndarray:
     """Render views from cameras (B, 3) = map x, y and compass heading: uint8 (B, H, W, 3).
 
     Views are shaded together to share numpy's per-call overhead; each view's pixels depend
-    only on its own camera, lighting and noise generator.
+    only on its own camera, conditions and noise generator (clouds, cars, sensor noise).
     """
     cameras = np.asarray(cameras, dtype=float).reshape(-1, 3)
     n_views, width = len(cameras), pixels
@@ -537,18 +589,24 @@ def render_views(city: City, cameras: np.ndarray, lights: list[Lighting], pixels
     first = np.argmax(covered, axis=0)  # nearest layer covering each pixel, (H, BW)
     is_wall = covered.any(axis=0).reshape(pixels, n_views, width)
 
-    light = _lighting_arrays(lights)
-    # Sky: a vertical gradient; road: grey, lit by street lamps at night, fading into haze.
+    cond = _condition_arrays(conditions)
+    # Sky: a vertical gradient under clouds; road: grey, lit by street lamps at night; both
+    # fade into haze with distance.
     sky_t = np.clip(rows / horizon, 0, 1)[:, None, None]
-    sky = light["sky_zenith"][None] * (1 - sky_t) + light["sky_horizon"][None] * sky_t  # (H, B, 3)
+    sky = cond["sky_zenith"][None] * (1 - sky_t) + cond["sky_horizon"][None] * sky_t  # (H, B, 3)
     image = np.repeat(sky[:, :, None, :], width, axis=2)  # (H, B, W, 3)
+    cloud_colour = 0.4 * cond["sky_horizon"] + 0.6 * (cond["ambient"] + cond["sun"])[:, None] * 0.95
+    for i, rng in enumerate(noise):
+        cover = np.clip((_smooth_noise(rng, (pixels, width), 4) - 1 + cond["clouds"][i]) / 0.25, 0, 1)
+        cover[rows > horizon] = 0
+        image[:, i] += cover[..., None] * (cloud_colour[i] - image[:, i])
     below = rows > horizon
     ground_dist = CAMERA_HEIGHT_M * focal / np.maximum(rows[below] - horizon, 1e-3)
     ground_dist = (ground_dist[:, None] / np.cos(offsets)[None, :])[:, None, :, None]  # (G, 1, W, 1)
-    road = np.array(city.style.ground_colour) * (light["ambient"] + 0.5 * light["sun"])[:, None]
-    road = road[None, :, None] + light["street_light"][None, :, None, None] * 0.35 * np.exp(-ground_dist / 12.0)
-    fog = 1 - np.exp(-ground_dist / light["visibility_m"][None, :, None, None])
-    image[below] = road * (1 - fog) + light["haze"][None, :, None] * fog
+    road = np.array(city.style.ground_colour) * (cond["ambient"] + 0.5 * cond["sun"])[:, None]
+    road = road[None, :, None] + cond["street_light"][None, :, None, None] * 0.35 * np.exp(-ground_dist / 12.0)
+    fog = 1 - np.exp(-ground_dist / cond["visibility_m"][None, :, None, None])
+    image[below] = road * (1 - fog) + cond["haze"][None, :, None] * fog
 
     rr, bb, cc = np.nonzero(is_wall)
     column = bb * width + cc
@@ -558,21 +616,27 @@ def render_views(city: City, cameras: np.ndarray, lights: list[Lighting], pixels
     length = np.hypot(edge[:, 0], edge[:, 1])
     u = s_k[column, layer] * length
     height = v[layer, rr, column]
-    albedo, emitted, glass = _facade(city, seg, u, height, light["lit_windows"][bb], light["glow"][bb])
+    albedo, emitted, glass = _facade(city, seg, u, height, cond["lit_windows"][bb], cond["glow"][bb])
     normal = np.stack([edge[:, 1], -edge[:, 0]], 1) / length[:, None]
-    sun_az = np.radians(light["sun_azimuth"][bb])
-    shade = light["ambient"][bb] + light["sun"][bb] * np.clip(normal[:, 0] * np.sin(sun_az) + normal[:, 1] * np.cos(sun_az), 0, None)
+    sun_az = np.radians(cond["sun_azimuth"][bb])
+    facing_sun = np.clip(normal[:, 0] * np.sin(sun_az) + normal[:, 1] * np.cos(sun_az), 0, None)
+    shade = cond["ambient"][bb] + cond["sun"][bb] * facing_sun
     # Street lamps light the lower floors, in pools every 18 m along the facade.
-    shade += light["street_light"][bb] * np.exp(-height / 5.0) * (0.6 + 0.4 * np.cos(u * (2 * math.pi / 18.0)) ** 2)
+    shade += cond["street_light"][bb] * np.exp(-height / 5.0) * (0.6 + 0.4 * np.cos(u * (2 * math.pi / 18.0)) ** 2)
     colour = albedo * shade[:, None] + emitted
-    daylight_glass = (glass & (light["lit_windows"][bb] == 0))[:, None]
-    colour = np.where(daylight_glass, colour * 0.85 + 0.1 * light["sky_zenith"][bb], colour)
-    fog = (1 - np.exp(-dist / light["visibility_m"][bb]))[:, None]
-    image[rr, bb, cc] = colour * (1 - fog) + light["haze"][bb] * fog
+    daylight_glass = (glass & (cond["lit_windows"][bb] == 0))[:, None]
+    colour = np.where(daylight_glass, colour * 0.85 + 0.1 * cond["sky_zenith"][bb], colour)
+    fog = (1 - np.exp(-dist / cond["visibility_m"][bb]))[:, None]
+    image[rr, bb, cc] = colour * (1 - fog) + cond["haze"][bb] * fog
 
-    image = image * (light["exposure"][:, None] * light["tint"])[None, :, None]
-    image = np.clip(image, 0, 1) ** light["gamma"][None, :, None, None]
-    image += np.stack([rng.normal(0, sigma, (pixels, width, 3)) for rng, sigma in zip(noise, light["noise"])], 1)
+    wall_depth = np.full((pixels, n_views, width), np.inf)
+    wall_depth[rr, bb, cc] = depth[column, layer]
+    for i, rng in enumerate(noise):
+        _draw_cars(image[:, i], wall_depth[:, i], conditions[i], focal, horizon, rng)
+
+    image = image * (cond["exposure"][:, None] * cond["tint"])[None, :, None]
+    image = np.clip(image, 0, 1) ** cond["gamma"][None, :, None, None]
+    image += np.stack([rng.normal(0, sigma, (pixels, width, 3)) for rng, sigma in zip(noise, cond["noise"])], 1)
     return np.clip(np.rint(image * 255), 0, 255).astype(np.uint8).transpose(1, 0, 2, 3)
 
 
@@ -591,13 +655,14 @@ class Region:
 
 @dataclass(frozen=True)
 class Shot:
-    """One image to render: where, how it is lit, and its name fields."""
+    """One image to render: where, in which conditions, and its name fields."""
 
     folder: str
     x: float
     y: float
     heading: float
-    lighting: Lighting
+    street_heading: float  # direction of the street the camera stands on (0 or 90)
+    conditions: Conditions
     noise_seed: int
     pano_id: str
     note: str = ""
@@ -624,44 +689,42 @@ def street_positions(city: City, region: Region, spacing: float, rng: np.random.
     return np.array(points)
 
 
-def _lane_offset(street_heading: float, street_w: float, rng: np.random.Generator, scale: float):
-    """A sideways shift within the driving lanes, as (dx, dy)."""
-    across = rng.uniform(-1, 1) * min(3.0, 0.25 * street_w) * scale
-    rad = math.radians(street_heading + 90)
-    return across * math.sin(rad), across * math.cos(rad)
+def _street_shift(street_heading: float, along: float, across: float) -> tuple[float, float]:
+    """(dx, dy) of a move `along` the street and `across` it (to the right)."""
+    rad = math.radians(street_heading)
+    return along * math.sin(rad) + across * math.cos(rad), along * math.cos(rad) - across * math.sin(rad)
 
 
-def panorama_shots(city: City, folder: str, points: np.ndarray, headings: int, lighting: str,
+def panorama_shots(city: City, folder: str, points: np.ndarray, headings: int, conditions: str,
                    pano_prefix: str, rng: np.random.Generator) -> list[Shot]:
     """`headings` evenly spaced views (random start) at each point, like cropped panoramas."""
     shots = []
     for i, (x, y, street_heading, street_w) in enumerate(points):
-        dx, dy = _lane_offset(street_heading, street_w, rng, 1.0)
+        # Anywhere within the driving lanes.
+        dx, dy = _street_shift(street_heading, 0.0, rng.uniform(-1, 1) * min(3.0, 0.25 * street_w))
         start = rng.uniform(0, 360 / headings)
         for k in range(headings):
             heading = (start + k * 360 / headings + rng.uniform(-3, 3)) % 360
-            shots.append(Shot(folder, x + dx, y + dy, heading, sample_lighting(lighting, rng),
+            shots.append(Shot(folder, x + dx, y + dy, heading, street_heading, sample_conditions(conditions, rng),
                               int(rng.integers(2**63)), f"{pano_prefix}{i:05d}"))
     return shots
 
 
-def query_shots(database: list[Shot], count: int, folder: str, lightings: tuple[str, ...],
+def query_shots(database: list[Shot], count: int, folder: str, conditions: tuple[str, ...],
                 pano_prefix: str, rng: np.random.Generator) -> list[Shot]:
-    """Queries near randomly chosen database views: a few metres away, turned up to 10 degrees,
-    each place taken once per lighting in `lightings`."""
+    """Queries near randomly chosen database views: a few metres along the street, turned up to
+    10 degrees, each place taken once per kind of conditions in `conditions`."""
     chosen = rng.choice(len(database), size=min(count, len(database)), replace=False)
     shots = []
     for i, index in enumerate(sorted(chosen)):
         base = database[index]
-        along, across = rng.uniform(-1, 1) * QUERY_SHIFT_ALONG_M, rng.uniform(-1, 1) * QUERY_SHIFT_ACROSS_M
-        # Shift in the base view's frame: along its heading and across it.
-        rad = math.radians(base.heading)
-        x = base.x + along * math.sin(rad) + across * math.cos(rad)
-        y = base.y + along * math.cos(rad) - across * math.sin(rad)
+        dx, dy = _street_shift(base.street_heading, rng.uniform(-1, 1) * QUERY_SHIFT_ALONG_M,
+                               rng.uniform(-1, 1) * QUERY_SHIFT_ACROSS_M)
         heading = (base.heading + rng.uniform(-QUERY_TURN_DEG, QUERY_TURN_DEG)) % 360
-        for kind in lightings:
-            shots.append(Shot(folder, x, y, heading, sample_lighting(kind, rng), int(rng.integers(2**63)),
-                              f"{pano_prefix}{i:04d}", note=kind))
+        for kind in conditions:
+            shots.append(Shot(folder, base.x + dx, base.y + dy, heading, base.street_heading,
+                              sample_conditions(kind, rng), int(rng.integers(2**63)), f"{pano_prefix}{i:04d}",
+                              note=kind))
     return shots
 
 
@@ -773,7 +836,7 @@ def _render_jobs(city: City, batches: list[list[Shot]], pixels: int, root: str) 
     for batch in batches:
         cameras = np.array([(shot.x, shot.y, shot.heading) for shot in batch])
         noise = [np.random.default_rng(shot.noise_seed) for shot in batch]
-        images = render_views(city, cameras, [shot.lighting for shot in batch], pixels, noise)
+        images = render_views(city, cameras, [shot.conditions for shot in batch], pixels, noise)
         for shot, image in zip(batch, images):
             path = Path(root, shot.folder, shot_file_name(city, shot))
             Image.fromarray(image).save(path, format="JPEG", quality=JPEG_QUALITY, subsampling=0)

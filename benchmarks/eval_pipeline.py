@@ -1,0 +1,78 @@
+"""Descriptor extraction efficiency: `compute_descriptors` against its compute bound, side by side.
+
+For each backbone, a randomly initialised model as `geoloc evaluate` loads it, and the
+database + query images of a synthetic test set. Rounds alternate: the compute-only forward
+passes (batches already on the device, eval mode, inference mode, the run's autocast;
+geoloc.cost.inference_latency_ms, whose median per batch gives the rate), then
+`geoloc.evaluate.compute_descriptors` over the images (real DataLoader, decoding, transfer,
+forward, normalisation, copy back). efficiency = pipeline images/s / compute-only images/s,
+over the rounds after the first (the first starts the loader and warms caches).
+
+    python benchmarks/eval_pipeline.py                         # CPU, demo settings (64 px)
+    python benchmarks/eval_pipeline.py --device cuda --precision amp --image-size 512 \\
+        --source-pixels 512 --num-workers 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from common import (DEMO_BACKBONES, add_common_arguments, machine, print_table, settings_of, setup,
+                    synthetic_city, write_json)
+
+from geoloc.cost import inference_latency_ms
+from geoloc.data import TestSet
+from geoloc.evaluate import compute_descriptors
+from geoloc.models import build_model
+
+COLUMNS = ["backbone", "images", "compute_img_s", "pipeline_img_s", "efficiency", "first_round_efficiency"]
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_arguments(parser, image_size=64, batch_size=64, backbones=DEMO_BACKBONES,
+                         out_name="eval_pipeline.json")
+    parser.add_argument("--city", choices=("tiny", "demo"), default="demo")
+    parser.add_argument("--test-set", default="sf_xs/test", help="folder under the city")
+    parser.add_argument("--source-pixels", type=int, default=None,
+                        help="read copies of the city's images at this size (512: SF-XS-like JPEGs)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--num-workers", type=int, default=0, help="loader processes (config/demo.yaml: 0)")
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    device = setup(args)
+    test_set = TestSet(synthetic_city(args.data_root, args.city, pixels=args.source_pixels) / args.test_set)
+    paths = test_set.database_paths + test_set.queries_paths
+    batches = -(-len(paths) // args.batch_size)
+    rows = []
+    for backbone in args.backbones:
+        model = build_model(backbone).to(device)
+        rounds = []
+        for _ in range(args.rounds):
+            latency_ms = inference_latency_ms(model, args.image_size, device, args.precision,
+                                              batch_size=args.batch_size, repeats=batches, warmup=2)
+            start = time.perf_counter()
+            compute_descriptors(model, paths, image_size=args.image_size, batch_size=args.batch_size,
+                                device=device, precision=args.precision, num_workers=args.num_workers)
+            rounds.append({"compute_img_s": 1000.0 * args.batch_size / latency_ms,
+                           "pipeline_img_s": len(paths) / (time.perf_counter() - start)})
+        counted = rounds[1:] or rounds
+        compute = sum(r["compute_img_s"] for r in counted) / len(counted)
+        pipeline = sum(r["pipeline_img_s"] for r in counted) / len(counted)
+        rows.append({"backbone": backbone, "images": len(paths), "compute_img_s": compute,
+                     "pipeline_img_s": pipeline, "efficiency": pipeline / compute,
+                     "first_round_efficiency": rounds[0]["pipeline_img_s"] / rounds[0]["compute_img_s"],
+                     "rounds": rounds})
+        print_table(rows[-1:], COLUMNS)
+    print()
+    print_table(rows, COLUMNS)
+    write_json(args.out, {"benchmark": "eval_pipeline", "machine": machine(device),
+                          "settings": settings_of(args), "results": rows})
+
+
+if __name__ == "__main__":
+    main()
