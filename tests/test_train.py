@@ -38,6 +38,8 @@ def test_training_records_every_epoch_and_keeps_the_best(tiny_city, tmp_path):
     assert summary["train_seconds"] > 0 and summary["images_per_second"] > 0
     assert summary["trainable_params"] < summary["params"]  # conv1..layer2 frozen
     assert summary["resumed_from_iteration"] is None
+    # ResNet-18 at 32 px: 3.64 GFLOPs at 224 px scaled by (32/224)^2, plus the small head.
+    assert summary["gflops_per_image"] == pytest.approx(3.64 * (32 / 224) ** 2, rel=0.1)
 
 
 def test_trained_weights_change_only_trainable_layers(tiny_city, tmp_path):

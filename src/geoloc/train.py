@@ -32,6 +32,7 @@ import geoloc
 from geoloc import checkpoint as ckpt
 from geoloc.atomic import atomic_write_text
 from geoloc.augment import augment_batch
+from geoloc.cost import gflops_per_image
 from geoloc.data import TestSet, TrainGroupDataset, build_groups
 from geoloc.errors import GeolocError
 from geoloc.evaluate import evaluate_model, resolve_device
@@ -423,6 +424,7 @@ class Trainer:
             "images_per_second": iterations * self.s.batch_size / max(train_s, 1e-9),
             "peak_memory_mb": _peak_memory_mb(self.device), "device": _device_name(self.device),
             "params": total, "trainable_params": trainable,
+            "gflops_per_image": gflops_per_image(self.model, self.s.image_size),
             "resumed_from_iteration": progress["resumed_from_iteration"],
             "versions": _versions(), "started_at": progress["started_at"], "finished_at": _now(),
         }
