@@ -233,6 +233,7 @@ def run_command(tmp_path, model_path, test_dir):
         "--out", str(tmp_path / "recalls" / "tiny.csv"),
         "--queries-out", str(tmp_path / "recalls" / "tiny.queries.csv"),
         "--image-size", "32", "--batch-size", "4", "--precision", "fp32", "--device", "cpu",
+        "--k", "4",
     ])
     return command.run(args)
 
@@ -253,7 +254,7 @@ def test_evaluate_command_writes_both_csvs_consistent_with_distances(tmp_path):
     assert len(queries) == 3
     for row in queries:
         distances = [float(d) for d in row["distances_m"].split("|")]
-        assert len(distances) == 4  # k=20 capped at the 4 database images
+        assert len(distances) == 4  # k=4: the whole database
         within = [i + 1 for i, d in enumerate(distances) if d <= 25.0]
         assert int(row["first_correct_rank"]) == (within[0] if within else 0)
     found = sum(int(row["first_correct_rank"]) > 0 for row in queries)

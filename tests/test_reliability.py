@@ -8,6 +8,7 @@ output files, and with Snakemake itself killed in the middle of a job.
 """
 
 import csv
+import errno
 import json
 import os
 import shutil
@@ -165,7 +166,8 @@ def duplicate_a_database_image(test_dir: Path) -> None:
     (empty_queries, "image folder {test_dir}/queries holds no image"),
     (lambda test_dir: shutil.rmtree(test_dir / "database"), "image folder {test_dir}/database does not exist"),
     (lambda test_dir: shutil.rmtree(test_dir), "test set folder {test_dir} does not exist"),
-    (swap_parts, "test set {test_dir}: 5 queries but only 3 database images"),
+    (swap_parts, "test set {test_dir}: 5 queries but only 3 database images; a test set's database must "
+                 "hold at least as many images as its queries (are database/ and queries/ swapped?)"),
     (duplicate_a_database_image, "duplicate image name @1000.00@5000.00@"),
 ], ids=["empty-queries", "no-database", "no-test-set", "swapped", "duplicate-name"])
 def test_malformed_test_set_fails_naming_the_problem(tmp_path, capsys, model_file, change, problem):
@@ -177,13 +179,6 @@ def test_malformed_test_set_fails_naming_the_problem(tmp_path, capsys, model_fil
 
     assert_refused("evaluate", code, err, problem.format(test_dir=test_dir))
     assert files_under(out) == []
-
-
-def test_swapped_test_set_message_says_what_to_check(tmp_path, capsys, model_file):
-    test_dir = make_test_set(tmp_path / "set")
-    swap_parts(test_dir)
-    code, err = evaluate(capsys, model_file, test_dir, tmp_path / "t.csv", tmp_path / "t.queries.csv")
-    assert_refused("evaluate", code, err, "are database/ and queries/ swapped?")
 
 
 def test_k_larger_than_the_database_is_refused_not_capped(tmp_path, capsys, model_file):
@@ -223,6 +218,23 @@ def test_queries_mostly_without_positive_are_counted_and_stay_in_the_denominator
             "0", "0")
 
 
+def test_model_giving_non_finite_descriptors_is_refused_not_ranked(tmp_path, capsys):
+    # NaN weights stand for a model that overflows in reduced precision, or a damaged file.
+    torch.manual_seed(0)
+    model = models.build_model("resnet18", fc_output_dim=8)
+    with torch.no_grad():
+        model.aggregation.fc.weight[0, 0] = float("nan")
+    models.save_model(tmp_path / "model.pt", model)
+    test_dir = make_test_set(tmp_path / "set")
+    out = tmp_path / "out"
+
+    code, err = evaluate(capsys, tmp_path / "model.pt", test_dir, out / "t.csv", out / "t.queries.csv")
+
+    first = sorted((test_dir / "database").iterdir())[0]
+    assert_refused("evaluate", code, err, f"5 of 5 descriptors are not finite (NaN or inf), the first of {first}")
+    assert files_under(out) == []
+
+
 # ---------------------------------------------------------------- evaluate: unwritable outputs
 
 
@@ -240,21 +252,43 @@ def test_unwritable_results_folder_fails_and_leaves_neither_output(tmp_path, cap
     assert not outputs["recalls"].exists() and not outputs["queries"].exists()
 
 
-@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+class DiskFillsUp:
+    """A text file on a disk with room for `room` more characters; beyond them, ENOSPC."""
+
+    def __init__(self, handle, room: int) -> None:
+        self.handle, self.room = handle, room
+
+    def write(self, text: str) -> int:
+        if len(text) > self.room:
+            self.handle.write(text[: self.room])  # what fits reaches the disk
+            self.handle.flush()
+            self.room = 0
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.room -= len(text)
+        return self.handle.write(text)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.handle.close()
+
+
 @pytest.mark.parametrize("full_at", ["t.csv", "t.queries.csv"])
-def test_full_disk_fails_and_leaves_neither_output_nor_a_temporary_file(
+def test_full_disk_fails_and_leaves_neither_output_nor_a_partial_file(
     tmp_path, capsys, monkeypatch, model_file, full_at
 ):
-    # The atomic writers' temporary file for `full_at` goes to /dev/full: every write to it
-    # fails with ENOSPC, as on a full disk.
+    # The disk fills up 20 characters into `full_at` (whatever name it is written under).
     real_open = open
 
-    def open_on_a_full_disk(path, mode="r", **kwargs):
-        if "w" in mode and Path(path).name.startswith(f".{full_at}."):
-            return real_open("/dev/full", mode, **kwargs)
-        return real_open(path, mode, **kwargs)
+    def open_on_a_filling_disk(path, mode="r", **kwargs):
+        handle = real_open(path, mode, **kwargs)
+        name = Path(path).name
+        if "w" in mode and (name == full_at or name.startswith(f".{full_at}.")):
+            return DiskFillsUp(handle, room=20)
+        return handle
 
-    monkeypatch.setattr(atomic, "open", open_on_a_full_disk, raising=False)
+    monkeypatch.setattr(atomic, "open", open_on_a_filling_disk, raising=False)
     test_dir = make_test_set(tmp_path / "set")
     out = tmp_path / "out"
 
@@ -322,14 +356,10 @@ def test_badly_named_training_or_validation_image_stops_training(
     assert files_under(tmp_path / "ckpt") == []
 
 
-# ---------------------------------------------------------------- gaps in other modules
-# Each shows a protection still missing; when it is added, the strict xfail fails: remove it.
+# ---------------------------------------------------------------- models, checkpoints, training
 
 
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
-@pytest.mark.xfail(strict=True, raises=RuntimeError,
-                   reason="torch.save reports a full disk as a RuntimeError that save_model and "
-                          "save_checkpoint do not turn into a GeolocError")
 @pytest.mark.parametrize("writer", ["model", "checkpoint"])
 def test_model_or_checkpoint_on_a_full_disk_is_a_clear_error(tmp_path, monkeypatch, writer):
     real_save = torch.save
@@ -343,6 +373,17 @@ def test_model_or_checkpoint_on_a_full_disk_is_a_clear_error(tmp_path, monkeypat
         else:
             save_checkpoint(tmp_path, 1, {"model": model.state_dict()})
     assert files_under(tmp_path) == []
+
+
+def test_swapped_validation_set_stops_training_before_the_first_iteration(tiny_city, tmp_path, capsys):
+    sf_xs = copy_sf_xs(tiny_city, tmp_path / "data")
+    swap_parts(sf_xs / "val")
+
+    code = main(["train", *train_args(sf_xs, tmp_path)])
+
+    assert_refused("train", code, capsys.readouterr().err,
+                   f"test set {sf_xs / 'val'}: 48 queries but only 16 database images")
+    assert files_under(tmp_path / "ckpt") == []  # not one iteration was spent on it
 
 
 # ---------------------------------------------------------------- the workflow, interrupted

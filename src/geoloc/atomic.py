@@ -54,6 +54,17 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs) -> Iterator[
             yield handle
 
 
+def atomic_torch_save(obj, path: str | os.PathLike) -> None:
+    """`torch.save` through `atomic_path`; torch reports a full disk as a RuntimeError."""
+    import torch  # only the writers of models and checkpoints need it
+
+    with atomic_path(path) as tmp:
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError as exc:
+            raise GeolocError(f"cannot write {path}: {exc} (is the disk full?)") from exc
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_open(path, "w", encoding="utf-8") as handle:
         handle.write(text)

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from geoloc.atomic import atomic_path
+from geoloc.atomic import atomic_torch_save
 from geoloc.errors import GeolocError
 
 log = logging.getLogger(__name__)
@@ -36,8 +36,7 @@ def checkpoint_files(folder: Path) -> list[Path]:
 def save_checkpoint(folder: Path, global_iteration: int, state: dict[str, Any]) -> Path:
     """Write `state` atomically as `ckpt-<global_iteration>.pt`; drop all but the newest KEEP."""
     path = folder / f"ckpt-{global_iteration:09d}.pt"
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    atomic_torch_save(state, path)
     for old in checkpoint_files(folder)[KEEP:]:
         old.unlink(missing_ok=True)
     return path
@@ -61,7 +60,8 @@ def load_latest_checkpoint(folder: Path, fingerprint: dict[str, Any]) -> dict[st
             details = ", ".join(f"{k}: {saved.get(k)!r} -> {fingerprint.get(k)!r}" for k in diff)
             raise GeolocError(
                 f"checkpoint {path} was made with other settings ({details}); "
-                "rerun with --fresh to discard it and start over"
+                "rerun with --fresh to discard it and start over "
+                f"(in the workflow: delete {path.parent})"
             )
         log.info("resuming from %s", path)
         state["path"] = str(path)

@@ -127,7 +127,15 @@ def compute_descriptors(
                 batches.append(descriptors.cpu().numpy())
     finally:
         model.train(was_training)
-    return np.concatenate(batches)
+    descriptors = np.concatenate(batches)
+    # A NaN descriptor would be ranked arbitrarily by the search: never a recall from it.
+    broken = ~np.isfinite(descriptors).all(axis=1)
+    if broken.any():
+        raise GeolocError(
+            f"{int(broken.sum())} of {len(paths)} descriptors are not finite (NaN or inf), the first of "
+            f"{paths[int(broken.argmax())]}: the model overflows in {precision} (try fp32) or its weights are damaged"
+        )
+    return descriptors
 
 
 def checked_positives(test_set: TestSet, positive_dist_threshold: float) -> list[np.ndarray]:

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from geoloc.atomic import atomic_path
+from geoloc.atomic import atomic_torch_save
 from geoloc.errors import GeolocError
 from geoloc.weights import load_state_dict, read_torch_file
 
@@ -292,8 +292,7 @@ def save_model(path: Path, model: GeoLocNet) -> None:
         "trainable_blocks": model.trainable_blocks,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    atomic_torch_save(payload, path)
 
 
 def load_model(path: Path, map_location: str | torch.device = "cpu") -> GeoLocNet:

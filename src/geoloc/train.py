@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import hashlib
 import json
 import logging
 import platform
@@ -35,7 +36,7 @@ from geoloc.augment import augment_batch
 from geoloc.cost import gflops_per_image
 from geoloc.data import TestSet, TrainGroupDataset, build_groups
 from geoloc.errors import GeolocError
-from geoloc.evaluate import evaluate_model, resolve_device
+from geoloc.evaluate import checked_positives, evaluate_model, resolve_device
 from geoloc.losses import LOSSES, build_classifier
 from geoloc.models import build_model, count_parameters, save_model
 from geoloc.weights import sha256_file
@@ -198,6 +199,16 @@ def _versions() -> dict[str, str]:
             "faiss": faiss.__version__, "geoloc": geoloc.__version__}
 
 
+def _listing_hash(train_dir: Path, groups: list[list[list[Path]]]) -> str:
+    """sha256 of the trained classes' image names, relative to the training folder."""
+    digest = hashlib.sha256()
+    for group in groups:
+        for images in group:
+            digest.update("\0".join(str(Path(p).relative_to(train_dir)) for p in images).encode())
+            digest.update(b"\1")
+    return digest.hexdigest()
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -227,6 +238,9 @@ class Trainer:
                 raise GeolocError(f"batch_size={settings.batch_size} is larger than the {len(ds)} classes "
                                   f"of group {g} in {train_dir}; lower batch_size or min_images_per_class")
         self.val_set = TestSet(val_dir)
+        # A swapped or positive-less validation set must stop the run now, not after an epoch.
+        checked_positives(self.val_set, settings.positive_dist_threshold)
+        self.data_fingerprint = _listing_hash(train_dir, groups[: settings.groups_num])
 
         torch.manual_seed(settings.seed)
         self.model = build_model(settings.backbone, settings.fc_output_dim, weights=weights,
@@ -243,7 +257,9 @@ class Trainer:
 
     # -- state ------------------------------------------------------------------------------
     def fingerprint(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self.s), "weights_sha256": self.weights_sha256}
+        # The data too: resuming onto other classes would silently mix two trainings.
+        return {**dataclasses.asdict(self.s), "weights_sha256": self.weights_sha256,
+                "train_images": self.data_fingerprint}
 
     def _fresh_progress(self) -> dict[str, Any]:
         return {"epoch": 0, "iteration": 0, "global_iteration": 0, "history": [], "loss_sum": 0.0,
@@ -478,7 +494,12 @@ def run(args: argparse.Namespace) -> int:
     best = copy.deepcopy(trainer.model).cpu()
     best.load_state_dict(progress["best_state"])
     save_model(args.out_dir / "model.pt", best)
-    atomic_write_text(args.out_dir / "train.json", json.dumps(summary, indent=2) + "\n")
+    try:
+        atomic_write_text(args.out_dir / "train.json", json.dumps(summary, indent=2) + "\n")
+    except BaseException:
+        # Both outputs or neither: a model without its train.json would look finished.
+        (args.out_dir / "model.pt").unlink(missing_ok=True)
+        raise
     # The outputs are complete: the checkpoints have done their job, and leaving them would
     # block a retraining with changed settings (they would be refused as another run's).
     ckpt.discard_checkpoints(args.checkpoint_dir)
