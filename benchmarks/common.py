@@ -44,14 +44,17 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, image_size: int, ba
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (default 1: on a shared machine, OpenMP threads that "
                              "wait for a busy core make 2 threads slower than 1)")
+    parser.add_argument("--cudnn-benchmark", action="store_true",
+                        help="let cuDNN time its algorithms for each shape (geoloc.train does not, yet)")
     parser.add_argument("--data-root", type=Path, default=OUT / "data",
                         help="synthetic cities are generated here once and reused")
     parser.add_argument("--out", type=Path, default=OUT / out_name, help="JSON file to write")
 
 
 def setup(args: argparse.Namespace) -> torch.device:
-    """Apply --threads and return the device of --device."""
+    """Apply --threads and --cudnn-benchmark; return the device of --device."""
     torch.set_num_threads(args.threads)
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
     args.backbones = [name for name in args.backbones.split(",") if name]
     return resolve_device(args.device)
 
@@ -180,6 +183,8 @@ def print_table(rows: list[dict], columns: list[str]) -> None:
 
 
 def _cell(value: object) -> str:
+    if isinstance(value, list):
+        return "-".join(_cell(item) for item in value)
     if isinstance(value, float):
         return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
     return "-" if value is None else str(value)

@@ -5,8 +5,10 @@ database + query images of a synthetic test set. Rounds alternate: the compute-o
 passes (batches already on the device, eval mode, inference mode, the run's autocast;
 geoloc.cost.inference_latency_ms, whose median per batch gives the rate), then
 `geoloc.evaluate.compute_descriptors` over the images (real DataLoader, decoding, transfer,
-forward, normalisation, copy back). efficiency = pipeline images/s / compute-only images/s,
-over the rounds after the first (the first starts the loader and warms caches).
+forward, normalisation, copy back). efficiency = pipeline images/s / compute-only images/s;
+`cpu_efficiency` is the same ratio in this process's CPU time, robust to a shared machine's
+load, where this process does all the work (--num-workers 0, CPU). Medians over the rounds
+after the first (it starts the loader and warms caches), with the wall ratio's range.
 
     python benchmarks/eval_pipeline.py                         # CPU, demo settings (64 px)
     python benchmarks/eval_pipeline.py --device cuda --precision amp --image-size 512 \\
@@ -16,6 +18,7 @@ over the rounds after the first (the first starts the loader and warms caches).
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 from common import (DEMO_BACKBONES, add_common_arguments, machine, print_table, settings_of, setup,
@@ -26,7 +29,9 @@ from geoloc.data import TestSet
 from geoloc.evaluate import compute_descriptors
 from geoloc.models import build_model
 
-COLUMNS = ["backbone", "images", "compute_img_s", "pipeline_img_s", "efficiency", "first_round_efficiency"]
+COLUMNS = ["backbone", "images", "compute_img_s", "pipeline_img_s", "efficiency", "efficiency_range",
+           "cpu_efficiency", "first_round_efficiency"]
+WARMUP = 2
 
 
 def parse_args() -> argparse.Namespace:
@@ -53,20 +58,24 @@ def main() -> None:
         model = build_model(backbone).to(device)
         rounds = []
         for _ in range(args.rounds):
+            cpu_start = time.process_time()
             latency_ms = inference_latency_ms(model, args.image_size, device, args.precision,
-                                              batch_size=args.batch_size, repeats=batches, warmup=2)
-            start = time.perf_counter()
+                                              batch_size=args.batch_size, repeats=batches, warmup=WARMUP)
+            compute_cpu = (time.process_time() - cpu_start) / (batches + WARMUP) / args.batch_size
+            cpu_start, start = time.process_time(), time.perf_counter()
             compute_descriptors(model, paths, image_size=args.image_size, batch_size=args.batch_size,
                                 device=device, precision=args.precision, num_workers=args.num_workers)
-            rounds.append({"compute_img_s": 1000.0 * args.batch_size / latency_ms,
-                           "pipeline_img_s": len(paths) / (time.perf_counter() - start)})
+            seconds, pipeline_cpu = time.perf_counter() - start, (time.process_time() - cpu_start) / len(paths)
+            compute, pipeline = 1000.0 * args.batch_size / latency_ms, len(paths) / seconds
+            rounds.append({"compute_img_s": compute, "pipeline_img_s": pipeline, "efficiency": pipeline / compute})
+            if args.num_workers == 0 and device.type == "cpu":  # this process does all the work
+                rounds[-1]["cpu_efficiency"] = compute_cpu / pipeline_cpu
         counted = rounds[1:] or rounds
-        compute = sum(r["compute_img_s"] for r in counted) / len(counted)
-        pipeline = sum(r["pipeline_img_s"] for r in counted) / len(counted)
-        rows.append({"backbone": backbone, "images": len(paths), "compute_img_s": compute,
-                     "pipeline_img_s": pipeline, "efficiency": pipeline / compute,
-                     "first_round_efficiency": rounds[0]["pipeline_img_s"] / rounds[0]["compute_img_s"],
-                     "rounds": rounds})
+        rows.append({"backbone": backbone, "images": len(paths), "cpu_efficiency": None,
+                     **{key: statistics.median(r[key] for r in counted) for key in rounds[0]},
+                     "efficiency_range": [min(r["efficiency"] for r in counted),
+                                          max(r["efficiency"] for r in counted)],
+                     "first_round_efficiency": rounds[0]["efficiency"], "rounds": rounds})
         print_table(rows[-1:], COLUMNS)
     print()
     print_table(rows, COLUMNS)

@@ -1,30 +1,37 @@
 """Training pipeline efficiency: the real training loop against its compute bound, side by side.
 
 For each backbone, one `geoloc.train.Trainer` (the class `geoloc train` runs) on a synthetic
-city, and, sharing its model and optimizer, a compute-only step (forward + CosFace loss +
-backward + Adam steps on a batch already on the device; benchmarks/common.py). Rounds
-alternate: `--iterations` compute-only steps, then `Trainer.fit()` over one epoch of
+city and, sharing its model and optimizer, a compute-only step (forward + CosFace loss +
+backward + Adam steps on a batch already on the device; benchmarks/common.py). Each round
+runs half of `--iterations` compute-only steps, then `Trainer.fit()` over one epoch of
 `--iterations` iterations (real sampler, DataLoader and decoding, on-device augmentation,
-loss, optimizer, bookkeeping). Alternating keeps a shared machine's changing load out of the
-ratio. The pipeline's time is `train_seconds` as train.json has it (validation and checkpoints
-excluded). `epoch_fixed_seconds` is the rest of an epoch's wall time besides validation: the
-end-of-epoch checkpoint, moving the classifier, and loader start-up when not in train_seconds.
+loss, optimizer, bookkeeping), then the other half: a load that drifts during the round
+weighs on both sides alike.
 
-efficiency = pipeline images/s / compute-only images/s, over the rounds after the first (the
-first starts the loader and warms caches: 20 iterations here weigh it 500 times more than a
-10,000-iteration epoch does). Validation uses the tiny city's small val set: its time is not
-measured, only waited for.
+    efficiency = pipeline images/s / compute-only images/s
+
+in wall time, the pipeline's being `train_seconds` as train.json has it (validation and
+checkpoints excluded). On a shared CPU machine other processes' bursts still move wall-time
+ratios by +-20 %, so with the loader in the main process (--num-workers 0) and one thread,
+`cpu_efficiency` gives the same ratio in this process's CPU time (fit()'s, less what its
+validation and checkpoints took), which other processes barely touch. Figures are medians
+over the rounds after the first (it starts the loader and warms caches: at 20 iterations
+that weighs 500 times more than in a 10,000-iteration epoch), with the wall ratio's range.
+`epoch_fixed_seconds`: the rest of an epoch's wall time besides validation (the end-of-epoch
+checkpoint, moving the classifier). Validation uses the tiny city's val set, to be quick.
 
     python benchmarks/train_pipeline.py                         # CPU, demo settings (64 px)
     python benchmarks/train_pipeline.py --image-cache           # also with geoloc.image_cache
     python benchmarks/train_pipeline.py --device cuda --precision amp --image-size 512 \\
-        --source-pixels 512 --num-workers 8 --iterations 100 --image-cache
+        --source-pixels 512 --num-workers 14 --iterations 200 --image-cache
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -32,12 +39,14 @@ from pathlib import Path
 from common import (DEMO_BACKBONES, ComputeOnlyStep, add_common_arguments, machine, print_table,
                     settings_of, setup, synthetic_city, write_json)
 
+from geoloc import checkpoint
+from geoloc import train as train_module
 from geoloc.data import TrainGroupDataset
 from geoloc.image_cache import ImageCache
 from geoloc.train import RunInfo, Trainer, TrainSettings
 
-COLUMNS = ["backbone", "loader", "compute_img_s", "pipeline_img_s", "efficiency", "first_round_efficiency",
-           "epoch_fixed_seconds"]
+COLUMNS = ["backbone", "loader", "compute_img_s", "pipeline_img_s", "efficiency", "efficiency_range",
+           "cpu_efficiency", "first_round_efficiency", "epoch_fixed_seconds"]
 
 
 def parse_args() -> argparse.Namespace:
@@ -51,7 +60,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--min-images-per-class", type=int, default=4,
                         help="config/demo.yaml: 4; the tiny city needs 3")
     parser.add_argument("--iterations", type=int, default=20, help="iterations per round")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating compute-only / pipeline rounds")
+    parser.add_argument("--rounds", type=int, default=4, help="alternating compute-only / pipeline rounds")
     parser.add_argument("--num-workers", type=int, default=0, help="loader processes (config/demo.yaml: 0)")
     parser.add_argument("--image-cache", action="store_true",
                         help="also run the rounds with the training images read from a geoloc.image_cache")
@@ -101,26 +110,55 @@ def make_trainer(args: argparse.Namespace, backbone: str, city: Path, val_city: 
 
 def measure(args: argparse.Namespace, trainer: Trainer, step: ComputeOnlyStep, backbone: str, loader: str) -> dict:
     images = args.iterations * args.batch_size
+    half = max(1, args.iterations // 2)
     rounds = []
     for _ in range(args.rounds):
-        compute_seconds = step.seconds(args.iterations)
-        start = time.perf_counter()
-        progress = trainer.fit(fresh=True)
-        fit_seconds = time.perf_counter() - start
-        rounds.append({"compute_seconds": compute_seconds, "train_seconds": progress["train_seconds"],
-                       "wall_seconds": fit_seconds - progress["val_seconds"]})
+        cpu_start = time.process_time()
+        compute_seconds = step.seconds(half)
+        compute_cpu = time.process_time() - cpu_start
+        with cpu_time_outside_training() as outside:
+            cpu_start, start = time.process_time(), time.perf_counter()
+            progress = trainer.fit(fresh=True)
+            fit_seconds, fit_cpu = time.perf_counter() - start, time.process_time() - cpu_start
+        cpu_start = time.process_time()
+        compute_seconds += step.seconds(half)
+        compute_cpu += time.process_time() - cpu_start
+        compute_images = 2 * half * args.batch_size
+        rounds.append({
+            "compute_img_s": compute_images / compute_seconds,
+            "pipeline_img_s": images / progress["train_seconds"],
+            "efficiency": images / progress["train_seconds"] / (compute_images / compute_seconds),
+            "epoch_fixed_seconds": fit_seconds - progress["val_seconds"] - progress["train_seconds"]})
+        if args.num_workers == 0 and step.device.type == "cpu":  # this process does all the work
+            rounds[-1]["cpu_efficiency"] = images / (fit_cpu - outside["seconds"]) / (compute_images / compute_cpu)
     counted = rounds[1:] or rounds
+    return {"backbone": backbone, "loader": loader, "cpu_efficiency": None,
+            **{key: statistics.median(r[key] for r in counted) for key in rounds[0]},
+            "efficiency_range": [min(r["efficiency"] for r in counted), max(r["efficiency"] for r in counted)],
+            "first_round_efficiency": rounds[0]["efficiency"], "rounds": rounds}
 
-    def rate(key: str, chosen: list[dict]) -> float:
-        return images * len(chosen) / sum(r[key] for r in chosen)
 
-    compute = rate("compute_seconds", counted)
-    return {"backbone": backbone, "loader": loader, "compute_img_s": compute,
-            "pipeline_img_s": rate("train_seconds", counted),
-            "efficiency": rate("train_seconds", counted) / compute,
-            "epoch_fixed_seconds": sum(r["wall_seconds"] - r["train_seconds"] for r in counted) / len(counted),
-            "first_round_efficiency": rate("train_seconds", rounds[:1]) / rate("compute_seconds", rounds[:1]),
-            "rounds": rounds}
+@contextlib.contextmanager
+def cpu_time_outside_training():
+    """Count this process's CPU seconds in fit()'s validation and checkpoints (yields {"seconds"})."""
+    spent = {"seconds": 0.0}
+
+    def counted(function):
+        def wrapper(*args, **kwargs):
+            start = time.process_time()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                spent["seconds"] += time.process_time() - start
+        return wrapper
+
+    # geoloc.train calls them through these module attributes.
+    originals = train_module.evaluate_model, checkpoint.save_checkpoint
+    train_module.evaluate_model, checkpoint.save_checkpoint = map(counted, originals)
+    try:
+        yield spent
+    finally:
+        train_module.evaluate_model, checkpoint.save_checkpoint = originals
 
 
 def use_image_cache(args: argparse.Namespace, trainer: Trainer, folder: Path) -> float:

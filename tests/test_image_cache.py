@@ -247,3 +247,14 @@ def test_dataset_refuses_a_cache_of_another_size(tmp_path):
     cache = ImageCache.build_or_open(paths, SIZE, tmp_path / "cache")
     with pytest.raises(GeolocError, match="holds 8 px images, not 16 px"):
         TrainGroupDataset([paths], 16, cache=cache)
+
+
+def test_a_killed_builds_temp_file_is_removed_by_the_next_build(tmp_path):
+    paths = write_images(tmp_path / "imgs", 2)
+    cache = ImageCache.build_or_open(paths, SIZE, tmp_path / "cache")
+    leftover = cache.data_file.with_name(f".{cache.data_file.name}.abc123.tmp")
+    leftover.write_bytes(b"half a cache")
+    cache.data_file.with_suffix(".json").unlink()  # as if killed before the index was written
+    ImageCache.build_or_open(paths, SIZE, tmp_path / "cache")
+    assert not leftover.exists()
+    assert len(cache_files(tmp_path / "cache")) == 2

@@ -29,6 +29,11 @@ def tiny(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def demo_plan():
+    return synthetic.plan_shots(0, synthetic.SIZES["demo"])
+
+
 def images(folder: Path) -> list[Path]:
     return sorted(folder.glob("*.jpg"))
 
@@ -37,13 +42,12 @@ def utm(paths: list[Path]) -> np.ndarray:
     return np.array([[m.utm_east, m.utm_north] for m in map(parse_image_name, paths)])
 
 
-def group_zero_class_sizes(headings_utm: np.ndarray, *, M, alpha, N, L, min_images_per_class) -> list[int]:
-    """Images per class of CosPlace group 0 (classes below the minimum dropped)."""
-    east, north, heading = headings_utm.T
+def group_zero_class_sizes(east_north_heading: np.ndarray, *, M, alpha, N, L, min_images_per_class):
+    """Images per class of CosPlace group 0, classes below the minimum dropped."""
+    east, north, heading = east_north_heading.T
     cells = zip((east // M).astype(int), (north // M).astype(int), (heading // alpha).astype(int))
-    sizes = collections.Counter(cells)
-    return [n for (e, no, h), n in sizes.items() if n >= min_images_per_class and e % N == 0 and no % N == 0
-            and h % L == 0]
+    return [n for (e, no, h), n in collections.Counter(cells).items()
+            if n >= min_images_per_class and e % N == 0 and no % N == 0 and h % L == 0]
 
 
 def recall_at_1(queries: np.ndarray, database: np.ndarray, q_utm: np.ndarray, db_utm: np.ndarray) -> float:
@@ -51,12 +55,25 @@ def recall_at_1(queries: np.ndarray, database: np.ndarray, q_utm: np.ndarray, db
     return 100.0 * float(np.mean(np.linalg.norm(q_utm - db_utm[nearest], axis=1) <= 25.0))
 
 
-def tiny_descriptor(pixels: np.ndarray) -> np.ndarray:
+def thumbnail_descriptor(pixels: np.ndarray) -> np.ndarray:
     """8x8 grayscale thumbnails, L2-normalised: a non-learned baseline. pixels (n, H, W, 3)."""
     gray = pixels.astype(np.float64).mean(axis=3)
     n, h, w = gray.shape
     thumb = gray.reshape(n, 8, h // 8, 8, w // 8).mean(axis=(2, 4)).reshape(n, 64)
     return thumb / np.linalg.norm(thumb, axis=1, keepdims=True)
+
+
+def render_folder(plan, folder: str) -> tuple[np.ndarray, np.ndarray]:
+    """Render one planned folder in memory: pixels (n, 64, 64, 3) and UTM east/north (n, 2)."""
+    city, shots = plan["sf" if folder.startswith("sf_xs") else "tokyo"]
+    chosen = [s for s in shots if s.folder == folder]
+    rendered = [
+        synthetic.render_views(city, [(s.x, s.y, s.heading) for s in batch], [s.conditions for s in batch],
+                               64, [np.random.default_rng(s.noise_seed) for s in batch])
+        for _, batch in itertools.groupby(chosen, lambda s: s.pano_id)
+        for batch in [list(batch)]
+    ]
+    return np.concatenate(rendered), np.array([city.to_utm(s.x, s.y, s.heading)[:2] for s in chosen])
 
 
 def test_writes_the_real_dataset_layout_and_counts(tiny):
@@ -76,20 +93,21 @@ def test_image_names_parse_back_with_zone_and_heading(tiny):
             fields = split_fields(path)
             assert (fields["utm_zone"], fields["zone_letter"]) == (zone, "S")
             assert 0 <= meta.heading < 360
-    first = images(tiny / "sf_xs/train")[0]
-    with Image.open(first) as image:
+    with Image.open(images(tiny / "sf_xs/train")[0]) as image:
         assert (image.format, image.mode, image.size) == ("JPEG", "RGB", (64, 64))
 
 
-def test_names_place_the_camera_where_it_was_rendered():
+def test_names_give_the_camera_position_and_heading_in_utm():
     city = synthetic.build_city(synthetic.SF_STYLE, (3, 3), np.random.default_rng(0))
-    shot = synthetic.Shot("f", x=12.0, y=30.0, heading=0.0, street_heading=0.0, conditions=None, noise_seed=0, pano_id="p")
-    meta = parse_image_name(synthetic.shot_file_name(city, shot))
+    theta = math.radians(city.style.rotation_deg)
+    shot = synthetic.Shot("f", x=0.0, y=30.0, heading=0.0, street_heading=0.0, conditions=None,
+                          noise_seed=0, pano_id="p")
+    meta = parse_image_name(synthetic.shot_file_name(city, shot), need_heading=True)
     east0, north0 = city.style.utm_origin
-    # 30 m grid-north lies 30 m away from the origin, turned by the grid rotation.
-    assert math.hypot(meta.utm_east - east0 - 0, meta.utm_north - north0) == pytest.approx(
-        math.hypot(12.0, 30.0), abs=0.01)
-    assert meta.heading == pytest.approx((-city.style.rotation_deg) % 360, abs=0.05)
+    # 30 m up the grid's north axis, which is turned counter-clockwise by the grid rotation.
+    assert meta.utm_east - east0 == pytest.approx(-30 * math.sin(theta), abs=0.01)
+    assert meta.utm_north - north0 == pytest.approx(30 * math.cos(theta), abs=0.01)
+    assert meta.heading == pytest.approx(360 - city.style.rotation_deg, abs=0.05)
 
 
 def test_same_seed_gives_byte_identical_files_whatever_the_workers(tiny, tmp_path):
@@ -109,7 +127,8 @@ def test_other_seed_gives_another_city(tiny, tmp_path):
 
 def test_every_query_has_a_database_image_within_25_m(tiny):
     for test_set in TEST_SETS:
-        queries, database = utm(images(tiny / test_set / "queries")), utm(images(tiny / test_set / "database"))
+        queries = utm(images(tiny / test_set / "queries"))
+        database = utm(images(tiny / test_set / "database"))
         nearest = np.linalg.norm(queries[:, None] - database[None], axis=2).min(axis=1)
         assert nearest.max() <= 2 * synthetic.QUERY_SHIFT_ALONG_M, test_set
 
@@ -120,8 +139,8 @@ def test_tokyo_night_is_the_tokyo_xs_database_with_the_night_queries(tiny):
     assert all(p.read_bytes() == (xs / "database" / p.name).read_bytes() for p in images(night / "database"))
     notes = collections.Counter(split_fields(p)["note"] for p in images(xs / "queries"))
     assert notes == {"day": 8, "sunset": 8, "night": 8}
-    night_queries = images(night / "queries")
-    assert [p.name for p in night_queries] == sorted(p.name for p in images(xs / "queries") if "@night@" in p.name)
+    night_in_xs = sorted(p.name for p in images(xs / "queries") if split_fields(p)["note"] == "night")
+    assert [p.name for p in images(night / "queries")] == night_in_xs
 
 
 def test_night_is_dark_but_keeps_lit_windows():
@@ -129,10 +148,13 @@ def test_night_is_dark_but_keeps_lit_windows():
     city = synthetic.build_city(synthetic.TOKYO_STYLE, (4, 4), rng)
     x, y = city.streets[2, 0], city.extent[1] / 2  # middle of a street running grid-north
     views = [(x, y, 90.0), (x, y, 270.0)]
-    night = synthetic.render_views(city, views, [synthetic.sample_conditions("night", rng)] * 2, 64,
-                                   [np.random.default_rng(i) for i in range(2)]) / 255
-    day = synthetic.render_views(city, views, [synthetic.sample_conditions("database", rng)] * 2, 64,
-                                 [np.random.default_rng(i) for i in range(2)]) / 255
+
+    def render(kind: str) -> np.ndarray:
+        conditions = [synthetic.sample_conditions(kind, rng)] * 2
+        noise = [np.random.default_rng(i) for i in range(2)]
+        return synthetic.render_views(city, views, conditions, 64, noise) / 255
+
+    night, day = render("night"), render("database")
     assert night.mean() < 0.5 * day.mean()
     assert night.mean() > 0.08  # not black: the previous prototype's night was hopeless
     assert (night.max(axis=3) > 0.6).mean() > 0.02  # lit windows and signs
@@ -143,9 +165,9 @@ def test_views_depend_on_where_the_camera_stands_and_looks():
     city = synthetic.build_city(synthetic.SF_STYLE, (4, 4), rng)
     x, y = city.streets[2, 0], city.extent[1] / 2
     cameras = [(x, y, 90.0), (x, y + 2.0, 92.0), (x, y, 270.0), (x, y + 150.0, 90.0)]
-    light = synthetic.sample_conditions("database", rng)
+    conditions = synthetic.sample_conditions("database", rng)
     view, near, turned, far = synthetic.render_views(
-        city, cameras, [light] * 4, 64, [np.random.default_rng(0) for _ in cameras]).astype(float)
+        city, cameras, [conditions] * 4, 64, [np.random.default_rng(0) for _ in cameras]).astype(float)
     nearby = np.abs(view - near).mean()
     assert nearby < 0.5 * np.abs(view - turned).mean()
     assert nearby < 0.5 * np.abs(view - far).mean()
@@ -155,10 +177,10 @@ def test_views_rendered_together_equal_views_rendered_alone():
     rng = np.random.default_rng(4)
     city = synthetic.build_city(synthetic.SF_STYLE, (3, 3), rng)
     cameras = [(city.streets[1, 0], 40.0, 10.0), (city.streets[2, 0], 90.0, 200.0)]
-    lights = [synthetic.sample_conditions("day", rng), synthetic.sample_conditions("night", rng)]
-    together = synthetic.render_views(city, cameras, lights, 32, [np.random.default_rng(i) for i in range(2)])
+    conditions = [synthetic.sample_conditions("day", rng), synthetic.sample_conditions("night", rng)]
+    together = synthetic.render_views(city, cameras, conditions, 32, [np.random.default_rng(i) for i in range(2)])
     for i in range(2):
-        alone = synthetic.render_views(city, cameras[i:i + 1], lights[i:i + 1], 32, [np.random.default_rng(i)])
+        alone = synthetic.render_views(city, cameras[i:i + 1], conditions[i:i + 1], 32, [np.random.default_rng(i)])
         assert np.array_equal(together[i], alone[0])
 
 
@@ -170,52 +192,33 @@ def test_train_area_is_disjoint_from_val_and_test(tiny):
 
 
 def test_tiny_train_set_has_enough_cosplace_classes(tiny):
-    paths = images(tiny / "sf_xs/train")
-    metas = [parse_image_name(p, need_heading=True) for p in paths]
-    sizes = group_zero_class_sizes(np.array([[m.utm_east, m.utm_north, m.heading] for m in metas]), **TINY_COSPLACE)
-    assert len(sizes) >= 20
+    metas = [parse_image_name(p, need_heading=True) for p in images(tiny / "sf_xs/train")]
+    east_north_heading = np.array([[m.utm_east, m.utm_north, m.heading] for m in metas])
+    assert len(group_zero_class_sizes(east_north_heading, **TINY_COSPLACE)) >= 20
 
 
-def demo_plan():
-    plan = synthetic.plan_shots(0, synthetic.SIZES["demo"])
-    return {name: (city, [s for s in shots]) for name, (city, shots) in plan.items()}
-
-
-def test_demo_sizes_and_group_zero_classes():
-    plan = demo_plan()
-    counts = collections.Counter(shot.folder for _, shots in plan.values() for shot in shots)
+def test_demo_sizes_and_group_zero_classes(demo_plan):
+    counts = collections.Counter(shot.folder for _, shots in demo_plan.values() for shot in shots)
     assert 100 <= counts["sf_xs/val/queries"] <= 200 and 100 <= counts["sf_xs/test/queries"] <= 200
     assert 300 <= counts["sf_xs/test/database"] <= 1000 and 300 <= counts["tokyo_xs/test/database"] <= 1000
     assert counts["tokyo_xs/test/queries"] == 3 * synthetic.SIZES["demo"].tokyo_places
-    city, shots = plan["sf"]
+    city, shots = demo_plan["sf"]
     train = np.array([city.to_utm(s.x, s.y, s.heading) for s in shots if s.folder == "sf_xs/train"])
     assert len(group_zero_class_sizes(train, **DEMO_COSPLACE)) >= 100
 
 
-def render_folder(plan, folder: str) -> tuple[np.ndarray, np.ndarray]:
-    """Render one planned folder in memory: (pixels (n, 64, 64, 3), utm (n, 2))."""
-    city, shots = plan["sf" if folder.startswith("sf_xs") else "tokyo"]
-    chosen = [s for s in shots if s.folder == folder]
-    batches = [list(g) for _, g in itertools.groupby(chosen, lambda s: s.pano_id)]
-    pixels = np.concatenate([
-        synthetic.render_views(city, [(s.x, s.y, s.heading) for s in batch], [s.conditions for s in batch], 64,
-                               [np.random.default_rng(s.noise_seed) for s in batch])
-        for batch in batches])
-    return pixels, np.array([city.to_utm(s.x, s.y, s.heading)[:2] for s in chosen])
-
-
-def test_thumbnail_baseline_is_above_chance_below_perfect_and_worse_at_night():
+def test_thumbnail_baseline_is_above_chance_below_perfect_and_worse_at_night(demo_plan):
     """A non-learned 8x8 descriptor finds some places but leaves most of the task to learning."""
-    plan = demo_plan()
     recalls, chance = {}, {}
-    for test_set, queries_folder in (("sf_xs", "sf_xs/test/queries"), ("tokyo_xs", "tokyo_xs/test/queries")):
-        db_pixels, db_utm = render_folder(plan, queries_folder.replace("queries", "database"))
-        q_pixels, q_utm = render_folder(plan, queries_folder)
-        database, queries = tiny_descriptor(db_pixels), tiny_descriptor(q_pixels)
+    for test_set in ("sf_xs", "tokyo_xs"):
+        db_pixels, db_utm = render_folder(demo_plan, f"{test_set}/test/database")
+        q_pixels, q_utm = render_folder(demo_plan, f"{test_set}/test/queries")
+        database, queries = thumbnail_descriptor(db_pixels), thumbnail_descriptor(q_pixels)
         recalls[test_set] = recall_at_1(queries, database, q_utm, db_utm)
         chance[test_set] = 100 * np.mean(np.linalg.norm(q_utm[:, None] - db_utm[None], axis=2) <= 25)
         if test_set == "tokyo_xs":
-            night = np.array(["night" == s.note for s in plan["tokyo"][1] if s.folder == queries_folder])
+            city, shots = demo_plan["tokyo"]
+            night = np.array([s.note == "night" for s in shots if s.folder == "tokyo_xs/test/queries"])
             recalls["tokyo_night"] = recall_at_1(queries[night], database, q_utm[night], db_utm)
     assert 2 * chance["sf_xs"] < recalls["sf_xs"] <= 70
     assert recalls["tokyo_night"] < recalls["tokyo_xs"]

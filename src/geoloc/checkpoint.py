@@ -8,16 +8,13 @@ checkpoint holds tensors and plain Python values only and can never run code.
 from __future__ import annotations
 
 import logging
-import pickle
 import re
-import zipfile
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from geoloc.atomic import atomic_torch_save
 from geoloc.errors import GeolocError
+from geoloc.weights import read_torch_file
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +47,9 @@ def load_latest_checkpoint(folder: Path, fingerprint: dict[str, Any]) -> dict[st
     """
     for path in checkpoint_files(folder):
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile) as exc:
-            log.warning("checkpoint %s is unreadable (%s); trying the previous one", path, exc)
+            state = read_torch_file(path, "checkpoint")
+        except GeolocError as exc:
+            log.warning("%s; trying the previous one", exc)
             continue
         saved = state.get("fingerprint", {})
         if saved != fingerprint:

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from geoloc.backbones import TIMM_PREFIX
 from geoloc.errors import GeolocError
 
-TIMM_PREFIX = "timm:"
 NO_PRETRAINING = "none"  # random initialisation: never has a weights entry
 
 

@@ -82,10 +82,12 @@ class ImageCache:
         errors = _read_index(index_file, data_file, len(resolved), size)
         if errors is None:
             _make_folder(folder)
-            with _build_lock(folder / f"images-{size}px-{key}.lock"):
+            with _build_lock(folder / f"images-{size}px-{key}.lock") as locked:
                 # Another builder may have finished while this one waited for the lock.
                 errors = _read_index(index_file, data_file, len(resolved), size)
                 if errors is None:
+                    if locked:  # no other builder of this key runs: temp files are a killed one's
+                        _remove_stale_temp_files(data_file)
                     errors = _build(data_file, index_file, resolved, size, num_workers)
         else:
             log.info("using image cache %s (%d images at %d px)", data_file, len(resolved), size)
@@ -169,14 +171,24 @@ def _make_folder(folder: Path) -> None:
 
 
 @contextlib.contextmanager
-def _build_lock(lock_file: Path) -> Iterator[None]:
-    """Hold an exclusive lock on `lock_file`; without lock support, go on unlocked."""
+def _build_lock(lock_file: Path) -> Iterator[bool]:
+    """Hold an exclusive lock on `lock_file` and yield True; without lock support, yield False."""
     with open(lock_file, "a") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX)
         except OSError as exc:  # e.g. NFS without a lock daemon: the renames still keep it whole
             log.warning("image cache: cannot lock %s (%s); building without a lock", lock_file, exc)
-        yield  # closing the file releases the lock
+            yield False
+        else:
+            yield True  # closing the file releases the lock
+
+
+def _remove_stale_temp_files(data_file: Path) -> None:
+    # geoloc.atomic names its temp files .<name>.<random>.tmp; a killed build leaves one behind,
+    # as large as the cache.
+    for stale in data_file.parent.glob(f".{data_file.name}.*.tmp"):
+        log.info("image cache: removing %s, left by a build that was killed", stale)
+        stale.unlink(missing_ok=True)
 
 
 class _DecodeOrReport(ImageListDataset):

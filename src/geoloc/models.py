@@ -1,7 +1,7 @@
 """The CosPlace network: a truncated, partly frozen backbone, then L2 norm -> GeM -> linear -> L2 norm.
 
-One registry, `BACKBONES`, maps each study backbone to its torchvision constructor and what
-the study did with it: which top-level modules are kept (the classifier and the pooling
+One registry (`geoloc.backbones`, plain data; `BACKBONES` here) maps each study backbone to
+its torchvision constructor and what the study did with it: which top-level modules are kept (the classifier and the pooling
 before it are cut), how many trailing blocks train (the rest is frozen) and how many
 channels come out. Any timm model can be named as `timm:<model_name>` as well.
 
@@ -17,9 +17,9 @@ a weights file are the library's own names, and the truncated backbone keeps tho
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import logging
 from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,27 +29,21 @@ import torchvision
 from torch import nn
 
 from geoloc.atomic import atomic_torch_save
+from geoloc.backbones import STUDY_BACKBONES, TIMM_PREFIX, StudyBackbone
 from geoloc.errors import GeolocError
 from geoloc.weights import load_state_dict, read_torch_file
 
 MODEL_FORMAT = "geoloc-model/1"
-TIMM_PREFIX = "timm:"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
-class TorchvisionBackbone:
-    """A study backbone: a torchvision network cut after its last feature map."""
-
-    constructor: Callable[..., nn.Module]
-    kept: tuple[str, ...]  # top-level modules kept, in order; every other one is cut
-    channels: int  # channels of the last feature map
-    default_trainable_blocks: int  # what the study trained
-    weights_format: str = "torchvision"
+class TorchvisionBackbone(StudyBackbone):
+    """A registry entry that builds, loads and cuts its torchvision network."""
 
     def build_full(self) -> nn.Module:
-        return self.constructor(weights=None)
+        return getattr(torchvision.models, self.constructor)(weights=None)
 
     def cut_prefixes(self, full: nn.Module) -> tuple[str, ...]:
         return tuple(f"{name}." for name, _ in full.named_children() if name not in self.kept)
@@ -156,22 +150,8 @@ class TimmBackbone:
         return body.body.feature_info.channels()[-1]
 
 
-_FEATURES = ("features",)
 BACKBONES: dict[str, TorchvisionBackbone] = {
-    "resnet18": TorchvisionBackbone(
-        torchvision.models.resnet18,
-        kept=("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"),
-        channels=512, default_trainable_blocks=2),  # layer3, layer4
-    "efficientnet_b0": TorchvisionBackbone(torchvision.models.efficientnet_b0, _FEATURES, 1280, 2),
-    "efficientnet_b1": TorchvisionBackbone(torchvision.models.efficientnet_b1, _FEATURES, 1280, 2),
-    "efficientnet_b2": TorchvisionBackbone(torchvision.models.efficientnet_b2, _FEATURES, 1408, 2),
-    "efficientnet_v2_s": TorchvisionBackbone(torchvision.models.efficientnet_v2_s, _FEATURES, 1280, 2),
-    "mobilenet_v3_small": TorchvisionBackbone(torchvision.models.mobilenet_v3_small, _FEATURES, 576, 3),
-    "mobilenet_v3_large": TorchvisionBackbone(torchvision.models.mobilenet_v3_large, _FEATURES, 960, 3),
-    "convnext_tiny": TorchvisionBackbone(torchvision.models.convnext_tiny, _FEATURES, 768, 1),
-    # swin's feature stages output NHWC tokens; its own `permute` module turns them to NCHW.
-    # The two trailing blocks are the last stage and the final norm.
-    "swin_tiny": TorchvisionBackbone(torchvision.models.swin_t, ("features", "norm", "permute"), 768, 2),
+    name: TorchvisionBackbone(**dataclasses.asdict(entry)) for name, entry in STUDY_BACKBONES.items()
 }
 
 BackboneSpec = TorchvisionBackbone | TimmBackbone

@@ -1,21 +1,24 @@
 """`geoloc synth`: a synthetic city dataset in the exact layout and naming of SF-XS/Tokyo-XS.
 
-Two procedurally generated cities: an SF-like one (wide streets, pastel facades, window
-grids, shop fronts) and a Tokyo-like one (narrow streets, tall grey buildings, ribbon
-windows, many vertical signs). A city is a 2-D map of rectangular building footprints on an
-irregular street grid; each footprint edge is a facade whose texture is a deterministic
-function of the building and of the position along the facade (window bays, floors,
-doors, signs), so it is anchored in world coordinates. An image is rendered by casting one
-ray per column from a camera standing on a street; walls are drawn with height proportional
-to 1/distance (true parallax) and the K nearest walls of a column are layered, so taller
-buildings show above nearer ones. What a camera sees therefore depends on where it stands
-and where it looks, which is what a geo-localization model has to learn.
+Two procedurally generated cities: an SF-like one (wide streets, colourful facades of 2-8
+floors, window grids, shop fronts) and a Tokyo-like one (other street grid, grey tiles and
+glass, taller and narrower buildings, ribbon windows, many vertical signs). A city is a 2-D
+map of rectangular building footprints on an irregular street grid; each footprint edge is a
+facade whose texture is a deterministic function of the building and of the position along
+the facade (window bays, floors, doors, signs), so it is anchored in world coordinates. An
+image is rendered by casting one ray per column from a camera standing on a street; walls
+are drawn with height proportional to 1/distance (true parallax) and the K nearest walls of
+a column are layered, so taller buildings show above nearer ones. What a camera sees
+therefore depends on where it stands and where it looks, which is what a geo-localization
+model has to learn.
 
-Database images are taken in steady daylight; queries are taken a few metres and up to 10
-degrees away from a database view, under other lighting (sun direction, exposure, tint,
-gamma, haze, sensor noise). Tokyo-XS queries are the same places at day, sunset and night
-(like Tokyo 24/7); Tokyo-Night is the night third: dark sky, lit windows, glowing signs and
-street light on the lower floors, so the facade layout stays visible.
+Database images are panoramas cut into evenly spaced headings, taken in steady daylight.
+Queries stand a few metres along the street from a database view, turned up to 10 degrees,
+under other conditions: sun direction, exposure, tint, gamma, haze, clouds, passing cars,
+sensor noise. Training images are taken along the streets of an area disjoint from val and
+test, at all hours (TRAIN_MIX). Tokyo-XS queries are the same places at day, sunset and
+night (like Tokyo 24/7); Tokyo-Night is the night third: dark sky with city glow, lit
+windows, glowing signs and street light on the lower floors, so the layout stays visible.
 
 Everything is drawn from numpy Generators seeded from the seed, one per image, so the same
 seed gives byte-identical files whatever the number of worker processes.
@@ -96,11 +99,11 @@ SF_STYLE = CityStyle(
     block_m=(55.0, 95.0),
     street_m=(16.0, 24.0),
     lot_m=(7.0, 22.0),
-    floors=(2, 6),
+    floors=(2, 8),
     floor_m=(3.0, 3.9),
-    bay_m=(2.2, 4.2),
-    window_width=(0.35, 0.65),
-    window_height=(0.4, 0.62),
+    bay_m=(2.0, 4.2),
+    window_width=(0.35, 0.85),  # from Victorian sash windows to modern ribbon windows
+    window_height=(0.35, 0.62),
     setback_m=4.0,
     plaza_probability=0.06,
     wall_colours=(
@@ -115,8 +118,8 @@ SF_STYLE = CityStyle(
         (0.95, 0.95, 0.95), (0.15, 0.15, 0.15),
     ),
     shop_probability=0.45,
-    sign_probability=0.3,
-    vertical_sign_probability=0.15,
+    sign_probability=0.45,
+    vertical_sign_probability=0.3,
     ground_colour=(0.36, 0.36, 0.37),
 )
 
@@ -126,10 +129,10 @@ TOKYO_STYLE = CityStyle(
     zone_letter="S",
     utm_origin=(386_000.0, 3_950_000.0),
     rotation_deg=-23.0,
-    block_m=(38.0, 70.0),
-    street_m=(9.0, 15.0),
-    lot_m=(5.0, 13.0),
-    floors=(3, 11),
+    block_m=(45.0, 75.0),
+    street_m=(12.0, 20.0),
+    lot_m=(6.0, 16.0),
+    floors=(3, 9),
     floor_m=(3.0, 3.6),
     bay_m=(1.6, 3.2),
     window_width=(0.55, 0.92),
@@ -147,7 +150,7 @@ TOKYO_STYLE = CityStyle(
         (0.95, 0.55, 0.10), (0.75, 0.25, 0.85), (0.97, 0.97, 0.97),
     ),
     shop_probability=0.7,
-    sign_probability=0.65,
+    sign_probability=0.8,
     vertical_sign_probability=0.7,
     ground_colour=(0.40, 0.40, 0.41),
 )
@@ -376,7 +379,8 @@ def sample_conditions(kind: str, rng: np.random.Generator) -> Conditions:
     if kind == "sunset":
         return Conditions(
             sun_azimuth=rng.uniform(230, 300), sun=rng.uniform(0.3, 0.5), ambient=rng.uniform(0.35, 0.5),
-            sky_zenith=_uniform3(rng, (0.30, 0.35, 0.60), 0.1), sky_horizon=_uniform3(rng, (0.98, 0.62, 0.35), 0.1),
+            sky_zenith=_uniform3(rng, (0.30, 0.35, 0.60), 0.1),
+            sky_horizon=_uniform3(rng, (0.98, 0.62, 0.35), 0.1),
             clouds=rng.uniform(0, 0.5), haze=_uniform3(rng, (0.85, 0.60, 0.45), 0.1),
             visibility_m=rng.uniform(150, 500), exposure=rng.uniform(0.8, 1.1),
             gamma=math.exp(rng.uniform(-0.15, 0.15)), tint=_uniform3(rng, (1.12, 0.92, 0.78), 0.06),
@@ -384,12 +388,15 @@ def sample_conditions(kind: str, rng: np.random.Generator) -> Conditions:
         )
     if kind == "night":
         return Conditions(
-            sun_azimuth=0.0, sun=0.0, ambient=rng.uniform(0.06, 0.12),
-            sky_zenith=_uniform3(rng, (0.02, 0.03, 0.08), 0.2), sky_horizon=_uniform3(rng, (0.16, 0.13, 0.16), 0.2),
+            # City glow: the sky stays lighter than unlit walls, so the skyline shows.
+            sun_azimuth=0.0, sun=0.0, ambient=rng.uniform(0.1, 0.16),
+            sky_zenith=_uniform3(rng, (0.04, 0.05, 0.10), 0.2),
+            sky_horizon=_uniform3(rng, (0.24, 0.19, 0.20), 0.2),
             clouds=rng.uniform(0, 0.4), haze=_uniform3(rng, (0.12, 0.10, 0.10), 0.2),
-            visibility_m=rng.uniform(200, 600), exposure=rng.uniform(0.9, 1.3), gamma=math.exp(rng.uniform(-0.2, 0.1)),
+            visibility_m=rng.uniform(200, 600), exposure=rng.uniform(0.9, 1.3),
+            gamma=math.exp(rng.uniform(-0.2, 0.1)),
             tint=_uniform3(rng, (1.05, 0.97, 0.88), 0.06), noise=rng.uniform(0.02, 0.05),
-            lit_windows=rng.uniform(0.45, 0.7), street_light=rng.uniform(0.35, 0.55), glow=1.0, cars=2.0,
+            lit_windows=rng.uniform(0.35, 0.6), street_light=rng.uniform(0.35, 0.55), glow=1.0, cars=2.0,
         )
     raise ValueError(f"unknown conditions kind {kind!r}")
 
@@ -499,7 +506,8 @@ def _visible_facades(city: City, origins: np.ndarray, rays: np.ndarray) -> np.nd
 
 def _condition_arrays(conditions: list[Conditions]) -> dict[str, np.ndarray]:
     """Each condition parameter as an array with one row per view."""
-    return {f.name: np.array([getattr(c, f.name) for c in conditions], dtype=float) for f in fields(Conditions)}
+    return {f.name: np.array([getattr(c, f.name) for c in conditions], dtype=float)
+            for f in fields(Conditions)}
 
 
 def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], cells: int) -> np.ndarray:
@@ -604,7 +612,8 @@ def render_views(city: City, cameras: np.ndarray, conditions: list[Conditions], 
     ground_dist = CAMERA_HEIGHT_M * focal / np.maximum(rows[below] - horizon, 1e-3)
     ground_dist = (ground_dist[:, None] / np.cos(offsets)[None, :])[:, None, :, None]  # (G, 1, W, 1)
     road = np.array(city.style.ground_colour) * (cond["ambient"] + 0.5 * cond["sun"])[:, None]
-    road = road[None, :, None] + cond["street_light"][None, :, None, None] * 0.35 * np.exp(-ground_dist / 12.0)
+    lamps = cond["street_light"][None, :, None, None] * 0.35 * np.exp(-ground_dist / 12.0)
+    road = road[None, :, None] + lamps
     fog = 1 - np.exp(-ground_dist / cond["visibility_m"][None, :, None, None])
     image[below] = road * (1 - fog) + cond["haze"][None, :, None] * fog
 
@@ -622,7 +631,8 @@ def render_views(city: City, cameras: np.ndarray, conditions: list[Conditions], 
     facing_sun = np.clip(normal[:, 0] * np.sin(sun_az) + normal[:, 1] * np.cos(sun_az), 0, None)
     shade = cond["ambient"][bb] + cond["sun"][bb] * facing_sun
     # Street lamps light the lower floors, in pools every 18 m along the facade.
-    shade += cond["street_light"][bb] * np.exp(-height / 5.0) * (0.6 + 0.4 * np.cos(u * (2 * math.pi / 18.0)) ** 2)
+    pools = 0.6 + 0.4 * np.cos(u * (2 * math.pi / 18.0)) ** 2
+    shade += cond["street_light"][bb] * np.exp(-height / 5.0) * pools
     colour = albedo * shade[:, None] + emitted
     daylight_glass = (glass & (cond["lit_windows"][bb] == 0))[:, None]
     colour = np.where(daylight_glass, colour * 0.85 + 0.1 * cond["sky_zenith"][bb], colour)
@@ -636,7 +646,8 @@ def render_views(city: City, cameras: np.ndarray, conditions: list[Conditions], 
 
     image = image * (cond["exposure"][:, None] * cond["tint"])[None, :, None]
     image = np.clip(image, 0, 1) ** cond["gamma"][None, :, None, None]
-    image += np.stack([rng.normal(0, sigma, (pixels, width, 3)) for rng, sigma in zip(noise, cond["noise"])], 1)
+    image += np.stack([rng.normal(0, sigma, (pixels, width, 3)) for rng, sigma in zip(noise, cond["noise"])],
+                      axis=1)
     return np.clip(np.rint(image * 255), 0, 255).astype(np.uint8).transpose(1, 0, 2, 3)
 
 
@@ -705,8 +716,9 @@ def panorama_shots(city: City, folder: str, points: np.ndarray, headings: int, c
         start = rng.uniform(0, 360 / headings)
         for k in range(headings):
             heading = (start + k * 360 / headings + rng.uniform(-3, 3)) % 360
-            shots.append(Shot(folder, x + dx, y + dy, heading, street_heading, sample_conditions(conditions, rng),
-                              int(rng.integers(2**63)), f"{pano_prefix}{i:05d}"))
+            shots.append(Shot(folder, x + dx, y + dy, heading, street_heading,
+                              sample_conditions(conditions, rng), int(rng.integers(2**63)),
+                              f"{pano_prefix}{i:05d}"))
     return shots
 
 
@@ -799,26 +811,27 @@ FOLDERS = (
 
 def plan_shots(seed: int, spec: SizeSpec) -> dict[str, tuple[City, list[Shot]]]:
     """Both cities and every image to render, keyed by city name; all randomness from `seed`."""
-    city_seed, tokyo_seed, train_seed, val_seed, test_seed, tokyo_shots_seed = (
+    # One generator per part, so that changing one part leaves the others as they were.
+    sf_rng, tokyo_rng, train_rng, val_rng, test_rng, tokyo_shots_rng = (
         np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(6))
-    sf = build_city(SF_STYLE, spec.sf_blocks, city_seed)
-    tokyo = build_city(TOKYO_STYLE, spec.tokyo_blocks, tokyo_seed)
+    sf = build_city(SF_STYLE, spec.sf_blocks, sf_rng)
+    tokyo = build_city(TOKYO_STYLE, spec.tokyo_blocks, tokyo_rng)
 
     def database(city, region, folder, prefix, rng):
         points = street_positions(city, region, spec.database_spacing_m, rng)
         return panorama_shots(city, folder, points, spec.database_headings, "database", prefix, rng)
 
-    train_points = street_positions(sf, spec.train_region, spec.train_spacing_m, train_seed)
-    sf_shots = panorama_shots(sf, "sf_xs/train", train_points, spec.train_headings, "train", "sft", train_seed)
+    train_points = street_positions(sf, spec.train_region, spec.train_spacing_m, train_rng)
+    sf_shots = panorama_shots(sf, "sf_xs/train", train_points, spec.train_headings, "train", "sft", train_rng)
     for split, region, n_queries, rng in (
-        ("val", spec.val_region, spec.val_queries, val_seed),
-        ("test", spec.test_region, spec.test_queries, test_seed),
+        ("val", spec.val_region, spec.val_queries, val_rng),
+        ("test", spec.test_region, spec.test_queries, test_rng),
     ):
         db = database(sf, region, f"sf_xs/{split}/database", f"sf{split[0]}", rng)
         sf_shots += db + query_shots(db, n_queries, f"sf_xs/{split}/queries", ("day",), f"sf{split[0]}q", rng)
-    tokyo_db = database(tokyo, spec.tokyo_region, "tokyo_xs/test/database", "tky", tokyo_shots_seed)
+    tokyo_db = database(tokyo, spec.tokyo_region, "tokyo_xs/test/database", "tky", tokyo_shots_rng)
     tokyo_queries = query_shots(tokyo_db, spec.tokyo_places, "tokyo_xs/test/queries",
-                                ("day", "sunset", "night"), "tkyq", tokyo_shots_seed)
+                                ("day", "sunset", "night"), "tkyq", tokyo_shots_rng)
     return {"sf": (sf, sf_shots), "tokyo": (tokyo, tokyo_db + tokyo_queries)}
 
 
@@ -854,7 +867,7 @@ def _render_all(plan: dict[str, tuple[City, list[Shot]]], pixels: int, root: Pat
     for city, shots in plan.values():
         # The views of one panorama (or one query place) are rendered together; which batch a
         # shot is in depends only on the plan, so the files do not depend on `workers`.
-        batches = [list(group) for _, group in itertools.groupby(shots, lambda shot: (shot.folder, shot.pano_id))]
+        batches = [list(group) for _, group in itertools.groupby(shots, lambda s: (s.folder, s.pano_id))]
         n_jobs = 4 * workers
         jobs += [(city, batches[i::n_jobs], pixels, str(root)) for i in range(n_jobs)]
     if workers <= 1:
@@ -908,12 +921,19 @@ def generate_city(out: Path, seed: int, size: str, workers: int = 1) -> dict[str
 # ----------------------------------------------------------------------------- command line
 
 
+def _available_cpus() -> int:
+    """CPUs this process may run on (a SLURM job's share, not the whole node)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out", type=Path, help="output folder (must not exist, or be empty)")
     parser.add_argument("--seed", type=int, required=True, help="random seed; same seed, same files")
     parser.add_argument("--size", choices=sorted(SIZES), required=True,
                         help="tiny: a few hundred images for tests; demo: a few thousand")
-    parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
+    parser.add_argument("--workers", type=int, default=min(2, _available_cpus()),
                         help="rendering processes (default: %(default)s); does not change the output")
 
 

@@ -36,6 +36,7 @@ from geoloc.augment import augment_batch
 from geoloc.cost import gflops_per_image
 from geoloc.data import TestSet, TrainGroupDataset, build_groups
 from geoloc.errors import GeolocError
+from geoloc.image_cache import ImageCache
 from geoloc.evaluate import checked_positives, evaluate_model, resolve_device
 from geoloc.losses import LOSSES, build_classifier
 from geoloc.models import build_model, count_parameters, save_model
@@ -216,7 +217,8 @@ def _now() -> str:
 class Trainer:
     def __init__(self, settings: TrainSettings, run: RunInfo, *, train_dir: Path, val_dir: Path,
                  weights: Path | None, checkpoint_dir: Path, cache_dir: Path | None, device: str,
-                 num_workers: int, checkpoint_every: int) -> None:
+                 num_workers: int, checkpoint_every: int, image_cache_dir: Path | None = None,
+                 max_bad_images: int = 0) -> None:
         settings.check()
         if checkpoint_every < 1:
             raise GeolocError(f"checkpoint_every must be at least 1, got {checkpoint_every}")
@@ -232,7 +234,19 @@ class Trainer:
         if settings.groups_num > len(groups):
             raise GeolocError(f"groups_num={settings.groups_num} but {train_dir} has only {len(groups)} "
                               "non-empty groups with these M, alpha, N, L")
-        self.datasets = [TrainGroupDataset(groups[g], settings.image_size) for g in range(settings.groups_num)]
+        cache = None
+        if image_cache_dir is not None:
+            # Decode and resize every training image once; unreadable ones are found here, up front.
+            used = sorted({p for group in groups[: settings.groups_num] for images in group for p in images})
+            cache = ImageCache.build_or_open(used, settings.image_size, image_cache_dir, num_workers=num_workers)
+            if len(cache.bad_paths) > max_bad_images:
+                raise GeolocError(f"{len(cache.bad_paths)} training images cannot be decoded (more than "
+                                  f"max_bad_images={max_bad_images}); first: {cache.errors[min(cache.errors)]}")
+            if cache.bad_paths:
+                log.warning("skipping %d training images that cannot be decoded: %s", len(cache.bad_paths),
+                            ", ".join(map(str, cache.bad_paths[:10])))
+        self.datasets = [TrainGroupDataset(groups[g], settings.image_size, cache=cache)
+                         for g in range(settings.groups_num)]
         for g, ds in enumerate(self.datasets):
             if settings.batch_size > len(ds):
                 raise GeolocError(f"batch_size={settings.batch_size} is larger than the {len(ds)} classes "
@@ -455,6 +469,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     io.add_argument("--out-dir", type=Path, required=True, help="gets model.pt and train.json")
     io.add_argument("--checkpoint-dir", type=Path, required=True, help="resumable state (not an output)")
     io.add_argument("--cache-dir", type=Path, default=None, help="cache of the class/group lists")
+    io.add_argument("--image-cache", type=Path, default=None,
+                    help="folder of the decoded-image cache (decode each training image once); default: none")
+    io.add_argument("--max-bad-images", type=int, default=0,
+                    help="training images that may be undecodable and skipped (needs --image-cache)")
     run = parser.add_argument_group("run")
     run.add_argument("--run-name", required=True)
     run.add_argument("--backbone", default=d.backbone)
@@ -488,7 +506,8 @@ def run(args: argparse.Namespace) -> int:
     info = RunInfo(args.run_name, settings.backbone, args.pretraining, settings.precision, settings.seed, args.tag)
     trainer = Trainer(settings, info, train_dir=args.train_dir, val_dir=args.val_dir, weights=weights,
                       checkpoint_dir=args.checkpoint_dir, cache_dir=args.cache_dir, device=args.device,
-                      num_workers=args.num_workers, checkpoint_every=args.checkpoint_every)
+                      num_workers=args.num_workers, checkpoint_every=args.checkpoint_every,
+                      image_cache_dir=args.image_cache, max_bad_images=args.max_bad_images)
     progress = trainer.fit(fresh=args.fresh)
     summary = trainer.summary(progress)
     best = copy.deepcopy(trainer.model).cpu()

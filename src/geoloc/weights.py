@@ -33,13 +33,15 @@ import urllib.request
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 import yaml
 from tqdm import tqdm
 
 from geoloc import __version__
+
+if TYPE_CHECKING:
+    import torch
 from geoloc.atomic import atomic_path
 from geoloc.errors import GeolocError
 
@@ -284,6 +286,8 @@ def load_state_dict(path: Path, fmt: str, *, drop_prefixes: tuple[str, ...] = ()
     Containers are unwrapped and DataParallel's `module.` prefix removed; keys starting with
     one of `drop_prefixes` (a classifier the caller cuts off) are left out.
     """
+    import torch  # here, not at the top: the workflow imports this module for `lookup` alone
+
     if fmt not in FORMATS:
         raise GeolocError(f"unknown weights format {fmt!r}; known formats: {', '.join(FORMATS)}")
     path = Path(path)
@@ -324,6 +328,8 @@ def read_torch_file(path: Path, what: str) -> Any:
     A file whose pickle names Python code (anything but tensors and plain containers) is
     refused before any of it runs.
     """
+    import torch
+
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:

@@ -14,7 +14,7 @@ from snakemake.utils import validate
 from geoloc import grid
 from geoloc.atomic import atomic_write_text
 from geoloc.errors import GeolocError
-from geoloc.models import BACKBONES
+from geoloc.backbones import STUDY_BACKBONES
 from geoloc.weights import lookup
 
 # SLURM sends USR1 to every process of a job step shortly before its time limit
@@ -41,7 +41,7 @@ def load_study(config: dict) -> grid.Study:
     try:
         return grid.plan_study(
             config,
-            known_backbones=BACKBONES,
+            known_backbones=STUDY_BACKBONES,
             is_timm_model=is_timm_model,
             lookup_weights=partial(lookup, Path(config["weights"]["registry"])),
         )
@@ -128,6 +128,11 @@ def train_work_folders(wildcards, output) -> str:
             "--out-dir": Path(output.model).parent,
             "--checkpoint-dir": f"{config['results']}/checkpoints/{wildcards.run}",
             "--cache-dir": f"{config['results']}/cache",
+            "--image-cache": (
+                f"{config['results']}/cache/images"
+                if RUNS[wildcards.run].training["image_cache"]
+                else None
+            ),
         }
     )
 
@@ -165,6 +170,7 @@ def train_settings(wildcards, input) -> str:
             "--max-bad-steps": settings["max_bad_steps"],
             "--num-workers": settings["num_workers"],
             "--checkpoint-every": settings["checkpoint_every"],
+            "--max-bad-images": settings["max_bad_images"],
             "--positive-dist-threshold": config["evaluation"][
                 "positive_dist_threshold"
             ],
