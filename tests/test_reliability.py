@@ -440,7 +440,8 @@ def test_workflow_killed_in_training_and_interrupted_in_evaluation_ends_as_an_un
         "results": "results",
         "device": "cpu",
         "test_sets": ["sf_xs"],
-        "training": {"epochs": 1, "iterations_per_epoch": 40, "batch_size": 4, "image_size": 32, "lr": 1e-3,
+        # Long enough that the kill below lands mid-training: checkpoints vanish once model.pt is written.
+        "training": {"epochs": 1, "iterations_per_epoch": 300, "batch_size": 4, "image_size": 32, "lr": 1e-3,
                      "alpha": 45, "N": 2, "L": 1, "min_images_per_class": 2, "num_workers": 0,
                      "checkpoint_every": 10},
         "evaluation": {"batch_size": 16, "num_workers": 0},
