@@ -5,17 +5,8 @@ A name not listed here is shown as it is written in the config.
 
 from __future__ import annotations
 
-BACKBONES = {
-    "resnet18": "ResNet-18",
-    "efficientnet_b0": "EfficientNet-B0",
-    "efficientnet_b1": "EfficientNet-B1",
-    "efficientnet_b2": "EfficientNet-B2",
-    "efficientnet_v2_s": "EfficientNetV2-S",
-    "mobilenet_v3_small": "MobileNetV3-Small",
-    "mobilenet_v3_large": "MobileNetV3-Large",
-    "convnext_tiny": "ConvNeXt-Tiny",
-    "swin_tiny": "Swin-Tiny",
-}
+from geoloc.backbones import STUDY_BACKBONES
+
 PRETRAININGS = {
     "imagenet": "ImageNet",
     "places365": "Places365",
@@ -27,7 +18,8 @@ TEST_SETS = {"sf_xs": "SF-XS", "tokyo_xs": "Tokyo-XS", "tokyo_night": "Tokyo-Nig
 
 
 def backbone_label(name: str) -> str:
-    return BACKBONES.get(name, name)
+    entry = STUDY_BACKBONES.get(name)
+    return entry.label if entry else name
 
 
 def pretraining_label(name: str) -> str:
