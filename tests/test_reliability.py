@@ -463,12 +463,15 @@ def test_workflow_killed_in_training_and_interrupted_in_evaluation_ends_as_an_un
     assert not (results / "runs" / run / "model.pt").exists()
     subprocess.run(snakemake_command(interrupted, config, "--unlock"), env=env, check=True,
                    capture_output=True, timeout=300)
-    # Ctrl-C as soon as the evaluation has started.
+    # Killed again as soon as the evaluation has started. (SIGKILL, not Ctrl-C: a SIGINT that
+    # lands while the job's shell is still starting the command can be lost, and the run ends.)
     interrupt_when(command, env, tmp_path / "interrupted.log",
-                   lambda: (results / "logs" / "evaluate" / run / "sf_xs.log").exists(), signal.SIGINT)
+                   lambda: (results / "logs" / "evaluate" / run / "sf_xs.log").exists(), signal.SIGKILL)
     assert (results / "runs" / run / "model.pt").exists()
     assert not (results / "runs" / run / "recalls" / "sf_xs.csv").exists()
     assert not (results / "runs" / run / "recalls" / "sf_xs.queries.csv").exists()
+    subprocess.run(snakemake_command(interrupted, config, "--unlock"), env=env, check=True,
+                   capture_output=True, timeout=300)
     run_to_the_end(command, env)
 
     # The training did resume from the checkpoint, and ended where the uninterrupted one did.
