@@ -24,10 +24,9 @@ import torch
 from PIL import Image
 
 from geoloc.atomic import atomic_write_text
-from geoloc.evaluate import resolve_device
-from geoloc.losses import build_classifier
-from geoloc.synthetic import generate_city
-from geoloc.train import _autocast
+from geoloc.data.synthetic.write import generate_city
+from geoloc.device import autocast, resolve_device
+from geoloc.model.losses import build_classifier
 
 BENCHMARKS = Path(__file__).resolve().parent
 OUT = Path(os.environ.get("OUT") or BENCHMARKS / "out")
@@ -45,7 +44,7 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, image_size: int, ba
                         help="torch CPU threads (default 1: on a shared machine, OpenMP threads that "
                              "wait for a busy core make 2 threads slower than 1)")
     parser.add_argument("--cudnn-benchmark", action="store_true",
-                        help="let cuDNN time its algorithms for each shape (geoloc.train does not, yet)")
+                        help="let cuDNN time its algorithms for each shape (geoloc.train.trainer does not, yet)")
     parser.add_argument("--data-root", type=Path, default=OUT / "data",
                         help="synthetic cities are generated here once and reused")
     parser.add_argument("--out", type=Path, default=OUT / out_name, help="JSON file to write")
@@ -112,7 +111,7 @@ class ComputeOnlyStep:
     """The training loop's compute on a batch already on the device: the pipeline's upper bound.
 
     Forward under the run's autocast, the CosFace logits and cross-entropy, backward, and the
-    Adam steps of model and classifier through a GradScaler, exactly as `geoloc.train` does
+    Adam steps of model and classifier through a GradScaler, exactly as `geoloc.train.trainer` does
     them; no loading, augmentation, transfer, finiteness check or bookkeeping.
     """
 
@@ -131,7 +130,7 @@ class ComputeOnlyStep:
         self.labels = torch.randint(0, n_classes, (batch_size,), generator=generator).to(device)
 
     def step(self) -> None:
-        with _autocast(self.device, self.precision):
+        with autocast(self.device, self.precision):
             loss = self.criterion(self.classifier(self.model(self.images), self.labels), self.labels)
         self.model_opt.zero_grad(set_to_none=True)
         self.classifier_opt.zero_grad(set_to_none=True)

@@ -24,10 +24,10 @@ import time
 from common import (DEMO_BACKBONES, add_common_arguments, machine, print_table, settings_of, setup,
                     synthetic_city, write_json)
 
-from geoloc.cost import inference_latency_ms
-from geoloc.data import TestSet
-from geoloc.evaluate import compute_descriptors
-from geoloc.models import build_model
+from geoloc.data.datasets import TestSet
+from geoloc.evaluate.descriptors import compute_descriptors
+from geoloc.model.cost import inference_latency_ms
+from geoloc.model.network import build_model
 
 COLUMNS = ["backbone", "images", "compute_img_s", "pipeline_img_s", "efficiency", "efficiency_range",
            "cpu_efficiency", "first_round_efficiency"]

@@ -22,8 +22,9 @@ from pathlib import Path
 import torch
 from common import OUT, machine, print_table, synthetic_city, write_json
 
-from geoloc.data import list_images, read_image
-from geoloc.image_cache import ImageCache
+from geoloc.data.image_cache import ImageCache
+from geoloc.data.images import read_image
+from geoloc.data.listing import list_images
 
 CASES = ((None, 64), (512, 64), (512, 512))  # (source pixels: None = as rendered, 64 px; training size)
 COLUMNS = ["source_px", "size_px", "images", "decode_img_s", "cache_img_s", "speedup", "build_seconds",

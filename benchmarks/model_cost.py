@@ -3,10 +3,10 @@
 Per backbone (random initialisation, fc_output_dim 512, the study's trainable blocks):
   - params / trainable params,
   - GFLOPs per image at 512 px (the study's size) and at --image-size, by torch's FLOP counter
-    (2 FLOPs per multiply-add; geoloc.cost),
+    (2 FLOPs per multiply-add; geoloc.model.cost),
   - inference latency of one image (median; eval mode, the run's precision),
   - training images/s: the compute-only step (forward + CosFace loss over --classes classes +
-    backward + Adam steps on a batch already on the device, as geoloc.train does them),
+    backward + Adam steps on a batch already on the device, as geoloc.train.trainer does them),
   - peak memory of that training: on CUDA the peak allocated by torch (what train.json's
     peak_memory_mb reports); on CPU the peak resident size of a process that measured this
     backbone alone (it includes Python, torch and geoloc: `process_baseline_mb`).
@@ -29,8 +29,8 @@ import torch
 from common import (ComputeOnlyStep, add_common_arguments, machine, print_table, settings_of, setup,
                     synchronize, write_json)
 
-from geoloc.cost import gflops_per_image, inference_latency_ms
-from geoloc.models import BACKBONES, build_model, count_parameters
+from geoloc.model.cost import gflops_per_image, inference_latency_ms
+from geoloc.model.network import BACKBONES, build_model, count_parameters
 
 STUDY_SIZE = 512
 COLUMNS = ["backbone", "params_m", "trainable_m", "gflops_512", "gflops", "latency_ms", "train_img_s",
@@ -73,7 +73,7 @@ def measure(backbone: str, args: argparse.Namespace, device: torch.device) -> di
     baseline_mb = _peak_rss_mb()
     model = build_model(backbone).to(device)
     if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)  # as geoloc.train does on CUDA
+        model = model.to(memory_format=torch.channels_last)  # as geoloc.train.trainer does on CUDA
     total, trainable = count_parameters(model)
     row = {"backbone": backbone, "params_m": total / 1e6, "trainable_m": trainable / 1e6,
            "gflops_512": gflops_per_image(model, STUDY_SIZE), "gflops": gflops_per_image(model, args.image_size),

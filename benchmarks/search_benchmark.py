@@ -3,7 +3,7 @@
 The evaluation's search cost is one matrix product, queries x database descriptors. This
 times, on the same random data and in the same run:
   1. the bare float32 product `queries @ database.T` (numpy and torch; the faster is the bound),
-  2. geoloc.recall: KD-tree positives + faiss IndexFlatL2 search + ranks + recalls,
+  2. geoloc.evaluate.recall: KD-tree positives + faiss IndexFlatL2 search + ranks + recalls,
   3. a straightforward numpy brute force: full distance matrix, argpartition top-k, all-pairs
      UTM distances for the positives (in blocks of queries, so 10k x 100k fits in memory),
 and checks that 2 and 3 give identical recalls. Each path runs `--repeats` times; the fastest
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from geoloc.atomic import atomic_write_text
-from geoloc.recall import RECALL_KS, faiss, first_correct_ranks, positives_within, recalls_at, search
+from geoloc.evaluate.recall import RECALL_KS, faiss, first_correct_ranks, positives_within, recalls_at, search
 
 
 def make_data(n_database: int, n_queries: int, dim: int, seed: int) -> dict[str, np.ndarray]:

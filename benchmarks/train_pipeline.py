@@ -21,7 +21,7 @@ that weighs 500 times more than in a 10,000-iteration epoch), with the wall rati
 checkpoint, moving the classifier). Validation uses the tiny city's val set, to be quick.
 
     python benchmarks/train_pipeline.py                         # CPU, demo settings (64 px)
-    python benchmarks/train_pipeline.py --image-cache           # also with geoloc.image_cache
+    python benchmarks/train_pipeline.py --image-cache           # also with geoloc.data.image_cache
     python benchmarks/train_pipeline.py --device cuda --precision amp --image-size 512 \\
         --source-pixels 512 --num-workers 14 --iterations 200 --image-cache
 """
@@ -39,11 +39,11 @@ from pathlib import Path
 from common import (DEMO_BACKBONES, ComputeOnlyStep, add_common_arguments, machine, print_table,
                     settings_of, setup, synthetic_city, write_json)
 
-from geoloc import checkpoint
-from geoloc import train as train_module
-from geoloc.data import TrainGroupDataset
-from geoloc.image_cache import ImageCache
-from geoloc.train import RunInfo, Trainer, TrainSettings
+from geoloc.data.datasets import TrainGroupDataset
+from geoloc.data.image_cache import ImageCache
+from geoloc.train import checkpoint
+from geoloc.train import trainer as train_module
+from geoloc.train.trainer import RunInfo, Trainer, TrainSettings
 
 COLUMNS = ["backbone", "loader", "compute_img_s", "pipeline_img_s", "efficiency", "efficiency_range",
            "cpu_efficiency", "first_round_efficiency", "epoch_fixed_seconds"]
@@ -63,7 +63,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=4, help="alternating compute-only / pipeline rounds")
     parser.add_argument("--num-workers", type=int, default=0, help="loader processes (config/demo.yaml: 0)")
     parser.add_argument("--image-cache", action="store_true",
-                        help="also run the rounds with the training images read from a geoloc.image_cache")
+                        help="also run the rounds with the training images read from a geoloc.data.image_cache")
     return parser.parse_args()
 
 
@@ -152,7 +152,7 @@ def cpu_time_outside_training():
                 spent["seconds"] += time.process_time() - start
         return wrapper
 
-    # geoloc.train calls them through these module attributes.
+    # geoloc.train.trainer calls them through these module attributes.
     originals = train_module.evaluate_model, checkpoint.save_checkpoint
     train_module.evaluate_model, checkpoint.save_checkpoint = map(counted, originals)
     try:

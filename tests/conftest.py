@@ -25,7 +25,7 @@ def pytest_runtest_makereport(item, call):
 @pytest.fixture(scope="session")
 def tiny_city(tmp_path_factory):
     """The `tiny` synthetic city (full real layout), read-only for tests: copy before changing."""
-    from geoloc.synthetic import generate_city
+    from geoloc.data.synthetic.write import generate_city
 
     root = tmp_path_factory.mktemp("city") / "data"
     generate_city(root, seed=0, size="tiny")

@@ -2,7 +2,7 @@
 
 Each case must end in one clear message naming the problem (a file, a field, a count), exit
 code 2, and no output under a final name. The protections themselves are unit-tested next to
-their modules (test_atomic, test_checkpoint, test_data, test_train, test_workflow); here they
+their modules (test_atomic, train/test_checkpoint, data/test_datasets, train/test_trainer, test_workflow); here they
 are tried where they can still go wrong: in data loader workers, between a command's two
 output files, and with Snakemake itself killed in the middle of a job.
 """
@@ -24,11 +24,12 @@ import torch
 import yaml
 from PIL import Image
 
-from geoloc import atomic, models
-from geoloc.checkpoint import save_checkpoint
+from geoloc import atomic
 from geoloc.cli import main
+from geoloc.data.names import FIELDS, split_fields
 from geoloc.errors import GeolocError
-from geoloc.imagename import FIELDS, split_fields
+from geoloc.model import network as models
+from geoloc.train.checkpoint import save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -200,7 +201,7 @@ def test_queries_mostly_without_positive_are_counted_and_stay_in_the_denominator
     test_dir = make_test_set(tmp_path / "set", queries=[QUERY_UTM[0], *far])
     out = tmp_path / "out"
 
-    with caplog.at_level("WARNING", logger="geoloc.evaluate"):
+    with caplog.at_level("WARNING", logger="geoloc.evaluate.evaluation"):
         code, err = evaluate(capsys, model_file, test_dir, out / "t.csv", out / "t.queries.csv")
 
     assert code == 0, err

@@ -9,7 +9,6 @@ shows at once, and a cancelled training is resumed by the next invocation, not b
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -74,9 +73,6 @@ def _workflow_problem() -> str | None:
     for path in (SNAKEFILE, PROFILE / "config.yaml", WEIGHTS_REGISTRY):
         if not path.is_file():
             return f"{path.relative_to(REPO)} is not written yet"
-    for module in ("geoloc.train", "geoloc.evaluate", "geoloc.synthetic", "geoloc.report"):
-        if importlib.util.find_spec(module) is None:
-            return f"{module} is not written yet"
     return None
 
 

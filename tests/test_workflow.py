@@ -5,14 +5,12 @@ Most tests run Snakemake in a temporary working folder. Those that execute jobs 
 exactly what reached the command); the end-to-end test runs the real package on the tiny city.
 """
 
-import importlib.util
 import json
 import os
 import re
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -197,8 +195,8 @@ def test_study_config_is_the_fourteen_runs_of_the_published_study():
 def test_shipped_weights_registry_covers_every_pretrained_study_run():
     if not WEIGHTS_REGISTRY.exists():
         pytest.skip("resources/weights.yaml is not written yet")
-    from geoloc.models import BACKBONES
-    from geoloc.weights import lookup
+    from geoloc.model.network import BACKBONES
+    from geoloc.model.weights import lookup
 
     config = load_validated(STUDY_CONFIG, datasets_root="/datasets")
     runs = grid.expand_grid(config["grid"], config["training"])
@@ -417,17 +415,8 @@ def test_sigusr1_before_a_time_limit_reaches_training_and_not_snakemake(tmp_path
 # ---------------------------------------------------------------- the real package, end to end
 
 
-def real_geoloc_missing() -> str | None:
-    for module in ("geoloc.train", "geoloc.evaluate", "geoloc.synthetic", "geoloc.aggregate", "geoloc.report"):
-        if importlib.util.find_spec(module) is None:
-            return f"{module} is not written yet"
-    return None
-
-
 @pytest.mark.slow
 def test_tiny_city_end_to_end_then_a_deleted_model_retrains_only_its_run(tmp_path):
-    if reason := real_geoloc_missing():
-        pytest.skip(reason)
     config = {
         "datasets_root": "results/data",
         "synthetic": {"enabled": True, "size": "tiny", "seed": 0},

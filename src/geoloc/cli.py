@@ -17,12 +17,12 @@ from geoloc.errors import GeolocError
 
 # command name -> (module, one-line help)
 COMMANDS = {
-    "synth": ("geoloc.synthetic", "generate the synthetic city dataset"),
-    "train": ("geoloc.train", "train one CosPlace model"),
-    "evaluate": ("geoloc.evaluate", "compute recalls of a trained model on one test set"),
-    "fetch-weights": ("geoloc.weights", "download pretrained weights and check their sha256"),
-    "aggregate": ("geoloc.aggregate", "collect per-run results into one recalls table"),
-    "report": ("geoloc.report", "render the HTML study report"),
+    "synth": ("geoloc.data.synthetic.write", "generate the synthetic city dataset"),
+    "train": ("geoloc.train.trainer", "train one CosPlace model"),
+    "evaluate": ("geoloc.evaluate.evaluation", "compute recalls of a trained model on one test set"),
+    "fetch-weights": ("geoloc.model.weights", "download pretrained weights and check their sha256"),
+    "aggregate": ("geoloc.report.aggregate", "collect per-run results into one recalls table"),
+    "report": ("geoloc.report.render", "render the HTML study report"),
 }
 
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from geoloc.backbones import TIMM_PREFIX
 from geoloc.errors import GeolocError
+from geoloc.model.backbones import TIMM_PREFIX
 
 NO_PRETRAINING = "none"  # random initialisation: never has a weights entry
 

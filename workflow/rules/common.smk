@@ -14,8 +14,8 @@ from snakemake.utils import validate
 from geoloc import grid
 from geoloc.atomic import atomic_write_text
 from geoloc.errors import GeolocError
-from geoloc.backbones import STUDY_BACKBONES
-from geoloc.weights import lookup
+from geoloc.model.backbones import STUDY_BACKBONES
+from geoloc.model.weights import lookup
 
 # SLURM sends USR1 to every process of a job step shortly before its time limit
 # (profiles/slurm). Snakemake would die of it, taking the job step down; ignored here (and,

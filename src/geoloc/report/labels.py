@@ -1,0 +1,34 @@
+"""How the report names backbones, pretrainings, precisions and test sets (the study's terms).
+
+A name not listed here is shown as it is written in the config.
+"""
+
+from __future__ import annotations
+
+from geoloc.model.backbones import STUDY_BACKBONES
+
+PRETRAININGS = {
+    "imagenet": "ImageNet",
+    "places365": "Places365",
+    "gldv2": "Google Landmarks v2",
+    "none": "random init",
+}
+PRECISIONS = {"fp32": "FP32", "amp": "AMP"}
+TEST_SETS = {"sf_xs": "SF-XS", "tokyo_xs": "Tokyo-XS", "tokyo_night": "Tokyo-Night"}
+
+
+def backbone_label(name: str) -> str:
+    entry = STUDY_BACKBONES.get(name)
+    return entry.label if entry else name
+
+
+def pretraining_label(name: str) -> str:
+    return PRETRAININGS.get(name, name)
+
+
+def precision_label(name: str) -> str:
+    return PRECISIONS.get(name, name)
+
+
+def test_set_label(name: str) -> str:
+    return TEST_SETS.get(name, name)

@@ -1,0 +1,146 @@
+"""The report's figures, as inline SVG strings (matplotlib, Agg backend, text kept as text)."""
+
+from __future__ import annotations
+
+import io
+import math
+import re
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
+from matplotlib.figure import Figure  # noqa: E402
+
+from geoloc.report.conclusions import mean_recall, pareto_front  # noqa: E402
+from geoloc.report.formatting import duration_unit  # noqa: E402
+from geoloc.report.labels import test_set_label  # noqa: E402
+from geoloc.report.study import KS, Study, Variant  # noqa: E402
+
+MARKERS = "osD^v<>pPX*h"
+PANELS_PER_ROW = 3
+MIN_WIDTH_IN = 7.0  # a lone panel is drawn wide, its legend lists every run
+PANEL_HEIGHT_IN = 2.4
+BOTTOM_MARGIN_IN = 0.6  # tick labels and the x label, above the legend
+TOP_MARGIN_IN = 0.3  # panel titles
+STYLE = {
+    "svg.fonttype": "none",  # real <text>: smaller, selectable, escaped by matplotlib
+    "text.parse_math": False,  # a '$' in a run tag is text, not mathtext
+    "font.size": 9,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+}
+
+
+def variant_styles(study: Study) -> dict[Variant, dict[str, object]]:
+    """One colour and marker per variant, the same in every figure."""
+    colors = plt.get_cmap("tab10" if len(study.variants) <= 10 else "tab20").colors
+    return {
+        v: {"color": colors[i % len(colors)], "marker": MARKERS[i % len(MARKERS)]} for i, v in enumerate(study.variants)
+    }
+
+
+def recall_vs_time(study: Study) -> str | None:
+    """R@1 vs training time per test set (and averaged), Pareto front drawn as a step line."""
+    times = {v: study.costs(v)["training_time_seconds"] for v in study.variants}
+    if not any(map(math.isfinite, times.values())):
+        return None
+    unit, scale = duration_unit(list(times.values()))
+    panels = [(test_set_label(t), [t]) for t in study.test_sets]
+    if len(study.test_sets) > 1:
+        panels.append(("Mean over test sets", study.test_sets))
+    styles = variant_styles(study)
+    with matplotlib.rc_context(STYLE):
+        fig, axes = _panels(len(panels))
+        for ax, (title, test_sets) in zip(axes, panels):
+            points = {v: (mean_recall(study, v, test_sets), times[v]) for v in study.variants}
+            for v, (recall, time) in points.items():
+                if math.isfinite(recall) and math.isfinite(time):
+                    ax.plot(time / scale, recall, linestyle="none", label=v.label, **styles[v])
+            front = pareto_front(points)
+            if len(front) > 1:
+                xs = [points[v][1] / scale for v in front]
+                ys = [points[v][0] for v in front]
+                ax.step(xs, ys, where="post", color="0.4", linestyle="--", linewidth=1, zorder=0, label="Pareto front")
+            ax.set(title=title, xlabel=f"training time ({unit})", ylabel="R@1 (%)")
+        return _svg(fig, "recall_vs_time")
+
+
+def recall_curves(study: Study) -> str | None:
+    """Recall@k against k, one panel per test set."""
+    if not study.test_sets:
+        return None
+    styles = variant_styles(study)
+    with matplotlib.rc_context(STYLE):
+        fig, axes = _panels(len(study.test_sets))
+        for ax, test_set in zip(axes, study.test_sets):
+            for v in study.variants:
+                cell = study.cell(v, test_set)
+                if cell is not None:
+                    ax.plot(KS, [cell.recalls[k] for k in KS], label=v.label, **styles[v])
+            ax.set(title=test_set_label(test_set), xlabel="k (database images retrieved)", ylabel="recall@k (%)")
+            ax.set_xticks(KS)
+        return _svg(fig, "recall_curves")
+
+
+def validation_curves(study: Study) -> str | None:
+    """Validation R@1 after each epoch of each run (from train.json)."""
+    styles = variant_styles(study)
+    with matplotlib.rc_context(STYLE):
+        fig, [ax] = _panels(1)
+        drawn = False
+        for v, runs in study.runs.items():
+            for run in runs:
+                epochs = study.train_logs.get(run, {}).get("epochs") or []
+                points = [(e["epoch"], e["val_recalls"]["r1"]) for e in epochs if e.get("val_recalls")]
+                if points:
+                    ax.plot(*zip(*points), label=run, color=styles[v]["color"], marker=styles[v]["marker"])
+                    drawn = True
+        if not drawn:
+            plt.close(fig)
+            return None
+        ax.set(title="Validation during training", xlabel="epoch", ylabel="validation R@1 (%)")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        return _svg(fig, "validation_curves")
+
+
+def _panels(count: int) -> tuple[Figure, list[plt.Axes]]:
+    columns = min(count, PANELS_PER_ROW)
+    rows = math.ceil(count / columns)
+    height = PANEL_HEIGHT_IN * rows + BOTTOM_MARGIN_IN + TOP_MARGIN_IN
+    fig, axes = plt.subplots(rows, columns, figsize=(max(3.4 * columns + 0.6, MIN_WIDTH_IN), height), squeeze=False)
+    # Fixed margins instead of a layout engine (3x faster); the tight bounding box at save
+    # time trims the outer margins and makes room for the legend below.
+    fig.subplots_adjust(wspace=0.3, hspace=0.45, bottom=BOTTOM_MARGIN_IN / height, top=1 - TOP_MARGIN_IN / height)
+    flat = list(axes.flat)
+    for unused in flat[count:]:
+        unused.remove()
+    return fig, flat[:count]
+
+
+def _svg(fig: Figure, name: str) -> str:
+    """The figure as an <svg> element ready to inline (no XML prolog, no metadata)."""
+    handles, labels = fig.axes[0].get_legend_handles_labels()
+    seen = dict(zip(labels, handles))
+    for ax in fig.axes[1:]:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            seen.setdefault(label, handle)
+    fig.legend(
+        seen.values(),
+        seen.keys(),
+        loc="upper center",
+        bbox_to_anchor=(0.5, 0.0),
+        ncols=min(2, len(seen)),
+        frameon=False,
+    )
+    buffer = io.StringIO()
+    # A per-figure salt keeps generated element ids unique across the figures of one page.
+    with matplotlib.rc_context({"svg.hashsalt": name}):
+        fig.savefig(buffer, format="svg", metadata={"Date": None}, bbox_inches="tight", pad_inches=0.1)
+    plt.close(fig)
+    text = buffer.getvalue()
+    text = text[text.index("<svg") :]
+    text = re.sub(r"<metadata>.*?</metadata>\s*", "", text, flags=re.DOTALL)
+    return text.replace("<svg ", f'<svg role="img" aria-label="{name.replace("_", " ")}" ', 1)

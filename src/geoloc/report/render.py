@@ -1,0 +1,132 @@
+"""`geoloc report`: the study's results as one self-contained HTML page.
+
+Everything on the page is computed from the recalls table and the run folders (see
+`geoloc.report.study`); the page itself is Jinja2 templates from `workflow/report/` with autoescape
+on, CSS inline, figures as inline SVG and thumbnails as data URIs: no request leaves the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import jinja2
+from markupsafe import Markup
+
+from geoloc.atomic import atomic_write_text
+from geoloc.errors import GeolocError
+from geoloc.report import formatting, plots
+from geoloc.report.conclusions import derive_conclusions
+from geoloc.report.gallery import build_galleries
+from geoloc.report.labels import test_set_label
+from geoloc.report.published import compare_with_published, read_published
+from geoloc.report.sections import cost_rows, provenance, recall_tables, uncertainty
+from geoloc.report.study import KS, Study, load_study
+
+log = logging.getLogger(__name__)
+
+TEMPLATES = "workflow/report"
+MAIN_TEMPLATE = "report.html.j2"
+STYLESHEET = "report.css"
+SIZE_BUDGET_MB = 5.0  # a page this size still opens quickly from a cluster's scratch disk
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--recalls", type=Path, required=True, help="recalls CSV from geoloc aggregate")
+    parser.add_argument("--runs-dir", type=Path, required=True, help="folder of the run folders")
+    parser.add_argument("--config", type=Path, required=True, help="the workflow config, shown as provenance")
+    parser.add_argument("--reference", required=True, metavar="RUN", help="run the others are compared with")
+    parser.add_argument("--expected", nargs="+", required=True, metavar="RUN", help="every run of the grid")
+    parser.add_argument(
+        "--published", type=Path, help="published results CSV, e.g. resources/published-results.csv (default: none)"
+    )
+    parser.add_argument("--out", type=Path, required=True, help="the HTML file to write")
+    parser.add_argument("--templates", type=Path, help=f"template folder (default: {TEMPLATES})")
+    parser.add_argument(
+        "--positive-dist-threshold",
+        type=float,
+        default=25.0,
+        help="metres within which a retrieved image counts as correct in the gallery",
+    )
+
+
+def run(args: argparse.Namespace) -> None:
+    study = load_study(args.recalls, args.runs_dir, args.reference, args.expected)
+    html = render_report(
+        study,
+        runs_dir=args.runs_dir,
+        config_path=args.config,
+        published_path=args.published,
+        templates=args.templates or find_project_path(TEMPLATES),
+        positive_dist_threshold=args.positive_dist_threshold,
+    )
+    atomic_write_text(args.out, html)
+    megabytes = len(html.encode("utf-8")) / 1e6
+    log.log(logging.WARNING if megabytes > SIZE_BUDGET_MB else logging.INFO, "wrote %s (%.2f MB)", args.out, megabytes)
+
+
+def find_project_path(relative: str) -> Path:
+    """`relative` under the current folder (the workflow's), else under this source checkout."""
+    for base in (Path.cwd(), Path(__file__).resolve().parents[3]):
+        if (base / relative).exists():
+            return base / relative
+    raise GeolocError(f"{relative}: not found in {Path.cwd()} or the geoloc checkout; pass its path")
+
+
+def render_report(
+    study: Study,
+    *,
+    runs_dir: Path,
+    config_path: Path,
+    published_path: Path | None,
+    templates: Path,
+    positive_dist_threshold: float = 25.0,
+) -> str:
+    if not (templates / MAIN_TEMPLATE).is_file():
+        raise GeolocError(f"{templates}: no {MAIN_TEMPLATE} in this template folder")
+    try:
+        config_text = config_path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise GeolocError(f"{config_path}: cannot read the config: {exc}") from exc
+    published = read_published(published_path) if published_path else None
+    figures = {
+        "recall_vs_time": plots.recall_vs_time(study),
+        "recall_curves": plots.recall_curves(study),
+        "validation_curves": plots.validation_curves(study),
+    }
+    context = {
+        "study": study,
+        "ks": KS,
+        "styles": Markup((templates / STYLESHEET).read_text(encoding="utf-8")),
+        "conclusions": derive_conclusions(study),
+        "recall_tables": recall_tables(study),
+        "costs": cost_rows(study),
+        "figures": {name: Markup(svg) for name, svg in figures.items() if svg},
+        "galleries": build_galleries(study, runs_dir, positive_dist_threshold),
+        "threshold": positive_dist_threshold,
+        "uncertainty": uncertainty(study),
+        "published": compare_with_published(study, published) if published is not None else None,
+        "provenance": provenance(study, config_path, config_text),
+    }
+    return _environment(templates).get_template(MAIN_TEMPLATE).render(context)
+
+
+def _environment(templates: Path) -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(templates),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters.update(
+        percent=formatting.percent,
+        signed=formatting.signed,
+        duration=formatting.duration,
+        millions=formatting.millions,
+        number=formatting.number,
+        test_set=test_set_label,
+    )
+    env.tests["finite"] = formatting.is_number
+    return env

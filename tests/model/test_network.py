@@ -1,0 +1,196 @@
+"""The backbone registry and the CosPlace network: shapes, what trains, save/load."""
+
+import pickle
+
+import pytest
+import torch
+
+from geoloc.errors import GeolocError
+from geoloc.model.network import BACKBONES, GeM, build_model, count_parameters, load_model, save_model
+
+DIM = 32
+
+# What the study trains in each backbone (DESIGN.md), as parameter-name prefixes, and the
+# channels of its last feature map.
+STUDY = {
+    "resnet18": (("backbone.layer3.", "backbone.layer4."), 512),
+    "efficientnet_b0": (("backbone.features.7.", "backbone.features.8."), 1280),
+    "efficientnet_b1": (("backbone.features.7.", "backbone.features.8."), 1280),
+    "efficientnet_b2": (("backbone.features.7.", "backbone.features.8."), 1408),
+    "efficientnet_v2_s": (("backbone.features.6.", "backbone.features.7."), 1280),
+    "mobilenet_v3_small": (("backbone.features.10.", "backbone.features.11.", "backbone.features.12."), 576),
+    "mobilenet_v3_large": (("backbone.features.14.", "backbone.features.15.", "backbone.features.16."), 960),
+    "convnext_tiny": (("backbone.features.7.",), 768),
+    "swin_tiny": (("backbone.features.7.", "backbone.norm."), 768),
+}
+
+
+@pytest.fixture(scope="module")
+def models():
+    """Every registered backbone, built once (random init) for the whole module."""
+    torch.manual_seed(0)
+    return {name: build_model(name, fc_output_dim=DIM).eval() for name in BACKBONES}
+
+
+@pytest.fixture(scope="module")
+def images():
+    torch.manual_seed(1)
+    return torch.rand(2, 3, 64, 64)
+
+
+def test_registry_holds_the_nine_study_backbones():
+    assert set(BACKBONES) == set(STUDY)
+
+
+@pytest.mark.parametrize("name", list(STUDY))
+def test_backbone_gives_unit_norm_descriptors(models, images, name):
+    with torch.no_grad():
+        descriptors = models[name](images)
+    assert descriptors.shape == (2, DIM)
+    assert torch.isfinite(descriptors).all()
+    torch.testing.assert_close(descriptors.norm(dim=1), torch.ones(2))
+    assert not torch.allclose(descriptors[0], descriptors[1])
+
+
+@pytest.mark.parametrize("name", list(STUDY))
+def test_backbone_feature_map_has_the_registered_channels_in_nchw(models, images, name):
+    model = models[name]
+    with torch.no_grad():
+        features = model.backbone(images)
+    channels = STUDY[name][1]
+    assert features.shape[:2] == (2, channels)
+    assert model.aggregation.fc.in_features == channels
+
+
+@pytest.mark.parametrize("name", list(STUDY))
+def test_backbone_trains_exactly_the_study_layers(models, name):
+    trainable_prefixes = STUDY[name][0]
+    backbone = {n: p for n, p in models[name].named_parameters() if n.startswith("backbone.")}
+    for param_name, param in backbone.items():
+        assert param.requires_grad == param_name.startswith(trainable_prefixes), param_name
+    for prefix in trainable_prefixes:
+        assert any(n.startswith(prefix) for n in backbone), f"no parameter under {prefix}"
+    head = [p for n, p in models[name].named_parameters() if n.startswith("aggregation.")]
+    assert len(head) == 3 and all(p.requires_grad for p in head)  # GeM p, fc weight and bias
+
+
+def test_trainable_blocks_overrides_how_many_trailing_blocks_train():
+    def trained_layers(trainable_blocks):
+        model = build_model("resnet18", DIM, trainable_blocks=trainable_blocks)
+        return {n.split(".")[1] for n, p in model.named_parameters() if n.startswith("backbone.") and p.requires_grad}
+
+    assert trained_layers(3) == {"layer2", "layer3", "layer4"}
+    assert trained_layers(0) == set()
+    # conv1, bn1 and the four layers hold parameters (relu and maxpool do not)
+    assert trained_layers(6) == {"conv1", "bn1", "layer1", "layer2", "layer3", "layer4"}
+    with pytest.raises(GeolocError, match="between 0 and 6, got 7"):
+        build_model("resnet18", DIM, trainable_blocks=7)
+
+
+def test_model_normalises_images_with_imagenet_statistics(models):
+    model = models["resnet18"]
+    seen = []
+    hook = model.backbone.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        model(mean.expand(1, 3, 8, 8))
+        model((mean + std).expand(1, 3, 8, 8))
+    hook.remove()
+    torch.testing.assert_close(seen[0], torch.zeros(1, 3, 8, 8))
+    torch.testing.assert_close(seen[1], torch.ones(1, 3, 8, 8))
+
+
+def test_gem_is_the_cube_root_of_the_mean_cube():
+    feature_map = torch.tensor([1.0, 2.0, 2.0, 3.0]).view(1, 1, 2, 2)
+    pooled = GeM()(feature_map)
+    assert pooled.item() == pytest.approx(((1 + 8 + 8 + 27) / 4) ** (1 / 3), rel=1e-5)
+
+
+def test_unknown_backbone_is_refused_naming_the_known_ones():
+    with pytest.raises(GeolocError, match="unknown backbone 'resnet19'.*resnet18.*swin_tiny.*timm:"):
+        build_model("resnet19")
+
+
+def test_save_and_load_round_trip_gives_identical_descriptors(models, images, tmp_path):
+    model = models["mobilenet_v3_small"]
+    path = tmp_path / "out" / "model.pt"
+    save_model(path, model)
+    loaded = load_model(path).eval()
+    assert (loaded.backbone_name, loaded.fc_output_dim, loaded.trainable_blocks) == ("mobilenet_v3_small", DIM, 3)
+    with torch.no_grad():
+        assert torch.equal(loaded(images), model(images))
+    assert [p.requires_grad for p in loaded.parameters()] == [p.requires_grad for p in model.parameters()]
+    assert list(path.parent.iterdir()) == [path]  # no temporary file left behind
+
+
+def test_load_model_refuses_a_file_that_is_not_a_geoloc_model(tmp_path):
+    plain = tmp_path / "plain.pt"
+    torch.save({"weight": torch.zeros(2)}, plain)
+    with pytest.raises(GeolocError, match="not a geoloc model"):
+        load_model(plain)
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a torch file at all")
+    with pytest.raises(GeolocError, match="not a readable PyTorch file"):
+        load_model(garbage)
+    with pytest.raises(GeolocError, match="does not exist"):
+        load_model(tmp_path / "missing.pt")
+
+
+class _Exploit:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_load_model_never_runs_code_from_the_file(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "model.pt"
+    torch.save({"format": "geoloc-model/1", "payload": _Exploit(marker)}, path)
+    with pytest.raises(GeolocError, match="was refused: loading it would run the Python code"):
+        load_model(path)
+    assert not marker.exists()
+
+
+def test_timm_backbone_works_and_trains_its_last_stage(images, tmp_path):
+    torch.manual_seed(0)
+    model = build_model("timm:resnet10t", fc_output_dim=DIM).eval()
+    with torch.no_grad():
+        descriptors = model(images)
+    assert descriptors.shape == (2, DIM)
+    torch.testing.assert_close(descriptors.norm(dim=1), torch.ones(2))
+    assert model.aggregation.fc.in_features == 512
+    trained = {n.split(".")[2] for n, p in model.named_parameters() if n.startswith("backbone.") and p.requires_grad}
+    assert trained == {"layer4"}
+    path = tmp_path / "timm.pt"
+    save_model(path, model)
+    with torch.no_grad():
+        assert torch.equal(load_model(path).eval()(images), descriptors)
+
+
+def test_timm_stages_include_the_modules_between_feature_points():
+    # mobilenetv3 lists feature points at blocks.3 and blocks.5: the last stage is blocks.4-5.
+    model = build_model("timm:mobilenetv3_small_050", fc_output_dim=DIM)
+    trained = {".".join(n.split(".")[2:4]) for n, p in model.named_parameters()
+               if n.startswith("backbone.") and p.requires_grad}
+    assert trained == {"blocks.4", "blocks.5"}
+
+
+def test_unknown_timm_model_is_a_clear_error():
+    with pytest.raises(GeolocError, match="timm:no_such_net"):
+        build_model("timm:no_such_net")
+
+
+def test_count_parameters_separates_trainable_ones():
+    layer = torch.nn.Linear(3, 2)  # 6 weights + 2 biases
+    layer.bias.requires_grad = False
+    assert count_parameters(layer) == (8, 6)
+
+
+def test_exploit_fixture_really_runs_code_when_unpickled_unsafely(tmp_path):
+    # Keeps the refusal test honest: the payload does create its marker if trusted.
+    marker = tmp_path / "pwned"
+    pickle.loads(pickle.dumps(_Exploit(marker))).close()
+    assert marker.exists()

@@ -1,0 +1,428 @@
+"""Weights: registry look-up, checked downloads (file://, local HTTP, Google Drive's confirmation
+step), safe loading of each checkpoint format into the backbone."""
+
+import hashlib
+import pickle
+import re
+import threading
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+import yaml
+
+from geoloc.cli import main
+from geoloc.errors import GeolocError
+from geoloc.model.network import BACKBONES, build_model
+from geoloc.model.weights import fetch, load_state_dict, lookup, sha256_file
+
+REGISTRY = Path(__file__).resolve().parents[2] / "resources" / "weights.yaml"
+PAYLOAD = bytes(range(256)) * 64  # 16 KiB that stand for a weights file
+PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()
+
+
+def _entry(url, sha256=PAYLOAD_SHA, size=len(PAYLOAD), fmt="torchvision"):
+    return {"url": url, "sha256": sha256, "size": size, "format": fmt}
+
+
+def _leftovers(folder: Path, keep: Path | None = None) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p != keep)
+
+
+# ---------------------------------------------------------------- local HTTP server
+
+class _Site:
+    """Routes path -> list of responders (the last one repeats) and the requests seen."""
+
+    def __init__(self):
+        self.routes = {}
+        self.requests: list[str] = []
+        self.url = ""
+
+
+def _send(data: bytes, content_type="application/octet-stream", headers=()):
+    def respond(handler):
+        handler.send_response(200)
+        handler.send_header("Content-Type", content_type)
+        handler.send_header("Content-Length", str(len(data)))
+        for name, value in headers:
+            handler.send_header(name, value)
+        handler.end_headers()
+        handler.wfile.write(data)
+    return respond
+
+
+def _send_truncated(data: bytes):
+    def respond(handler):
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/octet-stream")
+        handler.send_header("Content-Length", str(len(data)))
+        handler.end_headers()
+        handler.wfile.write(data[: len(data) // 2])
+        handler.close_connection = True
+    return respond
+
+
+@pytest.fixture
+def site():
+    state = _Site()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            state.requests.append(self.path)
+            responders = state.routes.get(urllib.parse.urlsplit(self.path).path)
+            if not responders:
+                self.send_error(404)
+                return
+            (responders.pop(0) if len(responders) > 1 else responders[0])(self)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    state.url = f"http://127.0.0.1:{server.server_port}"
+    yield state
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+# ---------------------------------------------------------------- fetch
+
+def test_fetch_from_file_url_places_the_checked_file(tmp_path):
+    source = tmp_path / "src.pth"
+    source.write_bytes(PAYLOAD)
+    out = tmp_path / "weights" / "w.pth"
+    assert fetch(_entry(source.as_uri()), out) == PAYLOAD_SHA
+    assert out.read_bytes() == PAYLOAD
+    assert _leftovers(out.parent) == ["w.pth"]
+
+
+def test_fetch_over_http_places_the_checked_file(site, tmp_path):
+    site.routes["/w.pth"] = [_send(PAYLOAD)]
+    out = tmp_path / "w.pth"
+    assert fetch(_entry(f"{site.url}/w.pth"), out, retries=0) == PAYLOAD_SHA
+    assert out.read_bytes() == PAYLOAD
+    assert site.requests == ["/w.pth"]
+
+
+def test_file_in_place_with_the_right_hash_is_not_downloaded_again(site, tmp_path):
+    site.routes["/w.pth"] = [_send(PAYLOAD)]
+    out = tmp_path / "w.pth"
+    out.write_bytes(PAYLOAD)  # e.g. put there by hand
+    assert fetch(_entry(f"{site.url}/w.pth"), out) == PAYLOAD_SHA
+    assert site.requests == []
+
+
+def test_file_in_place_with_a_wrong_hash_is_replaced(site, tmp_path):
+    site.routes["/w.pth"] = [_send(PAYLOAD)]
+    out = tmp_path / "w.pth"
+    out.write_bytes(b"stale")
+    fetch(_entry(f"{site.url}/w.pth"), out, retries=0)
+    assert out.read_bytes() == PAYLOAD
+    assert site.requests == ["/w.pth"]
+
+
+def test_wrong_hash_deletes_the_download_and_shows_both_hashes(site, tmp_path):
+    site.routes["/w.pth"] = [_send(PAYLOAD)]
+    expected = "0" * 64
+    out = tmp_path / "w.pth"
+    with pytest.raises(GeolocError) as error:
+        fetch(_entry(f"{site.url}/w.pth", sha256=expected), out, retries=0)
+    assert expected in str(error.value) and PAYLOAD_SHA in str(error.value)
+    assert _leftovers(tmp_path) == []
+
+
+def test_a_published_hash_prefix_is_checked_as_a_prefix(tmp_path):
+    source = tmp_path / "src.pth"
+    source.write_bytes(PAYLOAD)
+    assert fetch(_entry(source.as_uri(), sha256=PAYLOAD_SHA[:8]), tmp_path / "ok.pth") == PAYLOAD_SHA
+    wrong_prefix = ("f" if PAYLOAD_SHA[0] != "f" else "e") + PAYLOAD_SHA[1:8]
+    with pytest.raises(GeolocError, match=f"expected {wrong_prefix}, got {PAYLOAD_SHA}"):
+        fetch(_entry(source.as_uri(), sha256=wrong_prefix), tmp_path / "bad.pth")
+    assert not (tmp_path / "bad.pth").exists()
+
+
+def test_unpinned_hash_accepts_the_download_and_reports_its_hash(tmp_path, caplog):
+    source = tmp_path / "src.pth"
+    source.write_bytes(PAYLOAD)
+    assert fetch(_entry(source.as_uri(), sha256=None, size=None), tmp_path / "w.pth") == PAYLOAD_SHA
+    assert PAYLOAD_SHA in caplog.text
+
+
+def test_truncated_download_is_retried_then_fails_clearly(site, tmp_path):
+    site.routes["/w.pth"] = [_send_truncated(PAYLOAD)]
+    out = tmp_path / "w.pth"
+    with pytest.raises(GeolocError, match="failed after 3 attempts"):
+        fetch(_entry(f"{site.url}/w.pth", sha256=None, size=None), out, retries=2, backoff_seconds=0)
+    assert len(site.requests) == 3
+    assert _leftovers(tmp_path) == []
+
+
+def test_truncated_download_succeeds_on_retry(site, tmp_path):
+    site.routes["/w.pth"] = [_send_truncated(PAYLOAD), _send(PAYLOAD)]
+    out = tmp_path / "w.pth"
+    assert fetch(_entry(f"{site.url}/w.pth"), out, retries=1, backoff_seconds=0) == PAYLOAD_SHA
+    assert out.read_bytes() == PAYLOAD
+    assert len(site.requests) == 2
+
+
+def test_download_shorter_than_the_registered_size_counts_as_truncated(site, tmp_path):
+    site.routes["/w.pth"] = [_send(PAYLOAD)]
+    with pytest.raises(GeolocError, match=f"received {len(PAYLOAD)} of {len(PAYLOAD) + 1} bytes"):
+        fetch(_entry(f"{site.url}/w.pth", sha256=None, size=len(PAYLOAD) + 1), tmp_path / "w.pth",
+              retries=1, backoff_seconds=0)
+    assert len(site.requests) == 2
+
+
+def test_missing_file_on_the_server_is_not_retried(site, tmp_path):
+    with pytest.raises(GeolocError, match="HTTP 404"):
+        fetch(_entry(f"{site.url}/gone.pth"), tmp_path / "w.pth", retries=3, backoff_seconds=0)
+    assert site.requests == ["/gone.pth"]
+
+
+def test_google_drive_confirmation_form_is_followed(site, tmp_path):
+    # The drive.usercontent.google.com form of the "cannot scan for viruses" page.
+    page = f"""<html><body>Google Drive can't scan this file for viruses.
+      <form id="download-form" action="{site.url}/download" method="get">
+        <input type="submit" id="uc-download-link" value="Download anyway"/>
+        <input type="hidden" name="id" value="FILEID"><input type="hidden" name="export" value="download">
+        <input type="hidden" name="confirm" value="t"><input type="hidden" name="uuid" value="u-1">
+      </form></body></html>""".encode()
+    site.routes["/uc"] = [_send(page, content_type="text/html; charset=utf-8")]
+    site.routes["/download"] = [_send(PAYLOAD)]
+    out = tmp_path / "w.pth"
+    assert fetch(_entry(f"{site.url}/uc?export=download&id=FILEID"), out, retries=0) == PAYLOAD_SHA
+    query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(site.requests[1]).query))
+    assert query == {"id": "FILEID", "export": "download", "confirm": "t", "uuid": "u-1"}
+
+
+def test_google_drive_download_warning_cookie_is_followed(site, tmp_path):
+    # The older form: a cookie carries the confirmation token.
+    page = b"<html><body>Too large to scan</body></html>"
+
+    def drive(handler):
+        query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(handler.path).query))
+        if query.get("confirm") == "TOKEN7":
+            _send(PAYLOAD)(handler)
+        else:
+            _send(page, "text/html", headers=[("Set-Cookie", "download_warning_13058=TOKEN7; Path=/")])(handler)
+
+    site.routes["/uc"] = [drive]
+    out = tmp_path / "w.pth"
+    assert fetch(_entry(f"{site.url}/uc?export=download&id=X"), out, retries=0) == PAYLOAD_SHA
+    assert len(site.requests) == 2 and "confirm=TOKEN7" in site.requests[1]
+
+
+def test_web_page_instead_of_the_file_explains_the_manual_fallback(site, tmp_path):
+    site.routes["/uc"] = [_send(b"<html>Quota exceeded</html>", "text/html")]
+    out = tmp_path / "w.pth"
+    with pytest.raises(GeolocError, match=f"web page instead of the file.*put it at {re.escape(str(out))}"):
+        fetch(_entry(f"{site.url}/uc?id=X"), out, retries=2, backoff_seconds=0)
+    assert len(site.requests) == 1
+    assert _leftovers(tmp_path) == []
+
+
+# ---------------------------------------------------------------- registry
+
+def _write_registry(path: Path, content) -> Path:
+    path.write_text(yaml.safe_dump(content), encoding="utf-8")
+    return path
+
+
+def test_lookup_returns_the_entry(tmp_path):
+    registry = _write_registry(tmp_path / "w.yaml", {"resnet18": {"imagenet": _entry("file:///w.pth")}})
+    assert lookup(registry, "resnet18", "imagenet") == _entry("file:///w.pth")
+
+
+def test_lookup_names_what_is_missing_and_what_is_known(tmp_path):
+    registry = _write_registry(tmp_path / "w.yaml", {"resnet18": {"imagenet": _entry("file:///a"),
+                                                                   "places365": _entry("file:///b")}})
+    with pytest.raises(GeolocError, match="no pretraining 'gldv2' for resnet18.*imagenet, places365"):
+        lookup(registry, "resnet18", "gldv2")
+    with pytest.raises(GeolocError, match="no backbone 'vgg16'.*resnet18"):
+        lookup(registry, "vgg16", "imagenet")
+    with pytest.raises(GeolocError, match="random initialisation"):
+        lookup(registry, "resnet18", "none")
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("sha256", "F37072FD", "sha256 must be null or 8 to 64 lowercase hex"),
+    ("sha256", "abc", "sha256 must be null or 8 to 64 lowercase hex"),
+    ("size", -5, "size must be null or a positive number"),
+    ("format", "onnx", "format must be one of torchvision, places365, gldv2, timm"),
+    ("url", "ftp://host/w.pth", "url must be an http"),
+])
+def test_lookup_refuses_a_bad_field_naming_it(tmp_path, field, value, message):
+    entry = {**_entry("file:///w.pth"), field: value}
+    registry = _write_registry(tmp_path / "w.yaml", {"resnet18": {"imagenet": entry}})
+    with pytest.raises(GeolocError, match=f"resnet18.imagenet.{message}"):
+        lookup(registry, "resnet18", "imagenet")
+
+
+def test_project_registry_covers_the_study_with_torchvision_hash_prefixes():
+    for backbone in BACKBONES:
+        entry = lookup(REGISTRY, backbone, "imagenet")
+        assert entry["format"] == "torchvision"
+        # torchvision names its files <name>-<first 8 hex digits of the sha256>.pth
+        published_prefix = re.search(r"-([0-9a-f]{8})\.pth$", entry["url"]).group(1)
+        assert entry["sha256"].startswith(published_prefix), backbone
+    assert lookup(REGISTRY, "resnet18", "places365")["format"] == "places365"
+    assert lookup(REGISTRY, "resnet18", "gldv2")["format"] == "gldv2"
+    for pretraining in ("places365", "gldv2"):
+        assert "drive.google.com" in lookup(REGISTRY, "resnet18", pretraining)["url"]
+    assert lookup(REGISTRY, "timm:resnet10t", "imagenet")["format"] == "timm"
+
+
+def test_project_registry_urls_match_the_installed_torchvision():
+    weights = {"resnet18": torchvision.models.ResNet18_Weights, "swin_tiny": torchvision.models.Swin_T_Weights,
+               "efficientnet_v2_s": torchvision.models.EfficientNet_V2_S_Weights,
+               "mobilenet_v3_small": torchvision.models.MobileNet_V3_Small_Weights}
+    for backbone, enum in weights.items():
+        assert lookup(REGISTRY, backbone, "imagenet")["url"] == enum.IMAGENET1K_V1.url
+
+
+def test_fetch_weights_command_prints_the_hash(tmp_path, capsys):
+    source = tmp_path / "src.pth"
+    source.write_bytes(PAYLOAD)
+    registry = _write_registry(tmp_path / "w.yaml", {"resnet18": {"imagenet": _entry(source.as_uri())}})
+    out = tmp_path / "weights" / "resnet18-imagenet.pth"
+    argv = ["fetch-weights", "--registry", str(registry), "--backbone", "resnet18", "--pretraining", "imagenet",
+            "--out", str(out), "--retries", "0"]
+    assert main(argv) == 0
+    assert PAYLOAD_SHA in capsys.readouterr().out
+    assert out.read_bytes() == PAYLOAD
+    assert main([*argv[:4], "convnext_tiny", *argv[5:]]) == 2
+    assert "no backbone 'convnext_tiny'" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- loading
+
+@pytest.fixture(scope="module")
+def resnet18_state():
+    torch.manual_seed(0)
+    return torchvision.models.resnet18().state_dict()
+
+
+def _assert_backbone_holds(model, state: dict):
+    backbone = model.backbone.state_dict()
+    assert backbone, "empty backbone"
+    for key, value in backbone.items():
+        assert torch.equal(value, state[key]), key
+
+
+def test_places365_checkpoint_loads_into_the_backbone(tmp_path):
+    torch.manual_seed(2)
+    state = torchvision.models.resnet18(num_classes=365).state_dict()
+    path = tmp_path / "places.pth"
+    torch.save({"epoch": 90, "arch": "resnet18",
+                "state_dict": {f"module.{k}": v for k, v in state.items()}}, path)
+    model = build_model("resnet18", 16, weights=path, weights_format="places365")
+    _assert_backbone_holds(model, state)
+
+
+def test_gldv2_checkpoint_loads_into_the_backbone(tmp_path):
+    torch.manual_seed(3)
+    state = torchvision.models.resnet18(num_classes=512).state_dict()
+    path = tmp_path / "gldv2.pth"
+    torch.save(state, path)
+    model = build_model("resnet18", 16, weights=path, weights_format="gldv2")
+    _assert_backbone_holds(model, state)
+
+
+def test_torchvision_checkpoint_loads_into_the_backbone(tmp_path):
+    torch.manual_seed(4)
+    state = torchvision.models.mobilenet_v3_small().state_dict()
+    path = tmp_path / "mnv3.pth"
+    torch.save(state, path)
+    model = build_model("mobilenet_v3_small", 16, weights=path)  # torchvision is the default format
+    _assert_backbone_holds(model, state)
+    assert not any(k.startswith("classifier.") for k in load_state_dict(path, "torchvision",
+                                                                        drop_prefixes=("classifier.",)))
+
+
+@pytest.mark.parametrize("as_safetensors", [False, True])
+def test_timm_checkpoint_loads_into_the_backbone(tmp_path, as_safetensors):
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(5)
+    state = timm.create_model("resnet10t").state_dict()
+    path = tmp_path / "timm.pth"  # the workflow names every weights file .pth
+    if as_safetensors:
+        save_file(state, path)
+    else:
+        torch.save(state, path)
+    model = build_model("timm:resnet10t", 16, weights=path)
+    loaded = {k.removeprefix("body."): v for k, v in model.backbone.state_dict().items()}
+    assert set(loaded) == {k for k in state if not k.startswith("fc.")}
+    for key, value in loaded.items():
+        assert torch.equal(value, state[key]), key
+
+
+def test_places365_checkpoint_missing_a_layer_is_refused_naming_it(tmp_path, resnet18_state):
+    state = {f"module.{k}": v for k, v in resnet18_state.items() if k != "layer3.0.conv1.weight"}
+    path = tmp_path / "places.pth"
+    torch.save({"state_dict": state}, path)
+    with pytest.raises(GeolocError, match=r"missing keys: layer3\.0\.conv1\.weight"):
+        build_model("resnet18", 16, weights=path, weights_format="places365")
+
+
+def test_checkpoint_with_a_wrong_shape_is_refused_naming_it(tmp_path, resnet18_state):
+    path = tmp_path / "w.pth"
+    torch.save({**resnet18_state, "conv1.weight": torch.zeros(64, 3, 3, 3)}, path)
+    with pytest.raises(GeolocError, match=r"wrong shapes: conv1\.weight \(64, 3, 3, 3\)"):
+        build_model("resnet18", 16, weights=path)
+
+
+def test_checkpoint_of_another_architecture_is_refused(tmp_path):
+    path = tmp_path / "w.pth"
+    torch.save(torchvision.models.mobilenet_v3_small().state_dict(), path)
+    with pytest.raises(GeolocError, match="does not fit the network; missing keys: conv1.weight.*unknown keys"):
+        build_model("resnet18", 16, weights=path)
+
+
+class _Exploit:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_malicious_pickle_is_refused_without_running(tmp_path, resnet18_state):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pth"
+    torch.save({**resnet18_state, "fc.weight": _Exploit(marker)}, path)
+    with pytest.raises(GeolocError, match="refused"):
+        load_state_dict(path, "torchvision")
+    with pytest.raises(GeolocError, match="refused"):
+        build_model("resnet18", 16, weights=path)
+    assert not marker.exists()
+    # the payload is real: an unsafe load would have run it
+    pickle.loads(pickle.dumps(_Exploit(marker))).close()
+    assert marker.exists()
+
+
+def test_unreadable_weights_file_is_a_clear_error(tmp_path):
+    path = tmp_path / "w.pth"
+    path.write_bytes(b"<html>not weights</html>")
+    with pytest.raises(GeolocError, match="not a readable PyTorch file"):
+        load_state_dict(path, "torchvision")
+    empty = tmp_path / "empty.pth"
+    empty.write_bytes(b"")
+    with pytest.raises(GeolocError, match="empty or cut short"):
+        load_state_dict(empty, "torchvision")
+    with pytest.raises(GeolocError, match="unknown weights format 'onnx'"):
+        load_state_dict(path, "onnx")
+
+
+def test_sha256_file_matches_hashlib(tmp_path):
+    path = tmp_path / "w.bin"
+    path.write_bytes(PAYLOAD * 100)
+    assert sha256_file(path) == hashlib.sha256(PAYLOAD * 100).hexdigest()

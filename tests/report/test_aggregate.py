@@ -1,0 +1,149 @@
+"""`geoloc aggregate`: run folders -> one tidy recalls table."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from geoloc.errors import GeolocError
+from geoloc.report import aggregate
+from geoloc.report.aggregate import COLUMNS, aggregate_runs, read_recalls
+
+RECALL_HEADER = (
+    "test_set,n_queries,n_database,n_queries_without_positive,r1,r5,r10,r20,descriptor_seconds,"
+    "search_seconds,latency_ms_per_image,test_dir"
+)
+
+
+def write_run(
+    root: Path,
+    name: str,
+    *,
+    tag: str | None = None,
+    recalls: dict[str, float] | None = None,
+    weights: dict | None = None,
+) -> Path:
+    """A run folder per the contract: train.json and one recall CSV (+ queries CSV) per test set."""
+    run_dir = root / name
+    (run_dir / "recalls").mkdir(parents=True)
+    train = {
+        "run": {
+            "name": name,
+            "backbone": "resnet18",
+            "pretraining": "imagenet",
+            "precision": "fp32",
+            "seed": 3,
+            "tag": tag,
+        },
+        "hyperparameters": {"loss": "cosface"},
+        "weights": weights,
+        "training_time_seconds": 130.5,
+        "train_seconds": 120.0,
+        "val_seconds": 10.5,
+        "images_per_second": 55.0,
+        "peak_memory_mb": None,
+        "params": 11_000_000,
+        "trainable_params": 8_000_000,
+        "best_epoch": 1,
+        "best_val_r1": 61.0,
+        "device": "NVIDIA H200",
+    }
+    (run_dir / "train.json").write_text(json.dumps(train), encoding="utf-8")
+    for test_set, r1 in (recalls or {}).items():
+        (run_dir / "recalls" / f"{test_set}.csv").write_text(
+            f"{RECALL_HEADER}\n{test_set},105,12771,2,{r1},60.0,70.0,80.0,3.0,0.2,1.25,data/{test_set}/test\n",
+            encoding="utf-8",
+        )
+        (run_dir / "recalls" / f"{test_set}.queries.csv").write_text(
+            "query,first_correct_rank,has_positive,predictions,distances_m\nqueries/a.jpg,1,1,database/b.jpg,3.0\n",
+            encoding="utf-8",
+        )
+    return run_dir
+
+
+def run_aggregate(out: Path, run_dirs: list[Path]) -> None:
+    parser = argparse.ArgumentParser()
+    aggregate.add_arguments(parser)
+    aggregate.run(parser.parse_args(["--out", str(out), *map(str, run_dirs)]))
+
+
+def test_one_row_per_run_and_test_set_joining_train_json_and_recalls(tmp_path):
+    runs = [
+        write_run(
+            tmp_path,
+            "resnet18-imagenet-fp32-s3",
+            recalls={"sf_xs": 52.5, "tokyo_night": 41.0},
+            weights={"path": "w.pth", "sha256": "ab" * 32, "format": "torchvision"},
+        ),
+        write_run(tmp_path, "resnet18-imagenet-fp32-s3-long", tag="long", recalls={"sf_xs": 55.0}),
+    ]
+    out = tmp_path / "recalls.csv"
+    run_aggregate(out, runs)
+    with open(out, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0]) == list(COLUMNS)
+    assert [(r["run"], r["test_set"], r["r1"]) for r in rows] == [
+        ("resnet18-imagenet-fp32-s3", "sf_xs", "52.5"),
+        ("resnet18-imagenet-fp32-s3", "tokyo_night", "41.0"),
+        ("resnet18-imagenet-fp32-s3-long", "sf_xs", "55.0"),
+    ]
+    first = rows[0]
+    assert (first["tag"], first["seed"], first["loss"], first["weights_sha256"]) == ("", "3", "cosface", "ab" * 32)
+    assert (first["training_time_seconds"], first["peak_memory_mb"], first["gflops_per_image"]) == ("130.5", "", "")
+    assert (first["n_queries"], first["latency_ms_per_image"], first["test_dir"]) == ("105", "1.25", "data/sf_xs/test")
+    assert rows[2]["tag"] == "long" and rows[2]["weights_sha256"] == ""
+
+
+def test_read_recalls_keeps_text_as_written_and_reads_numbers(tmp_path):
+    run = write_run(tmp_path, "x-imagenet-fp32-s3-NA", tag="NA", recalls={"sf_xs": 52.5})
+    out = tmp_path / "recalls.csv"
+    run_aggregate(out, [run])
+    table = read_recalls(out)
+    assert table["tag"].tolist() == ["NA"]  # not a missing value
+    assert table["r1"].tolist() == [52.5] and math.isnan(table["peak_memory_mb"][0])
+
+
+def test_read_recalls_names_a_non_numeric_cell(tmp_path):
+    run = write_run(tmp_path, "run-a", recalls={"sf_xs": 50.0})
+    out = tmp_path / "recalls.csv"
+    run_aggregate(out, [run])
+    out.write_text(out.read_text().replace(",50.0,", ",fifty,"))
+    with pytest.raises(GeolocError, match=r"recalls.csv: line 2: column r1 is not a number: 'fifty'"):
+        read_recalls(out)
+
+
+def test_run_dir_without_train_json_is_a_clear_error_and_writes_nothing(tmp_path):
+    good = write_run(tmp_path, "good", recalls={"sf_xs": 50.0})
+    empty = tmp_path / "not-a-run"
+    empty.mkdir()
+    out = tmp_path / "recalls.csv"
+    with pytest.raises(GeolocError, match=r"not-a-run/train.json: missing"):
+        run_aggregate(out, [good, empty])
+    assert not out.exists() and list(tmp_path.glob(".recalls.csv*")) == []
+
+
+def test_train_json_without_a_contract_key_names_the_key(tmp_path):
+    run = write_run(tmp_path, "run-a", recalls={"sf_xs": 50.0})
+    train = json.loads((run / "train.json").read_text())
+    del train["val_seconds"]
+    (run / "train.json").write_text(json.dumps(train))
+    with pytest.raises(GeolocError, match=r"train.json: key val_seconds is missing"):
+        aggregate_runs([run])
+
+
+def test_recall_csv_without_a_column_names_the_column(tmp_path):
+    run = write_run(tmp_path, "run-a", recalls={"sf_xs": 50.0})
+    path = run / "recalls" / "sf_xs.csv"
+    path.write_text(path.read_text().replace(",test_dir", ",where"))
+    with pytest.raises(GeolocError, match=r"sf_xs.csv: column test_dir is missing"):
+        aggregate_runs([run])
+
+
+def test_run_not_evaluated_yet_contributes_no_rows(tmp_path):
+    rows = aggregate_runs([write_run(tmp_path, "trained-only"), write_run(tmp_path, "done", recalls={"sf_xs": 1.0})])
+    assert [row["run"] for row in rows] == ["done"]
