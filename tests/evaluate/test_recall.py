@@ -121,6 +121,21 @@ def test_a_tie_larger_than_the_candidate_margin_keeps_the_lowest_indices():
     assert (indices == copies[:20]).all()
 
 
+@pytest.mark.parametrize("dim", [3, 7, 512])
+def test_identical_rows_anywhere_in_the_database_get_bitwise_equal_distances(dim):
+    # Odd dimensions put the copies at every memory alignment: the distance must not depend on it.
+    rng = np.random.default_rng(5)
+    database = unit_rows(rng.standard_normal((1200, dim)))
+    copies = [0, 1, 2, 3, 513, 1024, 1199]
+    database[copies] = database[700]
+    queries = unit_rows(database[700] + 0.001 * rng.standard_normal((50, dim)))
+
+    distances, indices = search(database, queries, k=8)
+
+    assert (indices[:, :8] == sorted([700, *copies])).all()
+    assert (distances == distances[:, :1]).all()
+
+
 def test_search_equals_a_float64_brute_force_with_index_order_ties():
     # Coarse descriptors (values in steps of 1/4) make many exact and near ties at every rank.
     rng = np.random.default_rng(4)

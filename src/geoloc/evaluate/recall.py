@@ -150,8 +150,8 @@ def _squared_l2(queries: np.ndarray, rows: np.ndarray) -> np.ndarray:
     One formula for every row, so identical rows get bitwise identical distances (numpy sums
     each contiguous row the same way), and float64 rounding stays far below float32's.
     """
-    difference = rows.astype(np.float64) - queries.astype(np.float64)[:, None, :]
-    return np.square(difference).sum(axis=2)
+    difference = np.subtract(rows, queries[:, None, :], dtype=np.float64)
+    return np.square(difference, out=difference).sum(axis=2)
 
 
 def _k_smallest(distances: np.ndarray, indices: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
