@@ -452,3 +452,24 @@ def test_a_file_name_that_is_not_utf8_is_refused_before_embedding(tmp_path, caps
                          "--out-dir", tmp_path / "out")
     assert_refused(code, err, "is not valid UTF-8: rename it")
     assert embedded == []
+
+
+def test_baseline_is_the_network_training_starts_from(tiny_city, tmp_path):
+    # The trainer's own first state, with pretrained weights: what every run of this
+    # (backbone, pretraining, seed) starts from.
+    from geoloc.train.trainer import RunInfo, Trainer, TrainSettings
+
+    torchvision_weights(tmp_path / "w.pth", seed=9)
+    settings = TrainSettings(backbone="resnet18", seed=5, image_size=32, batch_size=4, M=10, alpha=45, N=2, L=1,
+                             min_images_per_class=3, fc_output_dim=16, weights_format="torchvision")
+    trainer = Trainer(settings, RunInfo("r", "resnet18", "imagenet", "fp32", 5, None),
+                      train_dir=tiny_city / "sf_xs" / "train", val_dir=tiny_city / "sf_xs" / "val",
+                      weights=tmp_path / "w.pth", checkpoint_dir=tmp_path / "ckpt", cache_dir=None, device="cpu",
+                      num_workers=0, checkpoint_every=10)
+
+    baseline = build_baseline("resnet18", fc_output_dim=16, seed=5, weights=tmp_path / "w.pth",
+                              weights_format="torchvision").state_dict()
+
+    started = trainer.model.state_dict()
+    assert started.keys() == baseline.keys()
+    assert all(torch.equal(started[key], baseline[key]) for key in started)

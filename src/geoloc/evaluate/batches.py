@@ -66,8 +66,9 @@ def _as_list(items: list) -> list:
 def image_sizes(paths: list[Path], num_workers: int = 0) -> list[tuple[int, int]]:
     """The upright (H, W) of every image, in order, read by `num_workers` loader processes.
 
-    A header costs about 5 % of a decode; read by the main process alone, the 27,191 headers
-    of SF-XS test would take as long as their decoding spread over the workers.
+    Read by the main process alone (0.15 ms a JPEG header here, against 2.7 ms to decode a
+    512 px JPEG), the 27,191 headers of SF-XS test would take about 4 s: as long as decoding
+    them takes spread over 14 workers.
     """
     loader = torch.utils.data.DataLoader(_SizesOrErrors(paths), batch_size=_SIZES_PER_CHUNK,
                                          num_workers=num_workers, collate_fn=_as_list,

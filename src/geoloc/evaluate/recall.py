@@ -137,8 +137,9 @@ def search(database: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarra
     if n_candidates < len(database):
         # Every database image outside the candidates is at least as far as the last candidate
         # by faiss's distance, which errs by at most `slack`: nearer than the k-th it cannot be.
-        slack = _FLOAT32_ERROR * (database.shape[1] + 2) * (
-            (queries.astype(np.float64) ** 2).sum(axis=1) + float((database.astype(np.float64) ** 2).sum(axis=1).max()))
+        # (einsum: squared norms without a database-sized temporary)
+        largest = float(np.einsum("ij,ij->i", database, database).max())
+        slack = _FLOAT32_ERROR * (database.shape[1] + 2) * (np.einsum("ij,ij->i", queries, queries) + largest)
         for q in np.flatnonzero(approximate[:, -1] - slack <= distances[:, -1]):
             distances[q], indices[q] = _exact_knn(database, queries[q], k)
     return distances, indices
