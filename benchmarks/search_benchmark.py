@@ -10,8 +10,9 @@ times, on the same random data and in the same run:
   5. a straightforward numpy brute force: full distance matrix, argpartition top-k, all-pairs
      UTM distances for the positives (in blocks of queries, so 10k x 100k fits in memory),
 and checks that 4 and 5 give identical recalls. Each path runs `--repeats` times; the fastest
-run counts (the machine may be shared); CPU-time ratios are given beside the wall-time ones. Queries are noisy copies of random database
-descriptors placed 0-40 m from them, so recalls are neither 0 nor 100.
+run counts (the machine may be shared), and CPU-time ratios are given beside the wall-time
+ones. Queries are noisy copies of random database descriptors placed 0-40 m from them, so
+recalls are neither 0 nor 100.
 
     python benchmarks/search_benchmark.py --out benchmarks/out/search.json
     python benchmarks/search_benchmark.py --database 5000 --queries 500   # quick

@@ -423,6 +423,8 @@ def test_an_out_folder_that_is_or_lies_in_a_file_is_refused_before_evaluating(tm
      "weights file missing.pth does not exist"),
     (["--backbone", "resnet99", "--pretraining", "none", "--summary-out", "S"], "unknown backbone 'resnet99'"),
     (["--backbone", "resnet18", "--pretraining", "none", "--summary-out", "."], "--summary-out . is a folder"),
+    (["--backbone", "resnet18", "--pretraining", "none", "--summary-out", "OUT/t.queries.csv"],
+     "is one of the CSVs --out-dir gets"),
     (["--seed", "-1"], "argument --seed: -1 is less than the minimum of 0"),
     (["--seed", "99999999999999999999"],
      "argument --seed: 99999999999999999999 is greater than the maximum of 18446744073709551615"),
@@ -430,7 +432,7 @@ def test_an_out_folder_that_is_or_lies_in_a_file_is_refused_before_evaluating(tm
 def test_untrained_mode_refuses_incomplete_or_contradicting_flags(tmp_path, capsys, flags, message):
     make_test_set(tmp_path / "set")
     summary = tmp_path / "baseline.json"
-    flags = [str(summary) if flag == "S" else flag for flag in flags]
+    flags = [str(summary) if flag == "S" else flag.replace("OUT", str(tmp_path / "out")) for flag in flags]
     code, err = evaluate(capsys, "--untrained", *flags, "--test-set", f"t={tmp_path / 'set'}",
                          "--out-dir", tmp_path / "out")
     assert_refused(code, err, message)

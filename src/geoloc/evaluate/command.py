@@ -66,7 +66,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--untrained", action="store_true",
                         help="the network as training starts it (seeded, pretrained weights, random GeM/fc)")
     model.add_argument("--backbone", help="with --untrained: a study backbone or timm:<name>")
-    model.add_argument("--pretraining", help=f"with --untrained: the weights' label ({NO_PRETRAINING!r}: random initialisation)")
+    model.add_argument("--pretraining",
+                       help=f"with --untrained: the weights' label ({NO_PRETRAINING!r}: random initialisation)")
     model.add_argument("--weights", type=Path, help="with --untrained: the pretrained weights file")
     model.add_argument("--weights-format", choices=FORMATS, help="with --weights (default: the backbone's)")
     model.add_argument("--fc-output-dim", type=integer(minimum=1),
@@ -169,7 +170,8 @@ def _check_model_flags(args: argparse.Namespace) -> None:
     missing = [f"--{name.replace('_', '-')}" for name in ("backbone", "pretraining", "summary_out")
                if getattr(args, name) is None]
     if missing:
-        raise GeolocError(f"--untrained needs --backbone, --pretraining and --summary-out (missing: {', '.join(missing)})")
+        raise GeolocError("--untrained needs --backbone, --pretraining and --summary-out "
+                          f"(missing: {', '.join(missing)})")
     if (args.pretraining == NO_PRETRAINING) != (args.weights is None):
         raise GeolocError(f"--pretraining {args.pretraining} " + (
             "is random initialisation: it takes no --weights" if args.weights is not None
@@ -191,6 +193,10 @@ def _check_outputs(args: argparse.Namespace) -> None:
         if args.summary_out.is_dir():
             raise GeolocError(f"--summary-out {args.summary_out} is a folder, not a file name")
         _check_folder("--summary-out", args.summary_out.parent)
+        outputs = {(args.out_dir / f"{name}{suffix}").resolve() for name, _ in args.test_sets
+                   for suffix in (".csv", ".queries.csv")}
+        if args.summary_out.resolve() in outputs:
+            raise GeolocError(f"--summary-out {args.summary_out} is one of the CSVs --out-dir gets")
 
 
 def _check_folder(flag: str, folder: Path) -> None:
