@@ -3,12 +3,16 @@
 The evaluation's search cost is one matrix product, queries x database descriptors. This
 times, on the same random data and in the same run:
   1. the bare float32 product `queries @ database.T` (numpy and torch; the faster is the bound),
-  2. geoloc.evaluate.recall: KD-tree positives + faiss IndexFlatL2 search + ranks + recalls,
-  3. a straightforward numpy brute force: full distance matrix, argpartition top-k, all-pairs
+  2. faiss alone: IndexFlatL2's float32 top k (what geoloc's search was before it re-ranked),
+  3. geoloc.evaluate.recall.search: faiss's k + margin candidates re-ranked by float64 distances,
+     ties by database index,
+  4. geoloc's whole recall path: KD-tree positives + that search + ranks + recalls,
+  5. a straightforward numpy brute force: full distance matrix, argpartition top-k, all-pairs
      UTM distances for the positives (in blocks of queries, so 10k x 100k fits in memory),
-and checks that 2 and 3 give identical recalls. Each path runs `--repeats` times; the fastest
-run counts (the machine may be shared). Queries are noisy copies of random database
-descriptors placed 0-40 m from them, so recalls are neither 0 nor 100.
+and checks that 4 and 5 give identical recalls. Each path runs `--repeats` times; the fastest
+run counts (the machine may be shared), and CPU-time ratios are given beside the wall-time
+ones. Queries are noisy copies of random database descriptors placed 0-40 m from them, so
+recalls are neither 0 nor 100.
 
     python benchmarks/search_benchmark.py --out benchmarks/out/search.json
     python benchmarks/search_benchmark.py --database 5000 --queries 500   # quick
@@ -62,6 +66,13 @@ def matmul_torch(data: dict, block: int) -> None:
         queries[start:start + block] @ database.T
 
 
+def faiss_alone(data: dict, k: int) -> np.ndarray:
+    faiss.cvar.distance_compute_blas_database_bs = 8192  # as geoloc's search sets it
+    index = faiss.IndexFlatL2(data["database"].shape[1])
+    index.add(data["database"])
+    return index.search(data["queries"], k)[1]
+
+
 def geoloc_recalls(data: dict, k: int, threshold: float) -> tuple[dict[int, float], np.ndarray]:
     positives = positives_within(data["database_utm"], data["queries_utm"], threshold)
     _, predictions = search(data["database"], data["queries"], k)
@@ -85,17 +96,20 @@ def numpy_recalls(data: dict, k: int, threshold: float, block: int) -> tuple[dic
     return recalls_at(np.concatenate(ranks), RECALL_KS), np.concatenate(predictions)
 
 
-def time_interleaved(repeats: int, paths: dict[str, Callable[[], object]]) -> tuple[dict, dict]:
+def time_interleaved(repeats: int, paths: dict[str, Callable[[], object]]) -> tuple[dict, dict, dict]:
     """Run every path once per round, `repeats` rounds: a busy spell on a shared machine then
-    slows all paths alike. Returns the seconds of every run and each path's last result."""
+    slows all paths alike. Returns the wall seconds and the CPU seconds (this process's, all
+    threads: robust to other processes' load) of every run, and each path's last result."""
     seconds = {name: [] for name in paths}
+    cpu_seconds = {name: [] for name in paths}
     results = {}
     for _ in range(repeats):
         for name, function in paths.items():
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             results[name] = function()
             seconds[name].append(time.perf_counter() - start)
-    return seconds, results
+            cpu_seconds[name].append(time.process_time() - cpu_start)
+    return seconds, cpu_seconds, results
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,28 +126,38 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     data = make_data(args.database, args.queries, args.dim, args.seed)
-    runs, results = time_interleaved(args.repeats, {
+    runs, cpu_runs, results = time_interleaved(args.repeats, {
         "matmul_numpy": lambda: matmul_numpy(data, args.block),
         "matmul_torch": lambda: matmul_torch(data, args.block),
+        "faiss_alone": lambda: faiss_alone(data, args.k),
+        "geoloc_search": lambda: search(data["database"], data["queries"], args.k)[1],
         "geoloc": lambda: geoloc_recalls(data, args.k, args.threshold),
         "numpy_baseline": lambda: numpy_recalls(data, args.k, args.threshold, args.block),
     })
     best = {name: min(seconds) for name, seconds in runs.items()}
+    best_cpu = {name: min(seconds) for name, seconds in cpu_runs.items()}
     matmul_s = min(best["matmul_numpy"], best["matmul_torch"])
     ours, ours_predictions = results["geoloc"]
     baseline, baseline_predictions = results["numpy_baseline"]
+    faiss_predictions = results["faiss_alone"]
 
     results = {
         "database": args.database, "queries": args.queries, "dim": args.dim, "k": args.k,
         "threshold_m": args.threshold, "seed": args.seed, "repeats": args.repeats,
         "seconds": best,
         "runs_seconds": runs,
+        "cpu_seconds": best_cpu,
+        "runs_cpu_seconds": cpu_runs,
         "geoloc_over_matmul": best["geoloc"] / matmul_s,
+        "geoloc_search_over_faiss_alone": best["geoloc_search"] / best["faiss_alone"],
+        "geoloc_search_over_faiss_alone_cpu": best_cpu["geoloc_search"] / best_cpu["faiss_alone"],
+        "geoloc_over_matmul_cpu": best_cpu["geoloc"] / min(best_cpu["matmul_numpy"], best_cpu["matmul_torch"]),
         "numpy_baseline_over_geoloc": best["numpy_baseline"] / best["geoloc"],
         "recalls": {f"r{n}": value for n, value in ours.items()},
         "identical_recalls": ours == baseline,
         # Rows may differ where two database images are within float rounding of each other.
         "identical_prediction_rows": float((ours_predictions == baseline_predictions).all(axis=1).mean()),
+        "identical_prediction_rows_faiss_alone": float((ours_predictions == faiss_predictions).all(axis=1).mean()),
         "machine": {
             "processor": platform.processor() or platform.machine(), "python": platform.python_version(),
             "numpy": np.__version__, "torch": torch.__version__, "faiss": faiss.__version__,

@@ -74,10 +74,10 @@ def model_file(tmp_path_factory) -> Path:
 
 def evaluate(capsys, model: Path, test_dir: Path, recalls: Path, queries: Path, *extra: str) -> tuple[int, str]:
     """`geoloc evaluate` as the workflow calls it: its exit code and what it wrote to stderr."""
+    assert (recalls.name, queries) == ("t.csv", recalls.parent / "t.queries.csv")  # one --out-dir
     code = main([
-        "evaluate", "--model", str(model), "--test-dir", str(test_dir), "--test-set", "t",
-        "--out", str(recalls), "--queries-out", str(queries), "--image-size", "16", "--batch-size", "2",
-        "--precision", "fp32", "--device", "cpu", "--k", "5", *extra,
+        "evaluate", "--model", str(model), "--test-set", f"t={test_dir}", "--out-dir", str(recalls.parent),
+        "--batch-size", "2", "--device", "cpu", "--k", "5", *extra,
     ])
     return code, capsys.readouterr().err
 
@@ -239,18 +239,17 @@ def test_model_giving_non_finite_descriptors_is_refused_not_ranked(tmp_path, cap
 # ---------------------------------------------------------------- evaluate: unwritable outputs
 
 
-@pytest.mark.parametrize("blocked", ["recalls", "queries"])
-def test_unwritable_results_folder_fails_and_leaves_neither_output(tmp_path, capsys, model_file, blocked):
+def test_unwritable_results_folder_fails_and_leaves_neither_output(tmp_path, capsys, model_file):
     # A regular file where the output folder should be: cannot be written, whoever runs the
     # test (root ignores read-only permissions).
     test_dir = make_test_set(tmp_path / "set")
-    outputs = {"recalls": tmp_path / "recalls" / "t.csv", "queries": tmp_path / "queries" / "t.queries.csv"}
-    outputs[blocked].parent.write_text("not a folder")
+    out = tmp_path / "recalls"
+    out.write_text("not a folder")
 
-    code, err = evaluate(capsys, model_file, test_dir, outputs["recalls"], outputs["queries"])
+    code, err = evaluate(capsys, model_file, test_dir, out / "t.csv", out / "t.queries.csv")
 
-    assert_refused("evaluate", code, err, f"cannot write {outputs[blocked]}: ")
-    assert not outputs["recalls"].exists() and not outputs["queries"].exists()
+    assert_refused("evaluate", code, err, f"--out-dir {out} is not a folder")
+    assert out.read_text() == "not a folder"
 
 
 class DiskFillsUp:

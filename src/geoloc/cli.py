@@ -19,7 +19,7 @@ from geoloc.errors import GeolocError
 COMMANDS = {
     "synth": ("geoloc.data.synthetic.write", "generate the synthetic city dataset"),
     "train": ("geoloc.train.trainer", "train one CosPlace model"),
-    "evaluate": ("geoloc.evaluate.evaluation", "compute recalls of a trained model on one test set"),
+    "evaluate": ("geoloc.evaluate.command", "compute recalls of a model (or its untrained baseline) on test sets"),
     "fetch-weights": ("geoloc.model.weights", "download pretrained weights and check their sha256"),
     "aggregate": ("geoloc.report.aggregate", "collect per-run results into one recalls table"),
     "report": ("geoloc.report.render", "render the HTML study report"),

@@ -1,5 +1,7 @@
-import argparse
 import csv
+import json
+from dataclasses import replace
+from functools import partial
 
 import numpy as np
 import pytest
@@ -11,10 +13,9 @@ from geoloc.data.datasets import TestSet
 from geoloc.data.names import format_image_name
 from geoloc.device import resolve_device
 from geoloc.errors import GeolocError
-from geoloc.evaluate.descriptors import compute_descriptors
-from geoloc.evaluate.evaluation import evaluate_model, write_queries_csv, write_recalls_csv
+from geoloc.evaluate.evaluation import evaluate_model
 from geoloc.evaluate.result_files import QUERY_COLUMNS, RECALL_COLUMNS
-from geoloc.model import network as models
+from geoloc.evaluate.writing import Provenance, recall_row, write_all_or_none, write_queries, write_recalls
 
 # Four database places 100 m apart, each painted one colour (PNG: colours survive exactly).
 # Image names sort in list order, as TestSet lists them.
@@ -47,9 +48,9 @@ class MeanColour(nn.Module):
         return nn.functional.normalize(self.mix(images.mean(dim=(2, 3))), dim=1)
 
 
-def write_image(folder, utm, colour):
+def write_image(folder, utm, colour, note=""):
     folder.mkdir(parents=True, exist_ok=True)
-    name = format_image_name(utm[0], utm[1], extension=".png")
+    name = format_image_name(utm[0], utm[1], note=note, extension=".png")
     Image.new("RGB", (12, 10), colour).save(folder / name)
 
 
@@ -62,51 +63,9 @@ def make_test_set(root, database=DATABASE, queries=QUERIES):
 
 
 def evaluate(test_set, **options):
-    settings = dict(image_size=8, batch_size=2, device="cpu", precision="fp32", k=4)
+    settings = dict(batch_size=2, device="cpu", num_workers=0, k=4, positive_dist_threshold=25.0)
     settings.update(options)
     return evaluate_model(MeanColour(), test_set, **settings)
-
-
-def test_descriptors_are_unit_float32_rows_in_path_order(tmp_path):
-    test_set = make_test_set(tmp_path)
-    paths = test_set.database_paths[::-1]  # a partial last batch of 1, reversed order
-
-    descriptors = compute_descriptors(
-        MeanColour(), paths, image_size=8, batch_size=3, device="cpu", precision="fp32"
-    )
-
-    colours = np.array([colour for _, colour in DATABASE][::-1], dtype=np.float64)
-    expected = colours / np.linalg.norm(colours, axis=1, keepdims=True)
-    assert descriptors.dtype == np.float32 and descriptors.shape == (4, 3)
-    np.testing.assert_allclose(descriptors, expected, atol=1e-6)
-
-
-def test_amp_descriptors_are_float32_unit_rows_close_to_fp32(tmp_path):
-    test_set = make_test_set(tmp_path)
-    options = dict(image_size=8, batch_size=4, device="cpu")
-
-    fp32 = compute_descriptors(MeanColour(), test_set.database_paths, precision="fp32", **options)
-    amp = compute_descriptors(MeanColour(), test_set.database_paths, precision="amp", **options)
-
-    assert amp.dtype == np.float32
-    assert not np.array_equal(amp, fp32)  # autocast did run in bfloat16
-    np.testing.assert_allclose(np.linalg.norm(amp, axis=1), 1.0, atol=1e-6)
-    np.testing.assert_allclose(amp, fp32, atol=2e-2)  # bfloat16 keeps ~3 significant digits
-
-
-def test_descriptors_restore_the_model_training_mode(tmp_path):
-    test_set = make_test_set(tmp_path)
-    model = MeanColour().train()
-    compute_descriptors(model, test_set.queries_paths, image_size=8, batch_size=2, device="cpu",
-                        precision="fp32")
-    assert model.training
-
-
-def test_unknown_precision_is_an_error(tmp_path):
-    test_set = make_test_set(tmp_path)
-    with pytest.raises(GeolocError, match="precision 'fp16'"):
-        compute_descriptors(MeanColour(), test_set.queries_paths, image_size=8, batch_size=2, device="cpu",
-                            precision="fp16")
 
 
 def test_evaluate_model_gives_exact_recalls_on_a_hand_built_set(tmp_path):
@@ -124,8 +83,8 @@ def test_evaluate_model_gives_exact_recalls_on_a_hand_built_set(tmp_path):
     assert result.latency_ms_per_image == pytest.approx(1000 * result.descriptor_seconds / 7)
 
 
-def test_amp_evaluation_ranks_as_fp32_on_a_well_separated_set(tmp_path):
-    result = evaluate(make_test_set(tmp_path), precision="amp")
+def test_autocast_evaluation_ranks_as_fp32_on_a_well_separated_set(tmp_path):
+    result = evaluate(make_test_set(tmp_path), autocast=True)
     assert result.ranks.tolist() == [1, 4, 0]
 
 
@@ -159,48 +118,91 @@ def test_k_above_the_database_size_is_an_error(tmp_path):
         evaluate(make_test_set(tmp_path), k=20)
 
 
+PROVENANCE = Provenance(model_sha256="ab" * 32, k=4, positive_dist_threshold=25, resize=(480, 640),
+                        autocast=True, device="cpu (x86_64, 1 threads)", kind="trained")
+
+
+def write_with(path, writer):
+    write_all_or_none([(path, writer)])
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        return tuple(reader.fieldnames), list(reader)
+
+
 def test_recall_csv_has_the_contract_columns_and_one_row(tmp_path):
     test_set = make_test_set(tmp_path / "set")
-    result = evaluate(test_set)
+    row = recall_row(evaluate(test_set), "sf_xs_val", tmp_path / "set", PROVENANCE)
 
-    write_recalls_csv(tmp_path / "out" / "val.csv", result, "sf_xs_val", tmp_path / "set")
+    columns, rows = write_with(tmp_path / "out" / "val.csv", partial(write_recalls, row=row))
 
-    with open(tmp_path / "out" / "val.csv", newline="") as handle:
-        reader = csv.DictReader(handle)
-        rows = list(reader)
-    assert tuple(reader.fieldnames) == RECALL_COLUMNS == (
+    assert columns == RECALL_COLUMNS == (
         "test_set", "n_queries", "n_database", "n_queries_without_positive", "r1", "r5", "r10", "r20",
         "descriptor_seconds", "search_seconds", "latency_ms_per_image", "test_dir",
+        "model_sha256", "k", "positive_dist_threshold", "resize", "autocast", "device", "kind",
     )
-    assert len(rows) == 1
-    row = rows[0]
+    (row,) = rows
     assert (row["test_set"], row["n_queries"], row["n_database"], row["n_queries_without_positive"]) == (
         "sf_xs_val", "3", "4", "1")
     assert float(row["r1"]) == pytest.approx(100 / 3, abs=1e-4)
     assert float(row["r20"]) == pytest.approx(200 / 3, abs=1e-4)
     assert row["test_dir"] == str(tmp_path / "set")
+    assert {key: row[key] for key in RECALL_COLUMNS[12:]} == {
+        "model_sha256": "ab" * 32, "k": "4", "positive_dist_threshold": "25", "resize": "480x640",
+        "autocast": "1", "device": "cpu (x86_64, 1 threads)", "kind": "trained"}
 
 
-def test_queries_csv_lists_each_query_with_relative_paths(tmp_path):
+def test_recall_csv_of_a_native_resolution_fp32_baseline(tmp_path):
+    test_set = make_test_set(tmp_path / "set")
+    provenance = replace(PROVENANCE, model_sha256="", resize=None, autocast=False, kind="baseline")
+    row = recall_row(evaluate(test_set), "sf_xs", tmp_path / "set", provenance)
+
+    _, (written,) = write_with(tmp_path / "sf_xs.csv", partial(write_recalls, row=row))
+
+    assert (written["model_sha256"], written["resize"], written["autocast"], written["kind"]) == (
+        "", "", "0", "baseline")
+
+
+def test_queries_csv_lists_each_query_with_relative_paths_and_json_arrays(tmp_path):
     test_set = make_test_set(tmp_path)
     result = evaluate(test_set)
 
-    write_queries_csv(tmp_path / "val.queries.csv", result, test_set)
+    columns, rows = write_with(tmp_path / "val.queries.csv", partial(write_queries, result=result, test_set=test_set))
 
-    with open(tmp_path / "val.queries.csv", newline="") as handle:
-        reader = csv.DictReader(handle)
-        rows = list(reader)
-    assert tuple(reader.fieldnames) == QUERY_COLUMNS == (
-        "query", "first_correct_rank", "has_positive", "predictions", "distances_m")
+    assert columns == QUERY_COLUMNS == ("query", "first_correct_rank", "has_positive", "predictions", "distances_m")
     expected_names = [path.relative_to(tmp_path).as_posix() for path in test_set.queries_paths]
     assert [row["query"] for row in rows] == expected_names
     assert rows[0]["query"].startswith("queries/@")
     assert [row["first_correct_rank"] for row in rows] == ["1", "4", "0"]
     assert [row["has_positive"] for row in rows] == ["1", "1", "0"]
-    predicted = rows[0]["predictions"].split("|")
-    assert predicted[0] == test_set.database_paths[0].relative_to(tmp_path).as_posix()
-    assert len(predicted) == 4 and all(name.startswith("database/@") for name in predicted)
-    assert rows[0]["distances_m"] == "5.0|295.0|95.0|195.0"
+    database = [path.relative_to(tmp_path).as_posix() for path in test_set.database_paths]
+    assert json.loads(rows[0]["predictions"]) == [database[i] for i in (0, 3, 1, 2)]
+    assert json.loads(rows[0]["distances_m"]) == [5.0, 295.0, 95.0, 195.0]
+
+
+# Every character a file name may hold but '/' and NUL, in a sub-folder and in the note field.
+HOSTILE = ['pipe|bar', 'comma,quote"', 'new\nline', 'carriage\rreturn', 'tab\tsemi;', 'é東京😀', "'single'"]
+
+
+def test_queries_csv_survives_any_character_a_file_name_may_hold(tmp_path):
+    database = [((1000.0 + 100 * i, 0.0), colour) for i, (_, colour) in enumerate(DATABASE)]
+    for index, ((utm, colour), text) in enumerate(zip(database, HOSTILE[:4])):
+        folder = tmp_path / "database" / f"{text}-{index}"
+        folder.mkdir(parents=True)
+        Image.new("RGB", (12, 10), colour).save(folder / format_image_name(*utm, note=text, extension=".png"))
+    for (utm, colour), text in zip(QUERIES, HOSTILE[4:]):
+        write_image(tmp_path / "queries", utm, colour, note=text)
+    test_set = TestSet(tmp_path)
+    result = evaluate(test_set)
+
+    _, rows = write_with(tmp_path / "t.queries.csv", partial(write_queries, result=result, test_set=test_set))
+
+    names = [path.relative_to(tmp_path).as_posix() for path in test_set.database_paths]
+    assert [row["query"] for row in rows] == [p.relative_to(tmp_path).as_posix() for p in test_set.queries_paths]
+    assert [json.loads(row["predictions"]) for row in rows] == [[names[i] for i in p] for p in result.predictions]
+    assert [json.loads(row["distances_m"]) for row in rows] == [
+        [round(d, 1) for d in distances] for distances in result.distances_m.tolist()]
+    written = [row["query"] for row in rows] + [name for row in rows for name in json.loads(row["predictions"])]
+    assert all(any(text in name for name in written) for text in HOSTILE)  # every one went through
 
 
 def test_resolve_device_auto_follows_cuda_availability():
@@ -215,51 +217,3 @@ def test_resolve_device_rejects_unknown_and_missing_devices():
     if not torch.cuda.is_available():
         with pytest.raises(GeolocError, match="no CUDA device"):
             resolve_device("cuda")
-
-
-def run_command(tmp_path, model_path, test_dir):
-    """`geoloc evaluate` as the workflow calls it (its parser and run, not the whole CLI)."""
-    from geoloc.evaluate import evaluation as command
-
-    parser = argparse.ArgumentParser()
-    command.add_arguments(parser)
-    args = parser.parse_args([
-        "--model", str(model_path), "--test-dir", str(test_dir), "--test-set", "tiny",
-        "--out", str(tmp_path / "recalls" / "tiny.csv"),
-        "--queries-out", str(tmp_path / "recalls" / "tiny.queries.csv"),
-        "--image-size", "32", "--batch-size", "4", "--precision", "fp32", "--device", "cpu",
-        "--k", "4",
-    ])
-    return command.run(args)
-
-
-def test_evaluate_command_writes_both_csvs_consistent_with_distances(tmp_path):
-    torch.manual_seed(0)
-    models.save_model(tmp_path / "model.pt", models.build_model("resnet18", fc_output_dim=8))
-    make_test_set(tmp_path / "set")
-
-    run_command(tmp_path, tmp_path / "model.pt", tmp_path / "set")
-
-    with open(tmp_path / "recalls" / "tiny.csv", newline="") as handle:
-        (summary,) = list(csv.DictReader(handle))
-    with open(tmp_path / "recalls" / "tiny.queries.csv", newline="") as handle:
-        queries = list(csv.DictReader(handle))
-    counts = (summary["n_queries"], summary["n_database"], summary["n_queries_without_positive"])
-    assert counts == ("3", "4", "1")
-    assert len(queries) == 3
-    for row in queries:
-        distances = [float(d) for d in row["distances_m"].split("|")]
-        assert len(distances) == 4  # k=4: the whole database
-        within = [i + 1 for i, d in enumerate(distances) if d <= 25.0]
-        assert int(row["first_correct_rank"]) == (within[0] if within else 0)
-    found = sum(int(row["first_correct_rank"]) > 0 for row in queries)
-    assert float(summary["r20"]) == pytest.approx(100 * found / 3, abs=1e-4)
-
-
-def test_evaluate_command_refuses_a_test_set_without_positives_and_writes_nothing(tmp_path):
-    models.save_model(tmp_path / "model.pt", models.build_model("resnet18", fc_output_dim=8))
-    make_test_set(tmp_path / "set", queries=[((5000.0, 5000.0), (203, 13, 9))])
-
-    with pytest.raises(GeolocError, match="no query has a database image within 25.0 m"):
-        run_command(tmp_path, tmp_path / "model.pt", tmp_path / "set")
-    assert not (tmp_path / "recalls").exists()

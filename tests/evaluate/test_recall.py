@@ -92,6 +92,64 @@ def test_search_breaks_distance_ties_by_database_index(n_queries):
     assert (search(database, queries, k=1)[1][:, 0] == 3).all()  # faiss has a separate top-1 path
 
 
+@pytest.mark.parametrize("n_queries", [1, 300])
+def test_a_tie_at_the_kth_place_is_settled_by_database_index(n_queries):
+    # Six identical rows, k=3: which three are kept must not depend on faiss's float32 rounding.
+    rng = np.random.default_rng(2)
+    database = unit_rows(rng.standard_normal((2000, 512)))
+    copies = [3, 5, 777, 1023, 1024, 1999]
+    database[copies] = database[1500]
+    queries = unit_rows(database[1500] + 0.01 * rng.standard_normal((n_queries, 512)))
+
+    distances, indices = search(database, queries, k=3)
+
+    assert (indices == [3, 5, 777]).all()
+    assert (distances == distances[:, :1]).all()
+
+
+def test_a_tie_larger_than_the_candidate_margin_keeps_the_lowest_indices():
+    # 100 identical rows, more than faiss's k + margin candidates: the query is ranked over the
+    # whole database, and the 20 lowest indices of the copies come out.
+    rng = np.random.default_rng(3)
+    database = unit_rows(rng.standard_normal((3000, 512)))
+    copies = np.sort(rng.choice(3000, size=100, replace=False))
+    database[copies] = database[copies[0]]
+    queries = unit_rows(database[copies[0]] + 0.01 * rng.standard_normal((300, 512)))
+
+    _, indices = search(database, queries, k=20)
+
+    assert (indices == copies[:20]).all()
+
+
+@pytest.mark.parametrize("dim", [3, 7, 512])
+def test_identical_rows_anywhere_in_the_database_get_bitwise_equal_distances(dim):
+    # Odd dimensions put the copies at every memory alignment: the distance must not depend on it.
+    rng = np.random.default_rng(5)
+    database = unit_rows(rng.standard_normal((1200, dim)))
+    copies = [0, 1, 2, 3, 513, 1024, 1199]
+    database[copies] = database[700]
+    queries = unit_rows(database[700] + 0.001 * rng.standard_normal((50, dim)))
+
+    distances, indices = search(database, queries, k=8)
+
+    assert (indices[:, :8] == sorted([700, *copies])).all()
+    assert (distances == distances[:, :1]).all()
+
+
+def test_search_equals_a_float64_brute_force_with_index_order_ties():
+    # Coarse descriptors (values in steps of 1/4) make many exact and near ties at every rank.
+    rng = np.random.default_rng(4)
+    database = rng.integers(-2, 3, size=(1500, 8)).astype(np.float32) / 4
+    queries = rng.integers(-2, 3, size=(200, 8)).astype(np.float32) / 4
+
+    distances, indices = search(database, queries, k=25)
+
+    exact = ((queries[:, None, :].astype(np.float64) - database[None].astype(np.float64)) ** 2).sum(axis=2)
+    expected = np.argsort(exact, axis=1, kind="stable")[:, :25]
+    assert np.array_equal(indices, expected)
+    assert np.array_equal(distances, np.take_along_axis(exact, expected, axis=1))
+
+
 def test_first_correct_ranks_is_the_rank_of_the_first_positive_prediction():
     predictions = np.array([
         [4, 2, 7],  # first positive at rank 1

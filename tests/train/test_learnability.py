@@ -23,8 +23,8 @@ TESTS = ("sf_xs", "tokyo_xs", "tokyo_night")
 
 
 def r1(model, city, test):
-    result = evaluate_model(model, TestSet(city / test / "test"), image_size=SETTINGS.image_size,
-                            batch_size=64, device="cpu", precision="fp32")
+    result = evaluate_model(model, TestSet(city / test / "test"), batch_size=64, device="cpu", num_workers=0,
+                            k=20, positive_dist_threshold=SETTINGS.positive_dist_threshold)
     return result.recalls[1]
 
 

@@ -1,4 +1,9 @@
-"""Descriptors of a list of images: batched, decoded in loader workers, checked finite."""
+"""Descriptors of a list of images: CosPlace's protocol, batched by size, decoded in loader workers.
+
+By default every image is embedded at its own resolution and in fp32, whatever precision the
+model was trained in (CosPlace's test.py); `resize` (its `resize_test_imgs`, here to an exact
+H x W) and `autocast` are options.
+"""
 
 from __future__ import annotations
 
@@ -8,72 +13,89 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from geoloc.data.images import ImageListDataset
-from geoloc.device import autocast, check_precision
+from geoloc.data.images import read_image
+from geoloc.device import autocast as device_autocast
 from geoloc.errors import GeolocError
+from geoloc.evaluate.batches import equal_size_batches, image_sizes, leave_stop_signals_to_the_main_process
 
 
-class _ImagesOrErrors(ImageListDataset):
-    """(image, "") or, for an image that cannot be decoded, (blank image, the error message).
+class _ImagesOrErrors(torch.utils.data.Dataset):
+    """(image, "") or, for an image that cannot be decoded at its expected size, (blank, message).
 
     Raised in a loader worker, the error would reach the user as a worker traceback; it is
     raised by the main process instead, with its one-line message naming the file.
     """
 
+    def __init__(self, paths: list[Path], sizes: list[tuple[int, int]], resize: tuple[int, int] | None) -> None:
+        self.paths, self.sizes, self.resize = paths, sizes, resize
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, str]:
+        height, width = self.sizes[index]
         try:
-            return super().__getitem__(index), ""
+            image = read_image(self.paths[index], self.resize)
         except GeolocError as exc:
-            return torch.zeros(3, self.image_size, self.image_size, dtype=torch.uint8), str(exc)
+            return torch.zeros(3, height, width, dtype=torch.uint8), str(exc)
+        if image.shape[1:] != (height, width):  # the file changed since its header was read
+            return (torch.zeros(3, height, width, dtype=torch.uint8),
+                    f"image {self.paths[index]} decodes to {image.shape[2]}x{image.shape[1]} pixels, "
+                    f"but its header said {width}x{height}")
+        return image, ""
 
 
 def compute_descriptors(
     model: torch.nn.Module,
     paths: list[Path],
     *,
-    image_size: int,
     batch_size: int,
     device: torch.device | str,
-    precision: str,
     num_workers: int = 0,
+    resize: tuple[int, int] | None = None,
+    autocast: bool = False,
 ) -> np.ndarray:
     """L2-normalised float32 descriptors (n, D) of the images at `paths`, in their order.
 
-    Images travel to the device as uint8 and become floats in [0, 1] there. With `amp`, the
-    model runs under autocast (float16 on CUDA, bfloat16 on CPU); descriptors are cast back to
-    float32 and normalised again, so reduced precision never reaches the search. The model's
-    train/eval mode is restored afterwards (the trainer validates mid-training).
+    Each image is embedded at its own size (`resize`: at H x W) in batches of equal-size images,
+    so its descriptor is the one the model gives it alone. Images travel to the device as uint8
+    and become floats in [0, 1] there. With `autocast`, the forward pass runs under the
+    device's autocast (float16 on CUDA, bfloat16 on CPU, as amp trains); descriptors are cast
+    to float32 and normalised again either way. The model's train/eval mode is restored
+    afterwards (the trainer validates mid-training).
     """
-    check_precision(precision)
     if not paths:
         raise GeolocError("no images to compute descriptors of")
     device = torch.device(device)
+    sizes = [resize] * len(paths) if resize is not None else image_sizes(paths, num_workers)
+    batches = equal_size_batches(sizes, batch_size)
     loader = torch.utils.data.DataLoader(
-        _ImagesOrErrors(paths, image_size),
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=num_workers,
-        pin_memory=device.type == "cuda",
+        _ImagesOrErrors(paths, sizes, resize), batch_sampler=batches, num_workers=num_workers,
+        pin_memory=device.type == "cuda", worker_init_fn=leave_stop_signals_to_the_main_process,
     )
     was_training = model.training
     model.eval()
-    batches = []
+    outputs = []
     try:
-        with torch.inference_mode(), autocast(device, precision):
+        with torch.inference_mode(), device_autocast(device, "amp" if autocast else "fp32"):
             for images, errors in loader:
                 if failed := next((error for error in errors if error), None):
                     raise GeolocError(failed)
-                images = images.to(device, non_blocking=True).float().div_(255.0)
-                descriptors = F.normalize(model(images).float(), dim=1)
-                batches.append(descriptors.cpu().numpy())
+                images = images.to(device, non_blocking=True)
+                if device.type == "cuda":
+                    images = images.contiguous(memory_format=torch.channels_last)
+                # Kept on the device until the end: no host synchronisation per batch.
+                outputs.append(F.normalize(model(images.float().div_(255.0)).float(), dim=1))
     finally:
         model.train(was_training)
-    descriptors = np.concatenate(batches)
+    descriptors = np.empty((len(paths), outputs[0].shape[1]), dtype=np.float32)
+    descriptors[np.concatenate(batches)] = torch.cat(outputs).cpu().numpy()
     # A NaN descriptor would be ranked arbitrarily by the search: never a recall from it.
     broken = ~np.isfinite(descriptors).all(axis=1)
     if broken.any():
+        cause = "it overflows under autocast (evaluate without --autocast)" if autocast else "it overflows in fp32"
         raise GeolocError(
             f"{int(broken.sum())} of {len(paths)} descriptors are not finite (NaN or inf), the first of "
-            f"{paths[int(broken.argmax())]}: the model overflows in {precision} (try fp32) or its weights are damaged"
+            f"{paths[int(broken.argmax())]}: the model's weights are damaged or {cause}"
         )
     return descriptors

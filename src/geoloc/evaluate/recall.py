@@ -18,6 +18,14 @@ from scipy.spatial import cKDTree
 from geoloc.errors import GeolocError
 
 RECALL_KS = (1, 5, 10, 20)
+# Candidates faiss proposes beyond the k asked for: at least this many, and at least k.
+_MIN_MARGIN = 16
+# Queries re-ranked at a time (their candidates in float64: 256 x 40 x 512 x 8 bytes = 42 MB).
+_RERANK_BLOCK = 256
+# Bound on faiss's float32 squared distance error, per dimension and unit of squared norm:
+# |q|^2 + |x|^2 - 2 q.x in float32 errs by at most about 2 (D + 2) rounding units (2^-24) of
+# |q|^2 + |x|^2; twice that, to be safe.
+_FLOAT32_ERROR = 4 * 2.0**-24
 
 
 def _cpu_flags() -> set[str]:
@@ -99,27 +107,67 @@ def check_k(k: int, n_database: int) -> None:
 def search(database: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Exact k-NN of every query among the database descriptors (squared L2), nearest first.
 
-    Returns (distances, indices), each of shape (n_queries, k). All queries go to faiss in
-    one call, which splits them into BLAS-sized blocks itself. On CPU, equal distances come
-    out in database-index order (faiss's heaps compare the index on ties; identical
-    descriptors give bitwise identical distances), so ties are deterministic; faiss-gpu's
-    k-selection does not promise that order.
+    Returns (distances, indices), each of shape (n_queries, k); distances are float64. Equal
+    distances come out in database-index order, on every machine: faiss's float32 distances
+    depend on the BLAS kernel and on the block a database row falls in (identical rows come out
+    about 1e-6 apart on AVX2), so faiss only proposes candidates, the k + margin nearest, and
+    they are ranked by float64 distances, which identical rows share, ties by index. Where the
+    margin cannot prove that no database image outside the candidates is as near as the k-th
+    (a tie or near-tie at the edge), that query is ranked over the whole database.
     """
     database = np.ascontiguousarray(database, dtype=np.float32)
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     if database.ndim != 2 or queries.ndim != 2 or database.shape[1] != queries.shape[1]:
         raise ValueError(f"descriptors must be (n, D) with one D, got {database.shape} and {queries.shape}")
     check_k(k, len(database))
+    n_candidates = min(len(database), k + max(k, _MIN_MARGIN))
     # faiss multiplies the queries by the database a block of rows at a time; with its default
     # 1024-row blocks the product runs ~1.6x slower than in one piece (measured on 100k x 512),
     # 8192 rows (a 128 MB buffer for 4096 queries) run as fast as the bare product.
     faiss.cvar.distance_compute_blas_database_bs = 8192
     index = _flat_l2_index(database.shape[1])
     index.add(database)
-    # For k=1 faiss switches to a top-1 kernel that returns any one of tied neighbours
-    # (measured: the last copy, for many queries); its heaps (k >= 2) return the lowest index.
-    distances, indices = index.search(queries, min(max(k, 2), len(database)))
-    return distances[:, :k], indices[:, :k]
+    approximate, candidates = index.search(queries, n_candidates)
+    distances = np.empty((len(queries), k))
+    indices = np.empty((len(queries), k), dtype=np.int64)
+    for start in range(0, len(queries), _RERANK_BLOCK):
+        block = slice(start, start + _RERANK_BLOCK)
+        exact = _squared_l2(queries[block], database[candidates[block]])
+        distances[block], indices[block] = _k_smallest(exact, candidates[block], k)
+    if n_candidates < len(database):
+        # Every database image outside the candidates is at least as far as the last candidate
+        # by faiss's distance, which errs by at most `slack`: nearer than the k-th it cannot be.
+        # (einsum: squared norms without a database-sized temporary)
+        largest = float(np.einsum("ij,ij->i", database, database).max())
+        slack = _FLOAT32_ERROR * (database.shape[1] + 2) * (np.einsum("ij,ij->i", queries, queries) + largest)
+        for q in np.flatnonzero(approximate[:, -1] - slack <= distances[:, -1]):
+            distances[q], indices[q] = _exact_knn(database, queries[q], k)
+    return distances, indices
+
+
+def _squared_l2(queries: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """(b, m) float64 squared distances between queries (b, D) and their rows (b, m, D).
+
+    One formula for every row, so identical rows get bitwise identical distances (numpy sums
+    each contiguous row the same way), and float64 rounding stays far below float32's.
+    """
+    difference = np.subtract(rows, queries[:, None, :], dtype=np.float64)
+    return np.square(difference, out=difference).sum(axis=2)
+
+
+def _k_smallest(distances: np.ndarray, indices: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the k smallest distances and their indices, ties broken by the smaller index."""
+    order = np.lexsort((indices, distances), axis=1)[:, :k]
+    return np.take_along_axis(distances, order, axis=1), np.take_along_axis(indices, order, axis=1)
+
+
+def _exact_knn(database: np.ndarray, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k nearest of one query over the whole database, by `_squared_l2`, ties by index."""
+    distances = np.concatenate([
+        _squared_l2(query[None], database[None, start:start + _RERANK_BLOCK * 16])[0]
+        for start in range(0, len(database), _RERANK_BLOCK * 16)])
+    found, indices = _k_smallest(distances[None], np.arange(len(database))[None], k)
+    return found[0], indices[0]
 
 
 def _flat_l2_index(dim: int):

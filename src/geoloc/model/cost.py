@@ -20,16 +20,17 @@ from geoloc.device import autocast, check_precision
 from geoloc.errors import GeolocError
 
 
-def gflops_per_image(model: nn.Module, image_size: int) -> float:
-    """Forward FLOPs / 1e9 of one image of image_size x image_size (batch 1, eval mode).
+def gflops_per_image(model: nn.Module, image_size: int | tuple[int, int]) -> float:
+    """Forward FLOPs / 1e9 of one image of image_size x image_size, or of (H, W) (batch 1, eval mode).
 
     Counted on the model's own device; the model's train/eval mode is restored afterwards.
     """
-    if image_size < 1:
+    height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
+    if min(height, width) < 1:
         raise GeolocError(f"image_size must be at least 1, got {image_size}")
     # Zeros: the count depends on shapes only, and the global RNG must not move (the trainer
     # calls this between seeding and training).
-    image = torch.zeros(1, 3, image_size, image_size, device=_model_device(model))
+    image = torch.zeros(1, 3, height, width, device=_model_device(model))
     was_training = model.training
     model.eval()
     try:

@@ -15,7 +15,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import platform
 import resource
 import signal
 import sys
@@ -29,7 +28,6 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-import geoloc
 from geoloc.atomic import atomic_write_text
 from geoloc.data.datasets import TestSet, TrainGroupDataset
 from geoloc.data.groups import build_groups
@@ -41,6 +39,7 @@ from geoloc.model.cost import gflops_per_image
 from geoloc.model.losses import LOSSES, build_classifier
 from geoloc.model.network import build_model, count_parameters, save_model
 from geoloc.model.weights import sha256_file
+from geoloc.provenance import device_name, package_versions
 from geoloc.train import checkpoint as ckpt
 from geoloc.train.augment import augment_batch
 
@@ -175,22 +174,6 @@ def _peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-
-
-def _versions() -> dict[str, str]:
-    import faiss
-    import timm
-    import torchvision
-
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "torchvision": torchvision.__version__, "timm": timm.__version__,
-            "faiss": faiss.__version__, "geoloc": geoloc.__version__}
 
 
 def _listing_hash(train_dir: Path, groups: list[list[list[Path]]]) -> str:
@@ -408,9 +391,8 @@ class Trainer:
     def _validate(self, progress: dict[str, Any]) -> None:
         s = self.s
         start = time.perf_counter()
-        result = evaluate_model(self.model, self.val_set, image_size=s.image_size, batch_size=s.batch_size,
-                                device=self.device, precision=s.precision, num_workers=self.num_workers,
-                                k=min(20, len(self.val_set.database_paths)),
+        result = evaluate_model(self.model, self.val_set, batch_size=s.batch_size, device=self.device,
+                                num_workers=self.num_workers, k=min(20, len(self.val_set.database_paths)),
                                 positive_dist_threshold=s.positive_dist_threshold)
         val_seconds = time.perf_counter() - start
         progress["val_seconds"] += val_seconds
@@ -445,11 +427,11 @@ class Trainer:
             "best_epoch": progress["best_epoch"], "best_val_r1": progress["best_r1"],
             "train_seconds": train_s, "val_seconds": val_s, "training_time_seconds": train_s + val_s,
             "images_per_second": iterations * self.s.batch_size / max(train_s, 1e-9),
-            "peak_memory_mb": _peak_memory_mb(self.device), "device": _device_name(self.device),
+            "peak_memory_mb": _peak_memory_mb(self.device), "device": device_name(self.device),
             "params": total, "trainable_params": trainable,
             "gflops_per_image": gflops_per_image(self.model, self.s.image_size),
             "resumed_from_iteration": progress["resumed_from_iteration"],
-            "versions": _versions(), "started_at": progress["started_at"], "finished_at": _now(),
+            "versions": package_versions(), "started_at": progress["started_at"], "finished_at": _now(),
         }
 
 
