@@ -19,7 +19,7 @@ ALLOWED = {
     "model": {"data"},
     "evaluate": {"data", "model", "geoloc.grid"},  # grid: the baseline's run name
     "train": {"data", "model", "evaluate"},  # evaluate: in-loop validation
-    "report": {"geoloc.evaluate.result_files", "geoloc.model.backbones"},
+    "report": {"geoloc.evaluate.result_files", "geoloc.model.backbones", "geoloc.grid"},
 }
 
 

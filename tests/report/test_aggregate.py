@@ -16,8 +16,24 @@ from geoloc.report.aggregate import COLUMNS, aggregate_runs, read_recalls
 
 RECALL_HEADER = (
     "test_set,n_queries,n_database,n_queries_without_positive,r1,r5,r10,r20,descriptor_seconds,"
-    "search_seconds,latency_ms_per_image,test_dir"
+    "search_seconds,latency_ms_per_image,test_dir,model_sha256,k,positive_dist_threshold,resize,autocast,device,kind"
 )
+MODEL_SHA256 = "cd" * 32
+
+
+def write_recalls(run_dir: Path, recalls: dict[str, float], *, kind: str, model_sha256: str) -> None:
+    """recalls/<test>.csv and .queries.csv per test set, as `geoloc evaluate` writes them (C2, C13)."""
+    (run_dir / "recalls").mkdir(parents=True, exist_ok=True)
+    for test_set, r1 in recalls.items():
+        (run_dir / "recalls" / f"{test_set}.csv").write_text(
+            f"{RECALL_HEADER}\n{test_set},105,12771,2,{r1},60.0,70.0,80.0,3.0,0.2,1.25,data/{test_set}/test,"
+            f"{model_sha256},20,25.0,,0,NVIDIA A100,{kind}\n",
+            encoding="utf-8",
+        )
+        (run_dir / "recalls" / f"{test_set}.queries.csv").write_text(
+            'query,first_correct_rank,has_positive,predictions,distances_m\nqueries/a.jpg,1,1,"[""database/b.jpg""]",[3.0]\n',
+            encoding="utf-8",
+        )
 
 
 def write_run(
@@ -30,7 +46,7 @@ def write_run(
 ) -> Path:
     """A run folder per the contract: train.json and one recall CSV (+ queries CSV) per test set."""
     run_dir = root / name
-    (run_dir / "recalls").mkdir(parents=True)
+    run_dir.mkdir(parents=True)
     train = {
         "run": {
             "name": name,
@@ -39,12 +55,17 @@ def write_run(
             "precision": "fp32",
             "seed": 3,
             "tag": tag,
+            "kind": "trained",
         },
         "hyperparameters": {"loss": "cosface"},
         "weights": weights,
+        "fingerprint": {"sha256": "ef" * 32, "settings": {"backbone": "resnet18", "lr": 1e-5}},
+        "model_sha256": MODEL_SHA256,
         "training_time_seconds": 130.5,
         "train_seconds": 120.0,
         "val_seconds": 10.5,
+        "image_cache_build_seconds": 42.0,
+        "compile_seconds": None,
         "images_per_second": 55.0,
         "peak_memory_mb": None,
         "params": 11_000_000,
@@ -52,17 +73,39 @@ def write_run(
         "best_epoch": 1,
         "best_val_r1": 61.0,
         "device": "NVIDIA H200",
+        "device_type": "cuda",
+        "gpus": 2,
+        "world_size": 2,
     }
     (run_dir / "train.json").write_text(json.dumps(train), encoding="utf-8")
-    for test_set, r1 in (recalls or {}).items():
-        (run_dir / "recalls" / f"{test_set}.csv").write_text(
-            f"{RECALL_HEADER}\n{test_set},105,12771,2,{r1},60.0,70.0,80.0,3.0,0.2,1.25,data/{test_set}/test\n",
-            encoding="utf-8",
-        )
-        (run_dir / "recalls" / f"{test_set}.queries.csv").write_text(
-            "query,first_correct_rank,has_positive,predictions,distances_m\nqueries/a.jpg,1,1,database/b.jpg,3.0\n",
-            encoding="utf-8",
-        )
+    write_recalls(run_dir, recalls or {}, kind="trained", model_sha256=MODEL_SHA256)
+    return run_dir
+
+
+def write_baseline(root: Path, backbone: str, pretraining: str, recalls: dict[str, float]) -> Path:
+    """A baseline folder per C1/C2: baseline.json (no training, times null) and its recall CSVs."""
+    run_dir = root / f"{backbone}-{pretraining}"
+    run_dir.mkdir(parents=True)
+    summary = {
+        "run": {
+            "name": f"{backbone}-{pretraining}-baseline",
+            "backbone": backbone,
+            "pretraining": pretraining,
+            "precision": "fp32",
+            "seed": 0,
+            "tag": None,
+            "kind": "baseline",
+        },
+        "weights": None,
+        "training_time_seconds": None,
+        "params": 11_000_000,
+        "trainable_params": 8_000_000,
+        "gflops_per_image": 1.8,
+        "device": "NVIDIA A100",
+        "versions": {"torch": "2.14.1"},
+    }
+    (run_dir / "baseline.json").write_text(json.dumps(summary), encoding="utf-8")
+    write_recalls(run_dir, recalls, kind="baseline", model_sha256="")
     return run_dir
 
 
@@ -97,6 +140,53 @@ def test_one_row_per_run_and_test_set_joining_train_json_and_recalls(tmp_path):
     assert (first["training_time_seconds"], first["peak_memory_mb"], first["gflops_per_image"]) == ("130.5", "", "")
     assert (first["n_queries"], first["latency_ms_per_image"], first["test_dir"]) == ("105", "1.25", "data/sf_xs/test")
     assert rows[2]["tag"] == "long" and rows[2]["weights_sha256"] == ""
+    # What made the numbers: training hardware and digests from train.json, evaluation settings
+    # and the evaluated model's digest from the recall CSV (whose device is the evaluation's).
+    assert (first["kind"], first["device"], first["device_type"], first["gpus"], first["world_size"]) == (
+        "trained",
+        "NVIDIA H200",
+        "cuda",
+        "2",
+        "2",
+    )
+    assert (first["eval_device"], first["model_sha256"], first["fingerprint_sha256"]) == (
+        "NVIDIA A100",
+        "cd" * 32,
+        "ef" * 32,
+    )
+    assert (first["k"], first["positive_dist_threshold"], first["resize"], first["autocast"]) == ("20", "25.0", "", "0")
+    assert (first["image_cache_build_seconds"], first["compile_seconds"]) == ("42.0", "")
+
+
+def test_baselines_are_rows_of_kind_baseline_without_training_columns(tmp_path):
+    run = write_run(tmp_path / "runs", "resnet18-imagenet-fp32-s3", recalls={"sf_xs": 52.5})
+    baseline = write_baseline(tmp_path / "baselines", "resnet18", "imagenet", {"sf_xs": 20.0, "tokyo_xs": 11.0})
+    out = tmp_path / "recalls.csv"
+    run_aggregate(out, [run, baseline])
+    table = read_recalls(out)
+    rows = table[table["kind"] == "baseline"]
+    assert rows["run"].tolist() == ["resnet18-imagenet-baseline"] * 2
+    assert rows["r1"].tolist() == [20.0, 11.0] and rows["gflops_per_image"].tolist() == [1.8, 1.8]
+    assert rows["training_time_seconds"].isna().all() and rows["gpus"].isna().all()
+    assert (rows["model_sha256"] == "").all() and (rows["fingerprint_sha256"] == "").all()
+    assert table[table["kind"] == "trained"]["run"].tolist() == ["resnet18-imagenet-fp32-s3"]
+
+
+def test_recalls_of_another_kind_than_their_folder_are_refused(tmp_path):
+    run = write_run(tmp_path, "run-a", recalls={"sf_xs": 50.0})
+    path = run / "recalls" / "sf_xs.csv"
+    path.write_text(path.read_text().replace(",trained\n", ",baseline\n"))
+    with pytest.raises(GeolocError, match=r"sf_xs.csv: kind is 'baseline' but its folder's summary says 'trained'"):
+        aggregate_runs([run])
+
+
+def test_train_json_of_an_older_geoloc_names_the_missing_key(tmp_path):
+    run = write_run(tmp_path, "run-a", recalls={"sf_xs": 50.0})
+    train = json.loads((run / "train.json").read_text())
+    del train["fingerprint"]
+    (run / "train.json").write_text(json.dumps(train))
+    with pytest.raises(GeolocError, match=r"train.json: key fingerprint is missing \(written by an older geoloc"):
+        aggregate_runs([run])
 
 
 def test_read_recalls_keeps_text_as_written_and_reads_numbers(tmp_path):
@@ -122,7 +212,7 @@ def test_run_dir_without_train_json_is_a_clear_error_and_writes_nothing(tmp_path
     empty = tmp_path / "not-a-run"
     empty.mkdir()
     out = tmp_path / "recalls.csv"
-    with pytest.raises(GeolocError, match=r"not-a-run/train.json: missing"):
+    with pytest.raises(GeolocError, match=r"not-a-run/train.json: missing \(and no baseline.json\)"):
         run_aggregate(out, [good, empty])
     assert not out.exists() and list(tmp_path.glob(".recalls.csv*")) == []
 
@@ -139,7 +229,7 @@ def test_train_json_without_a_contract_key_names_the_key(tmp_path):
 def test_recall_csv_without_a_column_names_the_column(tmp_path):
     run = write_run(tmp_path, "run-a", recalls={"sf_xs": 50.0})
     path = run / "recalls" / "sf_xs.csv"
-    path.write_text(path.read_text().replace(",test_dir", ",where"))
+    path.write_text(path.read_text().replace(",test_dir,", ",where,"))
     with pytest.raises(GeolocError, match=r"sf_xs.csv: column test_dir is missing"):
         aggregate_runs([run])
 

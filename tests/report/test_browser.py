@@ -210,7 +210,7 @@ def test_report_loads_clean_and_shows_tables_plots_and_thumbnails(tmp_path):
         "published",
         "provenance",
     ]
-    assert dom["tableRows"] == 8  # 4 configurations x 2 test sets
+    assert dom["tableRows"] == 14  # (4 configurations + 3 untrained baselines) x 2 test sets
     assert len(dom["svgs"]) == 3 and all(width > 600 for width in dom["svgs"])
     assert dom["images"] > 40 and dom["brokenImages"] == 0
     assert dom["scripts"] == 0

@@ -9,21 +9,26 @@ from __future__ import annotations
 
 import argparse
 import base64
+import csv
+import hashlib
 import io
 import json
 import re
 import subprocess
 from dataclasses import dataclass
+from html import unescape
 from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from PIL import Image
 
 from geoloc.data.names import format_image_name
 from geoloc.errors import GeolocError
+from geoloc.evaluate.result_files import QUERY_COLUMNS, RECALL_COLUMNS
 from geoloc.report import aggregate
 from geoloc.report import render as report
 from geoloc.report.aggregate import write_recalls
@@ -33,6 +38,8 @@ from geoloc.report.sections import git_commit
 
 XSS = "<script>alert(1)</script>"
 XSS_TAG = "<img src=x onerror=alert(1)>"  # no '/', so it can be part of a run folder name
+# Every character a file name may hold that could break a CSV cell, a list or the page (C13).
+HOSTILE_NOTE = "a|b,\"c\" 'd'\ne\u00e9\u6771<script>"
 REFERENCE = "resnet18-imagenet-fp32-s0"
 PUBLISHED = Path(__file__).resolve().parents[2] / "resources" / "published-results.csv"
 SECTIONS = ["conclusions", "recalls", "cost", "plots", "retrievals", "uncertainty", "published", "provenance"]
@@ -47,6 +54,7 @@ class RunSpec:
     seconds: float  # training time
     seed: int = 0
     tag: str = ""
+    device: str = "cpu"
 
     @property
     def name(self) -> str:
@@ -63,12 +71,28 @@ DEMO_RUNS = (
 )
 
 
+# The config's training and evaluation sections; train.json fingerprints what they say (C4).
+TRAINING = {"epochs": 3, "iterations_per_epoch": 20, "batch_size": 8, "image_size": 64, "lr": 1.0e-3, "num_workers": 0}
+EVALUATION = {
+    "batch_size": 16,
+    "num_workers": 0,
+    "k": 20,
+    "positive_dist_threshold": 25,
+    "resize": None,
+    "autocast": False,
+}
+BASELINE_RECALL = 0.1  # share of queries the untrained network finds at rank 1
+
+
 @dataclass(frozen=True)
 class ResultsTree:
     recalls_csv: Path
     runs_dir: Path
     config: Path
-    expected: list[str]
+    folders: list[Path]  # every run and baseline folder, as the workflow passes them to aggregate
+
+    def aggregate(self) -> None:
+        run_command(aggregate, ["--out", str(self.recalls_csv), *map(str, self.folders)])
 
 
 def write_results_tree(
@@ -80,9 +104,15 @@ def write_results_tree(
     n_database: int = 16,
     reported_sizes: tuple[int, int] | None = None,
     missing: tuple[str, ...] = (),
+    baselines: bool = True,
 ) -> ResultsTree:
-    """Write test sets, run folders and a config under `root`, then aggregate them."""
+    """Write test sets, run (and baseline) folders and their config under `root`, then aggregate.
+
+    `missing` runs are in the config's grid but have no folder.
+    """
     runs_dir = root / "results" / "runs"
+    baselines_dir = root / "results" / "baselines"
+    pairs = list(dict.fromkeys((spec.backbone, spec.pretraining) for spec in runs)) if baselines else []
     for index, test_set in enumerate(test_sets):
         test_dir = root / "data" / test_set / "test"
         database = [
@@ -95,14 +125,49 @@ def write_results_tree(
         difficulty = np.random.default_rng(index).random(n_queries)
         for spec in runs:
             ranks = np.where(difficulty < spec.recall, 1, np.where(difficulty < spec.recall + 0.3, 3, 0))
-            _write_recalls(runs_dir / spec.name, test_set, test_dir, ranks, queries, database, reported_sizes)
+            _write_recalls(
+                runs_dir / spec.name, test_set, test_dir, ranks, queries, database, reported_sizes, _model_sha256(spec)
+            )
+        for backbone, pretraining in pairs:
+            ranks = np.where(difficulty < BASELINE_RECALL, 1, 0)
+            folder = baselines_dir / f"{backbone}-{pretraining}"
+            _write_recalls(folder, test_set, test_dir, ranks, queries, database, reported_sizes, "", "baseline")
     for spec in runs:
         _write_train_json(runs_dir / spec.name, spec)
-    config = root / "config.yaml"
-    config.write_text(f"note: '{XSS}'\nreference: {REFERENCE}\nsynthetic: true\n", encoding="utf-8")
-    recalls_csv = root / "results" / "recalls.csv"
-    run_command(aggregate, ["--out", str(recalls_csv), *(str(runs_dir / s.name) for s in runs)])
-    return ResultsTree(recalls_csv, runs_dir, config, [s.name for s in runs] + list(missing))
+    for backbone, pretraining in pairs:
+        _write_baseline_json(baselines_dir / f"{backbone}-{pretraining}", backbone, pretraining)
+    config = root / "results" / "config.yaml"
+    write_config(config, list(runs) + [_spec_of(name) for name in missing])
+    folders = [runs_dir / s.name for s in runs] + [baselines_dir / f"{b}-{p}" for b, p in pairs]
+    tree = ResultsTree(root / "results" / "recalls.csv", runs_dir, config, folders)
+    tree.aggregate()
+    return tree
+
+
+def write_config(path: Path, runs: list[RunSpec], **changes) -> None:
+    """The effective config of a grid with one block per run (`changes` replace top-level keys)."""
+    grid = [
+        {
+            "backbones": [spec.backbone],
+            "pretrainings": [spec.pretraining],
+            "precisions": [spec.precision],
+            "seeds": [spec.seed],
+            **({"tag": spec.tag} if spec.tag else {}),
+        }
+        for spec in runs
+    ]
+    config = {"reference": REFERENCE, "training": TRAINING, "evaluation": EVALUATION, "grid": grid, **changes}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"note: '{XSS}'\n" + yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+
+
+def _spec_of(name: str) -> RunSpec:
+    backbone, pretraining, precision, seed = name.split("-")[:4]
+    return RunSpec(backbone, pretraining, precision, 0.0, 0.0, seed=int(seed[1:]))
+
+
+def _model_sha256(spec: RunSpec) -> str:
+    return hashlib.sha256(spec.name.encode()).hexdigest()
 
 
 def run_command(module, argv: list[str]) -> None:
@@ -112,52 +177,48 @@ def run_command(module, argv: list[str]) -> None:
     module.run(parser.parse_args(argv))
 
 
-def render(tree: ResultsTree, out: Path, *extra: str) -> str:
-    args = [
-        "--recalls",
-        str(tree.recalls_csv),
-        "--runs-dir",
-        str(tree.runs_dir),
-        "--config",
-        str(tree.config),
-        "--reference",
-        REFERENCE,
-        "--expected",
-        *tree.expected,
+def report_args(tree: ResultsTree, out: Path, *extra: str) -> list[str]:
+    """`geoloc report` as the workflow runs it (reference and grid from the config)."""
+    return ["--recalls", str(tree.recalls_csv), "--runs-dir", str(tree.runs_dir), "--config", str(tree.config)] + [
         "--out",
         str(out),
         *extra,
     ]
-    run_command(report, args)
+
+
+def render(tree: ResultsTree, out: Path, *extra: str) -> str:
+    run_command(report, report_args(tree, out, *extra))
     return out.read_text(encoding="utf-8")
 
 
 def _write_jpeg(folder: Path, east: float, north: float, color: tuple[int, int, int]) -> str:
     folder.mkdir(parents=True, exist_ok=True)
-    name = format_image_name(east, north, 0.0)
+    name = format_image_name(east, north, 0.0, note=HOSTILE_NOTE)
     pixels = np.full((120, 160, 3), color, dtype=np.uint8)  # larger than a thumbnail
     pixels[::8] = 255  # stripes, so thumbnails are not flat colour
     Image.fromarray(pixels).save(folder / name, quality=90)
     return f"{folder.name}/{name}"
 
 
-def _write_recalls(run_dir, test_set, test_dir, ranks, queries, database, reported_sizes):
+def _write_recalls(run_dir, test_set, test_dir, ranks, queries, database, reported_sizes, model_sha256, kind="trained"):
     recalls = run_dir / "recalls"
     recalls.mkdir(parents=True, exist_ok=True)
     n_queries, n_database = reported_sizes or (len(queries), len(database))
     r = {k: 100.0 * np.mean((ranks >= 1) & (ranks <= k)) for k in (1, 5, 10, 20)}
-    (recalls / f"{test_set}.csv").write_text(
-        "test_set,n_queries,n_database,n_queries_without_positive,r1,r5,r10,r20,descriptor_seconds,"
-        "search_seconds,latency_ms_per_image,test_dir\n"
-        f"{test_set},{n_queries},{n_database},0,{r[1]},{r[5]},{r[10]},{r[20]},1.5,0.01,2.5,{test_dir}\n",
-        encoding="utf-8",
-    )
-    lines = ["query,first_correct_rank,has_positive,predictions,distances_m"]
-    for i, (query, rank) in enumerate(zip(queries, ranks)):
-        top = [database[(i + j) % len(database)] for j in range(10)]
-        distances = [8.0 if j + 1 == rank else 140.0 + 10 * j for j in range(10)]
-        lines.append(f"{query},{rank},1,{'|'.join(top)},{'|'.join(f'{d:.1f}' for d in distances)}")
-    (recalls / f"{test_set}.queries.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with open(recalls / f"{test_set}.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(RECALL_COLUMNS)
+        writer.writerow(
+            [test_set, n_queries, n_database, 0, r[1], r[5], r[10], r[20], 1.5, 0.01, 2.5, test_dir]
+            + [model_sha256, 20, 25.0, "", 0, "cpu", kind]
+        )
+    with open(recalls / f"{test_set}.queries.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(QUERY_COLUMNS)
+        for i, (query, rank) in enumerate(zip(queries, ranks)):
+            top = [database[(i + j) % len(database)] for j in range(10)]
+            distances = [8.0 if j + 1 == rank else 140.0 + 10 * j for j in range(10)]
+            writer.writerow([query, rank, 1, json.dumps(top), json.dumps(distances)])
 
 
 def _write_train_json(run_dir: Path, spec: RunSpec) -> None:
@@ -174,6 +235,16 @@ def _write_train_json(run_dir: Path, spec: RunSpec) -> None:
         }
         for e in range(3)
     ]
+    settings = {
+        **{key: value for key, value in TRAINING.items() if key != "num_workers"},  # a runtime knob
+        "backbone": spec.backbone,
+        "precision": spec.precision,
+        "seed": spec.seed,
+        "positive_dist_threshold": 25.0,
+        "weights_format": None,
+        "weights_sha256": None,
+        "train_images": "ab" * 32,
+    }
     train = {
         "run": {
             "name": spec.name,
@@ -182,8 +253,19 @@ def _write_train_json(run_dir: Path, spec: RunSpec) -> None:
             "precision": spec.precision,
             "seed": spec.seed,
             "tag": spec.tag or None,
+            "kind": "trained",
         },
         "hyperparameters": {"loss": "cosface", "epochs": 3},
+        "fingerprint": {
+            "sha256": hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest(),
+            "settings": settings,
+        },
+        "model_sha256": _model_sha256(spec),
+        "image_cache_build_seconds": 30.0,
+        "compile_seconds": None,
+        "device_type": "cpu" if spec.device == "cpu" else "cuda",
+        "gpus": 0 if spec.device == "cpu" else 1,
+        "world_size": 1,
         "weights": None,
         "epochs": epochs,
         "best_epoch": 2,
@@ -193,7 +275,7 @@ def _write_train_json(run_dir: Path, spec: RunSpec) -> None:
         "training_time_seconds": spec.seconds,
         "images_per_second": 42.0,
         "peak_memory_mb": 812.0,
-        "device": "cpu",
+        "device": spec.device,
         "params": 11_200_000,
         "trainable_params": 8_400_000,
         "resumed_from_iteration": None,
@@ -202,6 +284,28 @@ def _write_train_json(run_dir: Path, spec: RunSpec) -> None:
         "finished_at": "2025-01-02T10:09:00+00:00",
     }
     (run_dir / "train.json").write_text(json.dumps(train), encoding="utf-8")
+
+
+def _write_baseline_json(folder: Path, backbone: str, pretraining: str) -> None:
+    summary = {
+        "run": {
+            "name": f"{backbone}-{pretraining}-baseline",
+            "backbone": backbone,
+            "pretraining": pretraining,
+            "precision": "fp32",
+            "seed": 0,
+            "tag": None,
+            "kind": "baseline",
+        },
+        "weights": None,
+        "training_time_seconds": None,
+        "params": 11_200_000,
+        "trainable_params": 8_400_000,
+        "gflops_per_image": 0.5,
+        "device": "cpu",
+        "versions": {"python": "3.11.2", "torch": "2.14.1", "geoloc": "0.1.0"},
+    }
+    (folder / "baseline.json").write_text(json.dumps(summary), encoding="utf-8")
 
 
 class Outline(HTMLParser):
@@ -241,14 +345,18 @@ def test_sections_come_in_the_issue_order_with_their_tables(demo_report):
     page = outline(demo_report)
     assert page.sections == SECTIONS
     # one table per test set in recalls and uncertainty; one per gallery query (the better run finds
-    # a superset of the reference's queries: 2 it alone finds + 1 shared success + 1 shared failure)
+    # a superset of the reference's queries: 2 it alone finds + 1 shared success + 1 shared failure);
+    # provenance: runs and package versions (no run started from pretrained weights)
     assert page.tables == {"recalls": 2, "cost": 1, "retrievals": 8, "uncertainty": 2, "provenance": 2}
     assert demo_report.count("<svg") == 3
 
 
 def test_conclusions_name_the_clear_winner_and_no_amp_recall_effect(demo_report):
     assert "EfficientNetV2-S (ImageNet, AMP) is the best backbone overall" in demo_report
-    assert "takes 35% less training time (4 min vs 7 min); its effect on mean R@1 is not significant" in demo_report
+    assert (
+        "with AMP instead of FP32 on a CPU takes 35% less training time (4 min vs 7 min); "
+        "its effect on overall R@1 is not significant"
+    ) in demo_report
     assert (
         "MobileNetV3-Small (ImageNet, AMP, &lt;img src=x onerror=alert(1)&gt;) trains fastest (3 min)." in demo_report
     )
@@ -261,6 +369,91 @@ def test_recall_table_marks_best_and_shows_delta_to_reference(demo_report):
     assert '<strong title="best">83.3</strong> <span class="delta">(+50.0)</span>' in efficientnet_row
     reference_row = sf_table.split("ResNet-18 (ImageNet, FP32)")[1].split("</tr>")[0]
     assert "<td>33.3</td>" in reference_row and "delta" not in reference_row
+
+
+def test_conclusions_preamble_says_how_claims_and_the_overall_score_are_made(demo_report):
+    preamble = demo_report.split('<section id="conclusions">')[1].split("</p>")[0]
+    tested = int(re.search(r"This report tests (\d+) difference\(s\)", preamble).group(1))
+    assert tested > 10 and "Holm-Bonferroni" in preamble and "adjusted p-value is below 0.05" in preamble
+    # Tokyo-XS is not in this study, so Tokyo-Night's queries are counted once already.
+    assert "The overall score is the mean of R@1 on SF-XS and Tokyo-Night, each test set weighted equally." in preamble
+
+
+def test_conclusions_out_is_the_conclusions_one_per_line(tmp_path):
+    tree = write_results_tree(tmp_path, DEMO_RUNS)
+    text_file = tmp_path / "conclusions.txt"
+    html = render(tree, tmp_path / "report.html", "--conclusions-out", str(text_file))
+    lines = text_file.read_text(encoding="utf-8").splitlines()
+    items = re.findall(r'<li class="(?:claim|plain)"><strong>(.*?)</strong> (.*?)</li>', html, flags=re.DOTALL)
+    assert len(lines) == len(items) > 5
+    topic, text = map(unescape, items[0])
+    assert lines[0] == f"{topic} {text}" and lines[0].startswith("Gain over the untrained baseline on SF-XS. Training")
+    # Plain text: names as they are, not HTML-escaped.
+    assert any(f"MobileNetV3-Small (ImageNet, AMP, {XSS_TAG})" in line for line in lines)
+
+
+def test_without_conclusions_the_text_file_says_so(tmp_path):
+    write_recalls(tmp_path / "recalls.csv", [])
+    write_config(tmp_path / "config.yaml", [DEMO_RUNS[0]])
+    tree = ResultsTree(tmp_path / "recalls.csv", tmp_path / "runs", tmp_path / "config.yaml", [])
+    render(tree, tmp_path / "report.html", "--conclusions-out", str(tmp_path / "conclusions.txt"))
+    first = (tmp_path / "conclusions.txt").read_text().splitlines()[0]
+    assert (
+        first == f"Data. 2 expected run(s) have no results and are left out: {REFERENCE}, resnet18-imagenet-baseline."
+    )
+
+
+def test_baselines_sit_beside_their_trained_runs_in_tables_and_plots(demo_report):
+    sf_table = demo_report.split("<caption>SF-XS: 12 queries, 16 database images</caption>")[1].split("</table>")[0]
+    labels = [label.strip() for label in re.findall(r'<th scope="row">([^<]*)<', sf_table)]
+    assert labels == [
+        "ResNet-18 (ImageNet, untrained)",
+        "ResNet-18 (ImageNet, FP32)",
+        "ResNet-18 (ImageNet, AMP)",
+        "EfficientNetV2-S (ImageNet, untrained)",
+        "EfficientNetV2-S (ImageNet, AMP)",
+        "MobileNetV3-Small (ImageNet, untrained)",
+        f"MobileNetV3-Small (ImageNet, AMP, {XSS_TAG.replace('<', '&lt;').replace('>', '&gt;')})",
+    ]
+    baseline_row = sf_table.split("ResNet-18 (ImageNet, untrained)")[1].split("</tr>")[0]
+    # 3 of 12 found untrained: 25.0, 8.3 points below the reference; never marked best.
+    assert '<td>25.0 <span class="delta">(\u22128.3)</span></td>' in baseline_row and "best" not in baseline_row
+    plots = demo_report.split('<section id="plots">')[1].split("</section>")[0]
+    assert plots.count("EfficientNetV2-S (ImageNet, untrained)") == 2  # legends of recall vs time and recall@k
+
+
+def test_uncertainty_says_one_seed_covers_only_the_queries(demo_report):
+    uncertainty = demo_report.split('<section id="uncertainty">')[1].split("</section>")[0]
+    assert "Every configuration was trained once (one seed), so the intervals cover the choice of test queries" in (
+        " ".join(uncertainty.split())
+    )
+    assert "<code>seeds: [0, 1, 2]</code>" in uncertainty
+
+
+def test_provenance_records_each_runs_gpus_and_image_cache_build(demo_report):
+    provenance = demo_report.split('<section id="provenance">')[1]
+    row = provenance.split(f"<code>{REFERENCE}</code>")[1].split("</tr>")[0]
+    # device, GPUs, processes, training time, image cache build, torch.compile
+    assert re.findall(r"<td>([^<]*)</td>", row)[:6] == ["cpu", "0", "1", "7 min", "30 s", "n/a"]
+
+
+def test_runs_on_other_hardware_get_no_pareto_front(tmp_path):
+    runs = (DEMO_RUNS[0], RunSpec("efficientnet_v2_s", "imagenet", "amp", 0.9, 520.0, device="NVIDIA H200"))
+    html = render(write_results_tree(tmp_path, runs, test_sets=("sf_xs",)), tmp_path / "report.html")
+    plots = html.split('<section id="plots">')[1].split("</section>")[0]
+    assert "The runs trained on different hardware (cpu: ResNet-18 (ImageNet, FP32); 1 \u00d7 NVIDIA H200:" in plots
+    assert "Pareto front" not in plots.split("<svg")[1].split("</svg>")[0]  # not in the figure's legend
+    assert "trains fastest" not in html
+
+
+def test_prediction_cells_that_are_not_json_arrays_are_a_clear_error(tmp_path):
+    tree = write_results_tree(tmp_path, DEMO_RUNS[:2], test_sets=("sf_xs",))
+    path = tree.runs_dir / REFERENCE / "recalls" / "sf_xs.queries.csv"
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    table["predictions"] = table["predictions"].map(lambda cell: "|".join(json.loads(cell)))  # the old format
+    table.to_csv(path, index=False)
+    with pytest.raises(GeolocError, match=r"sf_xs.queries.csv: query .*: column predictions is not a JSON array"):
+        render(tree, tmp_path / "report.html")
 
 
 def test_values_from_the_data_are_escaped(demo_report):
@@ -292,6 +485,10 @@ def test_gallery_pairs_reference_with_best_and_marks_hits(demo_report):
     assert "<h3>SF-XS: ResNet-18 (ImageNet, FP32) vs EfficientNetV2-S (ImageNet, AMP)</h3>" in retrievals
     assert "only EfficientNetV2-S (ImageNet, AMP) is right at R@1" in retrievals
     assert "✓ 8 m" in retrievals and "✗ 140 m" in retrievals
+    # Every image name holds '|', ',', quotes, a newline, non-ASCII and '<script>' (JSON arrays in
+    # the per-query CSV, C13): each thumbnail is still found, each name shown as text.
+    assert "image missing" not in retrievals and retrievals.count('src="data:image/jpeg') == 8 * 11
+    assert "a|b,&#34;c&#34; &#39;d&#39;\ne\u00e9\u6771&lt;script&gt;" in retrievals
 
 
 def test_uncertainty_shows_interval_width_per_test_set(demo_report):
@@ -334,8 +531,8 @@ def test_without_published_results_the_section_says_so(tmp_path):
 
 def test_report_renders_when_no_run_has_results(tmp_path):
     write_recalls(tmp_path / "recalls.csv", [])
-    (tmp_path / "config.yaml").write_text("seeds: [0]\n")
-    tree = ResultsTree(tmp_path / "recalls.csv", tmp_path / "runs", tmp_path / "config.yaml", [REFERENCE])
+    write_config(tmp_path / "config.yaml", [DEMO_RUNS[0]])
+    tree = ResultsTree(tmp_path / "recalls.csv", tmp_path / "runs", tmp_path / "config.yaml", [])
     html = render(tree, tmp_path / "report.html")
     assert outline(html).sections == SECTIONS
     assert "No run has results yet." in html
@@ -350,9 +547,10 @@ def test_run_missing_a_test_set_is_listed_and_seeds_are_pooled(tmp_path):
     )
     tree = write_results_tree(tmp_path, runs, test_sets=("sf_xs", "tokyo_night"))
     (tree.runs_dir / "swin_tiny-imagenet-fp32-s0" / "recalls" / "tokyo_night.csv").unlink()
-    run_command(aggregate, ["--out", str(tree.recalls_csv), *(str(tree.runs_dir / r.name) for r in runs)])
+    tree.aggregate()
     html = render(tree, tmp_path / "report.html")
     assert "<code>swin_tiny-imagenet-fp32-s0</code>: no results on Tokyo-Night" in html
+    assert "Swin-Tiny (ImageNet, FP32) was trained once (one seed)" in " ".join(html.split())
     uncertainty = html.split('<section id="uncertainty">')[1].split("</section>")[0]
     reference_row = uncertainty.split("ResNet-18 (ImageNet, FP32)")[1].split("</tr>")[0]
     # seeds 0 and 1 find 4 and 5 of the 12 SF-XS queries: mean 37.5, range 33.3 to 41.7; the
@@ -396,19 +594,7 @@ def test_templates_are_found_from_the_checkout_outside_it(tmp_path, monkeypatch)
 
 def test_missing_config_is_a_clear_error(tmp_path):
     tree = write_results_tree(tmp_path, DEMO_RUNS[:1], test_sets=("sf_xs",))
-    args = [
-        "--recalls",
-        str(tree.recalls_csv),
-        "--runs-dir",
-        str(tree.runs_dir),
-        "--config",
-        str(tmp_path / "absent.yaml"),
-        "--reference",
-        REFERENCE,
-        "--expected",
-        REFERENCE,
-        "--out",
-        str(tmp_path / "r.html"),
-    ]
+    args = report_args(tree, tmp_path / "r.html")
+    args[args.index("--config") + 1] = str(tmp_path / "absent.yaml")
     with pytest.raises(GeolocError, match="absent.yaml: cannot read the config"):
         run_command(report, args)

@@ -1,6 +1,7 @@
-"""`geoloc aggregate`: every run's train.json and recall CSVs -> one tidy recalls table.
+"""`geoloc aggregate`: every run's train.json (and baseline's baseline.json) and recall CSVs ->
+one tidy recalls table.
 
-One row per run x test set. The report, and anyone with pandas, reads this one file instead
+One row per run (or baseline, column `kind`) x test set. The report, and anyone with pandas, reads this one file instead
 of walking the run folders. `read_recalls` is the one reader of that table.
 """
 
@@ -25,24 +26,37 @@ log = logging.getLogger(__name__)
 # Columns of results/recalls.csv, in order; text columns are kept verbatim, the rest are numbers.
 # fmt: off
 TEXT_COLUMNS = (
-    "run", "backbone", "pretraining", "precision", "tag", "loss", "test_set", "device",
-    "weights_sha256", "test_dir",
+    "run", "kind", "backbone", "pretraining", "precision", "tag", "loss", "test_set", "resize",
+    "device", "device_type", "eval_device", "weights_sha256", "model_sha256", "fingerprint_sha256",
+    "test_dir",
 )
 COLUMNS = (
-    "run", "backbone", "pretraining", "precision", "seed", "tag", "loss", "test_set",
+    "run", "kind", "backbone", "pretraining", "precision", "seed", "tag", "loss", "test_set",
     "r1", "r5", "r10", "r20", "n_queries", "n_database", "n_queries_without_positive",
-    "training_time_seconds", "train_seconds", "val_seconds", "images_per_second",
-    "peak_memory_mb", "params", "trainable_params", "gflops_per_image",
-    "latency_ms_per_image", "descriptor_seconds", "search_seconds",
-    "best_epoch", "best_val_r1", "device", "weights_sha256", "test_dir",
+    "k", "positive_dist_threshold", "resize", "autocast",
+    "training_time_seconds", "train_seconds", "val_seconds", "image_cache_build_seconds",
+    "compile_seconds", "images_per_second", "peak_memory_mb", "params", "trainable_params",
+    "gflops_per_image", "latency_ms_per_image", "descriptor_seconds", "search_seconds",
+    "best_epoch", "best_val_r1", "device", "device_type", "gpus", "world_size", "eval_device",
+    "weights_sha256", "model_sha256", "fingerprint_sha256", "test_dir",
 )
-# train.json keys copied as they are (null becomes an empty cell).
+# Keys every summary has: train.json of a trained run, baseline.json of an untrained baseline.
+SUMMARY_KEYS = ("params", "trainable_params", "device")
+# Keys only a training writes (a baseline leaves those cells empty); null becomes an empty cell.
 TRAIN_KEYS = (
-    "training_time_seconds", "train_seconds", "val_seconds", "images_per_second", "peak_memory_mb",
-    "params", "trainable_params", "best_epoch", "best_val_r1", "device",
+    "training_time_seconds", "train_seconds", "val_seconds", "image_cache_build_seconds",
+    "compile_seconds", "images_per_second", "peak_memory_mb", "best_epoch", "best_val_r1",
+    "device_type", "gpus", "world_size", "model_sha256", "fingerprint",
 )
 # fmt: on
-RUN_KEYS = ("name", "backbone", "pretraining", "precision", "seed", "tag")
+RUN_KEYS = ("name", "backbone", "pretraining", "precision", "seed", "tag", "kind")
+# The summary file of each kind of result folder (C1).
+SUMMARY_FILES = {"trained": "train.json", "baseline": "baseline.json"}
+# Checked but not copied: the fingerprint (its sha256 is), and the model's digest (the table's
+# `model_sha256` is the recall CSV's: the file that was evaluated; the report compares the two).
+NOT_COPIED = ("fingerprint", "model_sha256")
+# A recall CSV's `device` is where it was evaluated; the table's `device` is where it was trained.
+RENAMED_RECALL_COLUMNS = {"device": "eval_device"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,14 +66,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         nargs="+",
         metavar="RUN_DIR",
-        help="run folders holding train.json and recalls/*.csv",
+        help="run folders (train.json and recalls/*.csv) and baseline folders (baseline.json and recalls/*.csv)",
     )
 
 
 def run(args: argparse.Namespace) -> None:
     rows = aggregate_runs(args.run_dirs)
     write_recalls(args.out, rows)
-    log.info("wrote %d rows from %d runs to %s", len(rows), len(args.run_dirs), args.out)
+    log.info("wrote %d rows from %d folders to %s", len(rows), len(args.run_dirs), args.out)
 
 
 def aggregate_runs(run_dirs: list[Path]) -> list[dict[str, Any]]:
@@ -74,15 +88,26 @@ def aggregate_runs(run_dirs: list[Path]) -> list[dict[str, Any]]:
 
 
 def read_run(run_dir: Path) -> list[dict[str, Any]]:
-    """One row per test set of one run: its train.json joined with each recall CSV."""
-    train = read_train_json(run_dir / "train.json")
+    """One row per test set of one run or baseline: its summary joined with each recall CSV."""
+    summary = read_summary(run_dir)
     recall_files = sorted(
         path for path in (run_dir / "recalls").glob("*.csv") if not path.name.endswith(".queries.csv")
     )
-    return [_row(train, read_recall_csv(path)) for path in recall_files]
+    return [_row(summary, path, read_recall_csv(path)) for path in recall_files]
+
+
+def read_summary(run_dir: Path) -> dict[str, Any]:
+    """The train.json of a run folder, or the baseline.json of a baseline folder."""
+    for name in SUMMARY_FILES.values():
+        if (run_dir / name).is_file():
+            return read_train_json(run_dir / name)
+    raise GeolocError(
+        f"{run_dir / 'train.json'}: missing (and no baseline.json); is {run_dir} a finished run or baseline?"
+    )
 
 
 def read_train_json(path: Path) -> dict[str, Any]:
+    """A train.json or baseline.json, checked for every key the report reads."""
     if not path.is_file():
         raise GeolocError(f"{path}: missing; is {path.parent} a finished training run?")
     try:
@@ -93,10 +118,18 @@ def read_train_json(path: Path) -> dict[str, Any]:
         raise GeolocError(f"{path}: no 'run' object")
     for key in RUN_KEYS:
         if key not in train["run"]:
-            raise GeolocError(f"{path}: key run.{key} is missing")
-    for key in TRAIN_KEYS:
+            raise GeolocError(f"{path}: key run.{key} is missing (written by an older geoloc? rerun the workflow)")
+    kind = train["run"]["kind"]
+    if SUMMARY_FILES.get(kind) != path.name:
+        expected = ", ".join(f"{file} has {name!r}" for name, file in SUMMARY_FILES.items())
+        raise GeolocError(f"{path}: run.kind is {kind!r}; {expected}")
+    for key in SUMMARY_KEYS + (TRAIN_KEYS if kind == "trained" else ()):
         if key not in train:
-            raise GeolocError(f"{path}: key {key} is missing")
+            raise GeolocError(f"{path}: key {key} is missing (written by an older geoloc? rerun the workflow)")
+    if kind == "trained":
+        fingerprint = train["fingerprint"]
+        if not (isinstance(fingerprint, dict) and isinstance(fingerprint.get("settings"), dict)):
+            raise GeolocError(f"{path}: key fingerprint must hold sha256 and a settings object")
     return train
 
 
@@ -115,11 +148,17 @@ def read_recall_csv(path: Path) -> dict[str, str]:
     return rows[0]
 
 
-def _row(train: dict[str, Any], recall: dict[str, str]) -> dict[str, Any]:
+def _row(train: dict[str, Any], path: Path, recall: dict[str, str]) -> dict[str, Any]:
     run_info = train["run"]
+    if recall["kind"] != run_info["kind"]:
+        raise GeolocError(
+            f"{path}: kind is {recall['kind']!r} but its folder's summary says {run_info['kind']!r} "
+            "(recalls copied from another folder?)"
+        )
     weights = train.get("weights") or {}
     row = {
         "run": run_info["name"],
+        "kind": run_info["kind"],
         "backbone": run_info["backbone"],
         "pretraining": run_info["pretraining"],
         "precision": run_info["precision"],
@@ -129,9 +168,10 @@ def _row(train: dict[str, Any], recall: dict[str, str]) -> dict[str, Any]:
         # Optional: written only where the trainer measures it.
         "gflops_per_image": train.get("gflops_per_image"),
         "weights_sha256": weights.get("sha256", ""),
+        "fingerprint_sha256": (train.get("fingerprint") or {}).get("sha256", ""),
     }
-    row.update({key: train[key] for key in TRAIN_KEYS})
-    row.update({key: recall[key] for key in RECALL_COLUMNS})
+    row.update({key: train.get(key) for key in SUMMARY_KEYS + TRAIN_KEYS if key not in NOT_COPIED})
+    row.update({RENAMED_RECALL_COLUMNS.get(key, key): recall[key] for key in RECALL_COLUMNS if key != "kind"})
     return row
 
 

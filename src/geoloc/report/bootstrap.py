@@ -7,6 +7,8 @@ is in the top k. Queries (and seeds, when a run was repeated) are the units resa
 from __future__ import annotations
 
 import functools
+import math
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -46,6 +48,35 @@ def interval(samples: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
     tail = 100.0 * (1.0 - level) / 2.0
     low, high = np.percentile(samples, [tail, 100.0 - tail])
     return float(low), float(high)
+
+
+def p_value(samples: np.ndarray, observed: float) -> float:
+    """Two-sided p-value of "no difference" for an observed difference and its bootstrap samples.
+
+    From the bootstrap standard error (normal approximation) rather than by counting resamples on
+    the far side of zero: counts cannot go below 1/N_RESAMPLES, too coarse for a correction over
+    the dozens of comparisons of one report.
+    """
+    standard_error = float(np.std(samples))
+    if standard_error == 0.0:
+        return 1.0 if observed == 0.0 else 0.0
+    return math.erfc(abs(observed) / standard_error / math.sqrt(2.0))
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values, in the order given.
+
+    The i-th smallest of m p-values is multiplied by m - i + 1 (the smallest by m), and never
+    falls below an adjusted value before it; a hypothesis is rejected at level a when its
+    adjusted p-value is below a. Controls the chance of any false claim among the m at a.
+    """
+    order = sorted(range(len(p_values)), key=lambda i: p_values[i])
+    adjusted = [1.0] * len(p_values)
+    running = 0.0
+    for position, index in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - position) * p_values[index]))
+        adjusted[index] = running
+    return adjusted
 
 
 def recall_interval(ranks: np.ndarray, k: int, *, seed: int = 0) -> tuple[float, float]:

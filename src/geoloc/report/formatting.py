@@ -53,3 +53,10 @@ def millions(value: float) -> str:
 
 def number(value: float, decimals: int = 1) -> str:
     return f"{value:,.{decimals}f}" if is_number(value) else NOT_AVAILABLE
+
+
+def p_value(value: float) -> str:
+    """A p-value to three decimals, or '< 0.001'."""
+    if not is_number(value):
+        return NOT_AVAILABLE
+    return "< 0.001" if value < 0.001 else f"{value:.3f}"

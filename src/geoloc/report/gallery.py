@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from geoloc.errors import GeolocError
 from geoloc.report.study import Study, Variant, read_queries_csv
 
 log = logging.getLogger(__name__)
@@ -133,13 +135,14 @@ def thumbnail_uri(path: Path, size: int = THUMBNAIL_PX) -> str:
 def _rows(
     study: Study, runs_dir: Path, test_set: str, runs: list[str], threshold: float, thumbnails: ThumbnailCache
 ) -> list[Row]:
-    tables, test_dirs = [], []
+    tables, test_dirs, paths = [], [], []
     for run in runs:
         path = runs_dir / run / "recalls" / f"{test_set}.queries.csv"
         if not path.is_file():
             log.warning("%s: missing; no retrieval gallery for %s", path, test_set)
             return []
         tables.append(read_queries_csv(path))
+        paths.append(path)
         rows = study.table[(study.table["run"] == run) & (study.table["test_set"] == test_set)]
         test_dirs.append(Path(rows["test_dir"].iloc[0]))
     queries = tables[0].index.intersection(tables[-1].index)
@@ -150,7 +153,8 @@ def _rows(
     for index, category in pick_queries(correct):
         query = queries[index]
         retrieved = [
-            _retrieved(table.loc[query], test_dir, threshold, thumbnails) for table, test_dir in zip(tables, test_dirs)
+            _retrieved(table.loc[query], test_dir, threshold, thumbnails, path)
+            for table, test_dir, path in zip(tables, test_dirs, paths)
         ]
         row = Row(
             query_thumbnail=thumbnails(test_dirs[0] / query),
@@ -163,10 +167,28 @@ def _rows(
     return rows
 
 
-def _retrieved(row: pd.Series, test_dir: Path, threshold: float, thumbnails: ThumbnailCache) -> list[Retrieved]:
-    paths = row["predictions"].split("|")[:TOP] if row["predictions"] else []
-    distances = [float(d) for d in row["distances_m"].split("|")[:TOP]] if row["distances_m"] else []
+def _retrieved(
+    row: pd.Series, test_dir: Path, threshold: float, thumbnails: ThumbnailCache, csv_path: Path
+) -> list[Retrieved]:
+    paths = _json_array(row, "predictions", str, csv_path)[:TOP]
+    distances = _json_array(row, "distances_m", float, csv_path)[:TOP]
     return [
         Retrieved(thumbnails(test_dir / path), distance, distance <= threshold)
         for path, distance in zip(paths, distances)
     ]
+
+
+def _json_array(row: pd.Series, column: str, kind: type, csv_path: Path) -> list:
+    """A per-query cell (C13): a JSON array, so no character of a file name can break it."""
+    try:
+        values = json.loads(row[column])
+    except json.JSONDecodeError:
+        values = None
+    # A whole number of metres may be written without a decimal point; a bool is never a number.
+    wanted = (int, float) if kind is float else (kind,)
+    if not (isinstance(values, list) and all(isinstance(v, wanted) and not isinstance(v, bool) for v in values)):
+        raise GeolocError(
+            f"{csv_path}: query {row.name!r}: column {column} is not a JSON array of "
+            f"{'numbers' if kind is float else 'paths'}: {row[column][:80]!r}"
+        )
+    return [kind(v) for v in values]

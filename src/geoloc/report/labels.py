@@ -15,6 +15,9 @@ PRETRAININGS = {
 }
 PRECISIONS = {"fp32": "FP32", "amp": "AMP"}
 TEST_SETS = {"sf_xs": "SF-XS", "tokyo_xs": "Tokyo-XS", "tokyo_night": "Tokyo-Night"}
+# test set -> the test set whose queries include all of its own (same database): Tokyo-Night's
+# queries are the night third of Tokyo-XS's, in the real datasets and in the synthetic city.
+SUBSET_OF = {"tokyo_night": "tokyo_xs"}
 
 
 def backbone_label(name: str) -> str:

@@ -12,7 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 from matplotlib.figure import Figure  # noqa: E402
 
-from geoloc.report.conclusions import mean_recall, pareto_front  # noqa: E402
+from geoloc.report.conclusions import mean_recall, mixed_hardware, pareto_front, timing_groups  # noqa: E402
 from geoloc.report.formatting import duration_unit  # noqa: E402
 from geoloc.report.labels import test_set_label  # noqa: E402
 from geoloc.report.study import KS, Study, Variant  # noqa: E402
@@ -35,22 +35,31 @@ STYLE = {
 
 
 def variant_styles(study: Study) -> dict[Variant, dict[str, object]]:
-    """One colour and marker per variant, the same in every figure."""
+    """One colour and marker per trained variant, the same in every figure; a baseline takes the
+    colour of the first trained variant it belongs to, and a cross."""
     colors = plt.get_cmap("tab10" if len(study.variants) <= 10 else "tab20").colors
-    return {
+    styles: dict[Variant, dict[str, object]] = {
         v: {"color": colors[i % len(colors)], "marker": MARKERS[i % len(MARKERS)]} for i, v in enumerate(study.variants)
     }
+    for baseline in study.baselines:
+        owner = next((v for v in study.variants if study.baseline_of(v) == baseline), None)
+        styles[baseline] = {"color": styles[owner]["color"] if owner else "0.5", "marker": "x"}
+    return styles
 
 
 def recall_vs_time(study: Study) -> str | None:
-    """R@1 vs training time per test set (and averaged), Pareto front drawn as a step line."""
+    """R@1 vs training time per test set (and overall), Pareto front drawn as a step line when
+    every run trained on the same hardware; each baseline as a dotted line at its R@1."""
     times = {v: study.costs(v)["training_time_seconds"] for v in study.variants}
     if not any(map(math.isfinite, times.values())):
         return None
     unit, scale = duration_unit(list(times.values()))
     panels = [(test_set_label(t), [t]) for t in study.test_sets]
-    if len(study.test_sets) > 1:
-        panels.append(("Mean over test sets", study.test_sets))
+    if len(study.overall_test_sets) > 1:
+        panels.append((f"Overall ({', '.join(map(test_set_label, study.overall_test_sets))})", study.overall_test_sets))
+    groups = timing_groups(study)
+    # The front compares times: drawn only when every run trained on the same hardware.
+    comparable = next(iter(groups.values())) if len(groups) == 1 and not mixed_hardware(study) else []
     styles = variant_styles(study)
     with matplotlib.rc_context(STYLE):
         fig, axes = _panels(len(panels))
@@ -59,7 +68,13 @@ def recall_vs_time(study: Study) -> str | None:
             for v, (recall, time) in points.items():
                 if math.isfinite(recall) and math.isfinite(time):
                     ax.plot(time / scale, recall, linestyle="none", label=v.label, **styles[v])
-            front = pareto_front(points)
+            for baseline in study.baselines:
+                recall = mean_recall(study, baseline, test_sets)
+                if math.isfinite(recall):
+                    ax.axhline(
+                        recall, color=styles[baseline]["color"], linestyle=":", linewidth=1, label=baseline.label
+                    )
+            front = pareto_front({v: points[v] for v in comparable})
             if len(front) > 1:
                 xs = [points[v][1] / scale for v in front]
                 ys = [points[v][0] for v in front]
@@ -69,17 +84,18 @@ def recall_vs_time(study: Study) -> str | None:
 
 
 def recall_curves(study: Study) -> str | None:
-    """Recall@k against k, one panel per test set."""
+    """Recall@k against k, one panel per test set; baselines dashed."""
     if not study.test_sets:
         return None
     styles = variant_styles(study)
     with matplotlib.rc_context(STYLE):
         fig, axes = _panels(len(study.test_sets))
         for ax, test_set in zip(axes, study.test_sets):
-            for v in study.variants:
+            for v in study.table_order():
                 cell = study.cell(v, test_set)
                 if cell is not None:
-                    ax.plot(KS, [cell.recalls[k] for k in KS], label=v.label, **styles[v])
+                    line = "--" if v.is_baseline else "-"
+                    ax.plot(KS, [cell.recalls[k] for k in KS], label=v.label, linestyle=line, **styles[v])
             ax.set(title=test_set_label(test_set), xlabel="k (database images retrieved)", ylabel="recall@k (%)")
             ax.set_xticks(KS)
         return _svg(fig, "recall_curves")

@@ -1,8 +1,10 @@
 """`geoloc report`: the study's results as one self-contained HTML page.
 
-Everything on the page is computed from the recalls table and the run folders (see
-`geoloc.report.study`); the page itself is Jinja2 templates from `workflow/report/` with autoescape
-on, CSS inline, figures as inline SVG and thumbnails as data URIs: no request leaves the file.
+Everything on the page is computed from the recalls table and the run and baseline folders (see
+`geoloc.report.study`), once each of them is checked against the config (`config_check`: results
+another config made stop the report before anything is written). The page itself is Jinja2
+templates from `workflow/report/` with autoescape on, CSS inline, figures as inline SVG and
+thumbnails as data URIs: no request leaves the file.
 """
 
 from __future__ import annotations
@@ -17,11 +19,19 @@ from markupsafe import Markup
 from geoloc.atomic import atomic_write_text
 from geoloc.errors import GeolocError
 from geoloc.report import formatting, plots
-from geoloc.report.conclusions import derive_conclusions
+from geoloc.report.conclusions import (
+    HARDWARE_TOPIC,
+    NO_CONCLUSION,
+    Conclusion,
+    derive_conclusions,
+    overall_description,
+    paired_tests,
+)
+from geoloc.report.config_check import check_against_config, read_config
 from geoloc.report.gallery import build_galleries
 from geoloc.report.labels import test_set_label
 from geoloc.report.published import compare_with_published, read_published
-from geoloc.report.sections import cost_rows, provenance, recall_tables, uncertainty
+from geoloc.report.sections import cost_rows, provenance, recall_tables, trained_once, uncertainty
 from geoloc.report.study import KS, Study, load_study
 
 log = logging.getLogger(__name__)
@@ -35,35 +45,69 @@ SIZE_BUDGET_MB = 5.0  # a page this size still opens quickly from a cluster's sc
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recalls", type=Path, required=True, help="recalls CSV from geoloc aggregate")
     parser.add_argument("--runs-dir", type=Path, required=True, help="folder of the run folders")
-    parser.add_argument("--config", type=Path, required=True, help="the workflow config, shown as provenance")
-    parser.add_argument("--reference", required=True, metavar="RUN", help="run the others are compared with")
-    parser.add_argument("--expected", nargs="+", required=True, metavar="RUN", help="every run of the grid")
+    parser.add_argument(
+        "--baselines-dir", type=Path, help="folder of the baseline folders (default: baselines/ beside --runs-dir)"
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        required=True,
+        help="the workflow's <results>/config.yaml: every result is checked against it, and it is shown",
+    )
+    parser.add_argument(
+        "--reference", metavar="RUN", help="run the others are compared with (default: the config's reference)"
+    )
+    parser.add_argument(
+        "--expected", nargs="+", metavar="RUN", help="every run of the grid (default: the config's grid)"
+    )
     parser.add_argument(
         "--published", type=Path, help="published results CSV, e.g. resources/published-results.csv (default: none)"
     )
     parser.add_argument("--out", type=Path, required=True, help="the HTML file to write")
+    parser.add_argument(
+        "--conclusions-out", type=Path, metavar="FILE", help="also write the conclusions as plain text, one per line"
+    )
     parser.add_argument("--templates", type=Path, help=f"template folder (default: {TEMPLATES})")
     parser.add_argument(
         "--positive-dist-threshold",
         type=float,
-        default=25.0,
-        help="metres within which a retrieved image counts as correct in the gallery",
+        help="metres within which a retrieved image counts as correct in the gallery "
+        "(default: the config's evaluation.positive_dist_threshold)",
     )
 
 
 def run(args: argparse.Namespace) -> None:
-    study = load_study(args.recalls, args.runs_dir, args.reference, args.expected)
+    config_text, plan = read_config(args.config)
+    expected = (args.expected or list(plan.runs)) + list(plan.baselines)
+    baselines_dir = args.baselines_dir or args.runs_dir.parent / "baselines"
+    study = load_study(args.recalls, args.runs_dir, baselines_dir, args.reference or plan.config["reference"], expected)
+    check_against_config(study, plan)
+    tests = paired_tests(study)
+    conclusions = derive_conclusions(study, tests)
+    threshold = args.positive_dist_threshold
+    if threshold is None:
+        threshold = plan.config["evaluation"]["positive_dist_threshold"]
     html = render_report(
         study,
+        conclusions=conclusions,
+        comparisons=tests.size,
         runs_dir=args.runs_dir,
         config_path=args.config,
+        config_text=config_text,
         published_path=args.published,
         templates=args.templates or find_project_path(TEMPLATES),
-        positive_dist_threshold=args.positive_dist_threshold,
+        positive_dist_threshold=threshold,
     )
     atomic_write_text(args.out, html)
     megabytes = len(html.encode("utf-8")) / 1e6
     log.log(logging.WARNING if megabytes > SIZE_BUDGET_MB else logging.INFO, "wrote %s (%.2f MB)", args.out, megabytes)
+    if args.conclusions_out:
+        atomic_write_text(args.conclusions_out, "".join(line + "\n" for line in conclusion_lines(conclusions)))
+
+
+def conclusion_lines(conclusions: list[Conclusion]) -> list[str]:
+    """The conclusions as plain text, one per line (`--conclusions-out`)."""
+    return [c.line for c in conclusions] or [NO_CONCLUSION]
 
 
 def find_project_path(relative: str) -> Path:
@@ -77,18 +121,17 @@ def find_project_path(relative: str) -> Path:
 def render_report(
     study: Study,
     *,
+    conclusions: list[Conclusion],
+    comparisons: int,
     runs_dir: Path,
     config_path: Path,
+    config_text: str,
     published_path: Path | None,
     templates: Path,
-    positive_dist_threshold: float = 25.0,
+    positive_dist_threshold: float,
 ) -> str:
     if not (templates / MAIN_TEMPLATE).is_file():
         raise GeolocError(f"{templates}: no {MAIN_TEMPLATE} in this template folder")
-    try:
-        config_text = config_path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise GeolocError(f"{config_path}: cannot read the config: {exc}") from exc
     published = read_published(published_path) if published_path else None
     figures = {
         "recall_vs_time": plots.recall_vs_time(study),
@@ -99,13 +142,18 @@ def render_report(
         "study": study,
         "ks": KS,
         "styles": Markup((templates / STYLESHEET).read_text(encoding="utf-8")),
-        "conclusions": derive_conclusions(study),
+        "conclusions": conclusions,
+        "no_conclusion": NO_CONCLUSION,
+        "comparisons": comparisons,
+        "overall": overall_description(study),
+        "hardware_note": " ".join(c.text for c in conclusions if c.topic == HARDWARE_TOPIC),
         "recall_tables": recall_tables(study),
         "costs": cost_rows(study),
         "figures": {name: Markup(svg) for name, svg in figures.items() if svg},
         "galleries": build_galleries(study, runs_dir, positive_dist_threshold),
         "threshold": positive_dist_threshold,
         "uncertainty": uncertainty(study),
+        "trained_once": trained_once(study),
         "published": compare_with_published(study, published) if published is not None else None,
         "provenance": provenance(study, config_path, config_text),
     }
@@ -122,6 +170,7 @@ def _environment(templates: Path) -> jinja2.Environment:
     )
     env.filters.update(
         percent=formatting.percent,
+        p_value=formatting.p_value,
         signed=formatting.signed,
         duration=formatting.duration,
         millions=formatting.millions,

@@ -14,19 +14,30 @@ from typing import Any
 import numpy as np
 
 from geoloc.report.bootstrap import interval
+from geoloc.report.labels import backbone_label, pretraining_label
 from geoloc.report.study import KS, Study
 
 # train.json keys listed per run under Provenance.
-RUN_FACTS = ("device", "started_at", "finished_at", "best_epoch", "resumed_from_iteration")
+# fmt: off
+RUN_FACTS = (
+    "device", "gpus", "world_size", "training_time_seconds", "image_cache_build_seconds",
+    "compile_seconds", "started_at", "finished_at", "best_epoch", "resumed_from_iteration",
+)
+# fmt: on
 
 
 def recall_tables(study: Study) -> list[dict[str, Any]]:
-    """Per test set: each variant's recall@k, its delta to the reference, the best per k."""
+    """Per test set: each variant's recall@k (baselines beside their trained variants), its delta
+    to the reference, the best trained variant per k."""
     tables = []
     for test_set in study.test_sets:
-        cells = {v: c for v in study.variants if (c := study.cell(v, test_set))}
+        cells = {v: c for v in study.table_order() if (c := study.cell(v, test_set))}
         best = {
-            k: max((c.recalls[k] for c in cells.values() if math.isfinite(c.recalls[k])), default=math.nan) for k in KS
+            k: max(
+                (c.recalls[k] for v, c in cells.items() if not v.is_baseline and math.isfinite(c.recalls[k])),
+                default=math.nan,
+            )
+            for k in KS
         }
         reference = cells.get(study.reference)
         rows = [
@@ -39,7 +50,7 @@ def recall_tables(study: Study) -> list[dict[str, Any]]:
                         "k": k,
                         "value": cell.recalls[k],
                         "delta": cell.recalls[k] - reference.recalls[k] if reference else math.nan,
-                        "best": cell.recalls[k] == best[k],
+                        "best": not v.is_baseline and cell.recalls[k] == best[k],
                     }
                     for k in KS
                 ],
@@ -67,10 +78,21 @@ def cost_rows(study: Study) -> list[dict[str, Any]]:
                     if costs["training_time_seconds"] > 0
                     else math.nan
                 ),
-                "devices": study.devices(v),
+                "hardware": [h.label for h in study.hardware(v)],
             }
         )
     return rows
+
+
+def trained_once(study: Study) -> str | None:
+    """Who was trained with one seed only, as the subject of the uncertainty section's warning
+    (their intervals cover the queries, not training noise); None when none was."""
+    once = [v.label for v in study.variants if len(study.runs[v]) == 1]
+    if not once:
+        return None
+    if len(once) == len(study.variants):
+        return "Every configuration was"
+    return f"{', '.join(once)} {'was' if len(once) == 1 else 'were'}"
 
 
 def uncertainty(study: Study) -> list[dict[str, Any]]:
@@ -78,7 +100,7 @@ def uncertainty(study: Study) -> list[dict[str, Any]]:
     sections = []
     for test_set in study.test_sets:
         rows, widths = [], []
-        for v in study.variants:
+        for v in study.table_order():
             cell = study.cell(v, test_set)
             if cell is None:
                 continue
@@ -124,17 +146,32 @@ def provenance(study: Study, config_path: Path, config_text: str) -> dict[str, A
         "git_commit": git_commit(),
         "generated_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "versions": {package: sorted(values) for package, values in sorted(versions.items())},
-        "devices": sorted(set(study.table["device"]) - {""}),
+        "hardware": sorted({h.label for v in study.variants for h in study.hardware(v)}),
         "first_started": started[0] if started else None,
         "last_finished": finished[-1] if finished else None,
         "runs": [
-            {"run": run, **{key: logs.get(run, {}).get(key) for key in RUN_FACTS}}
-            for runs in study.runs.values()
-            for run in runs
+            {"run": run, "variant": variant, **{key: logs.get(run, {}).get(key) for key in RUN_FACTS}}
+            for variant in study.table_order()
+            for run in study.runs[variant]
         ],
+        "weights": weights_files(study),
         "missing_runs": study.missing_runs,
         "missing_test_sets": study.missing_test_sets,
     }
+
+
+def weights_files(study: Study) -> list[dict[str, Any]]:
+    """Each pretrained weights file the runs started from, with the sha256 they recorded."""
+    files: dict[tuple, dict[str, Any]] = {}
+    for variant in study.table_order():
+        for run in study.runs[variant]:
+            weights = study.train_logs.get(run, {}).get("weights") or {}
+            if weights:
+                key = (variant.backbone, variant.pretraining, weights.get("path"), weights.get("sha256"))
+                source = f"{backbone_label(variant.backbone)}, {pretraining_label(variant.pretraining)}"
+                entry = files.setdefault(key, {"path": None, "format": None, **weights, "source": source, "runs": []})
+                entry["runs"].append(run)
+    return list(files.values())
 
 
 def git_commit() -> str:

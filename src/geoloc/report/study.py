@@ -2,6 +2,9 @@
 
 Built from the recalls table (`geoloc aggregate`) and each run's per-query ranks
 (`recalls/{test_set}.queries.csv`); everything the report says is computed from a `Study`.
+Untrained baselines (one per backbone x pretraining) are variants of kind "baseline": they sit
+beside the trained variants in tables and plots, and only ever as what training is measured
+against.
 """
 
 from __future__ import annotations
@@ -18,19 +21,22 @@ import pandas as pd
 
 from geoloc.errors import GeolocError
 from geoloc.evaluate.result_files import QUERY_COLUMNS
-from geoloc.report.aggregate import read_recalls, read_train_json
+from geoloc.grid import backbone_slug
+from geoloc.report.aggregate import read_recalls, read_summary
 from geoloc.report.bootstrap import recall_samples
-from geoloc.report.labels import TEST_SETS, backbone_label, precision_label, pretraining_label
+from geoloc.report.labels import SUBSET_OF, TEST_SETS, backbone_label, precision_label, pretraining_label
 
 log = logging.getLogger(__name__)
 
 KS = (1, 5, 10, 20)
 # fmt: off
 COST_COLUMNS = (
-    "training_time_seconds", "train_seconds", "val_seconds", "images_per_second",
-    "peak_memory_mb", "params", "trainable_params", "gflops_per_image", "latency_ms_per_image",
+    "training_time_seconds", "train_seconds", "val_seconds", "image_cache_build_seconds",
+    "images_per_second", "peak_memory_mb", "params", "trainable_params", "gflops_per_image",
+    "latency_ms_per_image",
 )
 # fmt: on
+TRAINED, BASELINE = "trained", "baseline"
 
 
 @dataclass(frozen=True)
@@ -41,18 +47,45 @@ class Variant:
     pretraining: str
     precision: str
     tag: str = ""
+    kind: str = TRAINED  # or BASELINE: the network before training, as training starts it
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.kind == BASELINE
 
     @property
     def name(self) -> str:
+        if self.is_baseline:
+            return f"{self.backbone}-{self.pretraining}-{BASELINE}"
         parts = [self.backbone, self.pretraining, self.precision] + ([self.tag] if self.tag else [])
         return "-".join(parts)
 
     @property
     def label(self) -> str:
+        if self.is_baseline:
+            return f"{backbone_label(self.backbone)} ({pretraining_label(self.pretraining)}, untrained)"
         details = [pretraining_label(self.pretraining), precision_label(self.precision)]
         if self.tag:
             details.append(self.tag)
         return f"{backbone_label(self.backbone)} ({', '.join(details)})"
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """What a training ran on; training times are comparable only between equal ones."""
+
+    device: str  # the device model as train.json records it
+    gpus: int | None  # None when not recorded
+    world_size: int | None  # training processes
+
+    @property
+    def label(self) -> str:
+        device = self.device or "unknown device"
+        if self.gpus is None:
+            return f"{device} (GPU count not recorded)"
+        if self.gpus >= 1:
+            return f"{self.gpus} \u00d7 {device}"
+        return f"{device}, {self.world_size} processes" if (self.world_size or 1) > 1 else device
 
 
 @dataclass
@@ -75,7 +108,8 @@ class Cell:
 @dataclass
 class Study:
     table: pd.DataFrame
-    variants: list[Variant]
+    variants: list[Variant]  # the trained ones, in grid order
+    baselines: list[Variant]  # one per backbone x pretraining that has results
     test_sets: list[str]
     cells: dict[tuple[Variant, str], Cell]
     runs: dict[Variant, list[str]]
@@ -85,6 +119,32 @@ class Study:
     missing_test_sets: dict[str, list[str]]  # run -> test sets it has no results for
     train_logs: dict[str, dict[str, Any]]
     _samples: dict[tuple[Variant, str, int], np.ndarray | None] = field(default_factory=dict)
+    # The rules ask for each variant's costs and hardware many times; one pandas filter is ~10 ms.
+    _costs: dict[Variant, dict[str, float]] = field(default_factory=dict)
+    _hardware: dict[Variant, list[Hardware]] = field(default_factory=dict)
+
+    @property
+    def overall_test_sets(self) -> list[str]:
+        """The test sets an overall score averages: each query counted once (Tokyo-Night's
+        queries are Tokyo-XS's night third, so Tokyo-Night is left out when Tokyo-XS is in)."""
+        return [t for t in self.test_sets if SUBSET_OF.get(t) not in self.test_sets]
+
+    def baseline_of(self, variant: Variant) -> Variant | None:
+        """The untrained network of `variant`'s backbone and pretraining, if it has results."""
+        return next(
+            (b for b in self.baselines if (b.backbone, b.pretraining) == (variant.backbone, variant.pretraining)),
+            None,
+        )
+
+    def table_order(self) -> list[Variant]:
+        """Trained variants in grid order, each baseline just before the first one it belongs to."""
+        order: list[Variant] = []
+        for variant in self.variants:
+            baseline = self.baseline_of(variant)
+            if baseline is not None and baseline not in order:
+                order.append(baseline)
+            order.append(variant)
+        return order + [b for b in self.baselines if b not in order]
 
     def cell(self, variant: Variant, test_set: str) -> Cell | None:
         return self.cells.get((variant, test_set))
@@ -95,15 +155,22 @@ class Study:
 
     def costs(self, variant: Variant) -> dict[str, float]:
         """Cost columns averaged over the variant's runs (latency also over test sets)."""
-        rows = self.table[self.table["run"].isin(self.runs[variant])]
-        per_run = rows.drop_duplicates("run")
-        costs = {column: _mean(per_run[column]) for column in COST_COLUMNS}
-        costs["latency_ms_per_image"] = _mean(rows["latency_ms_per_image"])
-        return costs
+        if variant not in self._costs:
+            rows = self.table[self.table["run"].isin(self.runs[variant])]
+            per_run = rows.drop_duplicates("run")
+            costs = {column: _mean(per_run[column]) for column in COST_COLUMNS}
+            costs["latency_ms_per_image"] = _mean(rows["latency_ms_per_image"])
+            self._costs[variant] = costs
+        return self._costs[variant]
 
-    def devices(self, variant: Variant) -> list[str]:
-        rows = self.table[self.table["run"].isin(self.runs[variant])]
-        return sorted(set(rows["device"]) - {""})
+    def hardware(self, variant: Variant) -> list[Hardware]:
+        """What the variant's runs trained on (more than one when its seeds ran on different
+        hardware)."""
+        if variant not in self._hardware:
+            rows = self.table[self.table["run"].isin(self.runs[variant])].drop_duplicates("run")
+            found = {Hardware(r.device, _count(r.gpus), _count(r.world_size)) for r in rows.itertuples()}
+            self._hardware[variant] = sorted(found, key=lambda h: h.label)
+        return self._hardware[variant]
 
     def recall_samples(self, variant: Variant, test_set: str, k: int = 1) -> np.ndarray | None:
         """Bootstrap samples of recall@k, or None when per-query ranks are not available."""
@@ -115,21 +182,44 @@ class Study:
         return self._samples[key]
 
 
-def load_study(recalls_csv: Path, runs_dir: Path, reference_run: str, expected: list[str]) -> Study:
-    """Read the recalls table, and each run's train.json and per-query ranks under `runs_dir`."""
+def load_study(
+    recalls_csv: Path, runs_dir: Path, baselines_dir: Path, reference_run: str, expected: list[str]
+) -> Study:
+    """Read the recalls table, and each run's (baseline's) summary and per-query ranks from its
+    folder under `runs_dir` (`baselines_dir`)."""
     table = read_recalls(recalls_csv)
+    folders = result_folders(table, runs_dir, baselines_dir)
     ranks = {}
     for run, test_set in table[["run", "test_set"]].itertuples(index=False):
-        path = runs_dir / run / "recalls" / f"{test_set}.queries.csv"
+        path = folders[run] / "recalls" / f"{test_set}.queries.csv"
         ranks[(run, test_set)] = read_query_ranks(path) if path.is_file() else None
         if ranks[(run, test_set)] is None:
             log.warning("%s: missing; no confidence intervals for %s on %s", path, run, test_set)
-    train_logs = {}
-    for run in dict.fromkeys(table["run"]):
-        path = runs_dir / run / "train.json"
-        if path.is_file():
-            train_logs[run] = read_train_json(path)
+    train_logs = {run: read_summary(folder) for run, folder in folders.items()}
     return build_study(table, ranks, train_logs, reference_run, expected)
+
+
+def baseline_folder(backbone: str, pretraining: str) -> str:
+    """The folder name of a backbone x pretraining's baseline under `<results>/baselines` (C1)."""
+    return f"{backbone_slug(backbone)}-{pretraining}"
+
+
+def baseline_name(backbone: str, pretraining: str) -> str:
+    """A baseline's run name (C1)."""
+    return f"{baseline_folder(backbone, pretraining)}-{BASELINE}"
+
+
+def result_folders(table: pd.DataFrame, runs_dir: Path, baselines_dir: Path) -> dict[str, Path]:
+    """The folder of each run and baseline of the table, as the workflow lays them out."""
+    rows = table.drop_duplicates("run")
+    return {
+        row.run: (
+            baselines_dir / baseline_folder(row.backbone, row.pretraining)
+            if row.kind == BASELINE
+            else runs_dir / row.run
+        )
+        for row in rows.itertuples()
+    }
 
 
 def read_queries_csv(path: Path, columns: tuple[str, ...] = QUERY_COLUMNS) -> pd.DataFrame:
@@ -180,7 +270,8 @@ def build_study(
     missing_test_sets = {run: [t for t in test_sets if (run, t) not in evaluated] for run in ordered_runs}
     return Study(
         table=table,
-        variants=list(runs),
+        variants=[v for v in runs if not v.is_baseline],
+        baselines=[v for v in runs if v.is_baseline],
         test_sets=test_sets,
         cells=cells,
         runs=runs,
@@ -193,6 +284,8 @@ def build_study(
 
 
 def _variant(row: pd.Series) -> Variant:
+    if row["kind"] == BASELINE:
+        return Variant(row["backbone"], row["pretraining"], row["precision"], kind=BASELINE)
     return Variant(row["backbone"], row["pretraining"], row["precision"], row["tag"])
 
 
@@ -221,6 +314,10 @@ def _cell(rows: pd.DataFrame, ranks: Mapping[tuple[str, str], pd.Series | None])
         n_database=int(rows["n_database"].iloc[0]),
         ranks=matrix,
     )
+
+
+def _count(value: float) -> int | None:
+    return int(value) if math.isfinite(value) else None
 
 
 def _mean(values: pd.Series) -> float:
