@@ -6,9 +6,9 @@ workflow's wiring is tested before those commands exist. Each call appends one J
 {"args": [...], "env": {the SLURM_* variables}}, to $FAKE_GEOLOC_CALLS.
 
 $FAKE_GEOLOC_CITY: a dataset folder `synth` copies to its output.
-$FAKE_GEOLOC_TRAIN_EXIT: JSON {run name: exit code}; that run's training exits with it on its
-first attempt (SLURM_RESTART_COUNT unset or 0), as a training stopped at its time limit (3) or
-given bad input (2) would, and trains normally once requeued.
+$FAKE_GEOLOC_TRAIN_EXIT: JSON {run name: exit code}; that run's training exits with it when it
+finds no checkpoint, leaving one, as a training stopped at its time limit (3) or given bad input
+(2) would; run again, it resumes and finishes.
 $FAKE_GEOLOC_SIGNALS: a folder; `train` writes `ready` there, waits up to 60 s for SIGUSR1 as the
 real trainer handles it, writes `checkpointed` and exits 3.
 """
@@ -50,9 +50,11 @@ def wait_for_usr1(folder: Path) -> None:
 if command == "train":
     if os.environ.get("FAKE_GEOLOC_SIGNALS"):
         wait_for_usr1(Path(os.environ["FAKE_GEOLOC_SIGNALS"]))
-    first_attempt = os.environ.get("SLURM_RESTART_COUNT", "0") == "0"
+    checkpoint = Path(value("--checkpoint-dir"), "fake-checkpoint")
     exit_code = json.loads(os.environ.get("FAKE_GEOLOC_TRAIN_EXIT", "{}")).get(value("--run-name"))
-    if exit_code is not None and first_attempt:
+    if exit_code is not None and not checkpoint.exists():
+        checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        checkpoint.write_text(json.dumps(slurm))
         print(f"geoloc train: error: exit {exit_code} as asked", file=sys.stderr)
         sys.exit(exit_code)
     if os.environ.get("SLURM_PROCID", "0") == "0":  # rank 0 alone writes the outputs (C8)

@@ -25,8 +25,9 @@ def registry_lookup(entries):
 
 def config(*blocks, reference, datasets_root="/nowhere", synthetic=True, test_sets=("sf_xs",)):
     training = {**TRAINING, "N": 5, "L": 2, "groups_num": 1, "trainable_blocks": None, "image_size": 512,
-                "fc_output_dim": 512}
+                "fc_output_dim": 512, "stop_margin_minutes": 10}
     return {"grid": list(blocks), "training": training, "reference": reference,
+            "resources": {"train": {"runtime": 480}, "max_runtime": 1440},
             "datasets_root": str(datasets_root), "synthetic": {"enabled": synthetic}, "test_sets": list(test_sets)}
 
 
@@ -262,3 +263,13 @@ def test_the_keys_a_schema_marks_changing_the_model_in_schema_order():
         "$defs": {"lr": {"type": "number", "changes": "model"}, "epochs": {"changes": "model"}}}
     assert grid.keys_that_change(schema, "training", "model") == ["lr", "epochs"]
     assert grid.keys_that_change(schema, "training", "nothing") == ["num_workers"]
+
+
+def test_a_stop_margin_as_long_as_the_jobs_time_limit_is_refused():
+    runs = grid.expand_grid([block(), block(tag="m", training={"stop_margin_minutes": 30})],
+                            {"stop_margin_minutes": 10})
+    grid.check_stop_margin([runs["resnet18-none-fp32-s0"]], 11)
+    with pytest.raises(grid.ConfigError) as error:
+        grid.check_stop_margin(runs.values(), 30)
+    assert str(error.value) == ("config key grid[1].training.stop_margin_minutes: 30 minutes leave no time to train "
+                                "in a job of 30 minutes (resources.train.runtime, at most resources.max_runtime)")

@@ -409,6 +409,7 @@ def test_gpu_type_gres_sites_and_runs_on_several_gpus_ask_slurm_accordingly(tmp_
     # what the grid alone rules out
     ({"grid": [{**BLOCK, "tag": "g", "training": {"groups_num": 9, "N": 2}}]},
      "config key grid[0].training.groups_num: 9 is more than the N*N*L = 8 groups"),
+    ({"resources": {"train": {"runtime": 10}}}, "config key training.stop_margin_minutes: 10 minutes leave no time"),
 ])
 def test_bad_config_fails_before_any_job_with_the_key_named(tmp_path, change, message):
     config = small_config(dataset_layout(tmp_path / "datasets"), tmp_path / "results",

@@ -154,6 +154,17 @@ def check_run_settings(
                 raise ConfigError(f"config key {run.key('image_size')}: {problem} (run {run.name})")
 
 
+def check_stop_margin(runs: Iterable[Run], time_limit_minutes: int) -> None:
+    """Training stops `stop_margin_minutes` before its job's time limit: the margin must leave time."""
+    for run in runs:
+        margin = run.training["stop_margin_minutes"]
+        if margin >= time_limit_minutes:
+            raise ConfigError(
+                f"config key {run.key('stop_margin_minutes')}: {margin} minutes leave no time to train in a "
+                f"job of {time_limit_minutes} minutes (resources.train.runtime, at most resources.max_runtime)"
+            )
+
+
 def number_problems(value: Any, schema: Mapping[str, Any], root: Mapping[str, Any], path: str = "") -> Iterator[str]:
     """What JSON Schema lets through and the commands refuse, as `config key ...` lines.
 
@@ -295,6 +306,8 @@ def plan_study(
     runs = expand_grid(config["grid"], config["training"])
     check_backbones(runs.values(), known_backbones, is_timm_model)
     check_run_settings(runs.values(), blocks_of, input_size_problem)
+    resources = config["resources"]
+    check_stop_margin(runs.values(), min(resources["train"]["runtime"], resources["max_runtime"]))
     weights = weights_files(runs.values(), lookup_weights)
     check_reference(config["reference"], runs)
     if not config["synthetic"]["enabled"]:
