@@ -342,20 +342,17 @@ class FailAndRecover:
 
 
 @pytest.fixture(scope="module")
-def fail_and_recover(tmp_path_factory, tiny_city) -> FailAndRecover:
+def fail_and_recover(real_geoloc, tmp_path_factory, tiny_city) -> FailAndRecover:
     workdir = make_workdir(tmp_path_factory.mktemp("slurm"), tiny_city, TRAINING, ["none", "imagenet"])
     weights = workdir / WEIGHTS_FILE
     weights.parent.mkdir()
     # Present, so not downloaded (compute nodes and tests are offline), but unreadable.
     weights.write_bytes(b"not a weights file")
-    try:
-        broken = snakemake(workdir, "--keep-going")
-        broken_logs = reported_logs(broken, "train", workdir) if "Error in rule train:" in broken.log else {}
-        write_resnet18_weights(weights)
-        rerun = snakemake(workdir, f"results/runs/{PRETRAINED_RUN}/model.pt")
-        rest = snakemake(workdir)
-    finally:
-        cancel_leftover_jobs(workdir)
+    broken = snakemake(workdir, "--keep-going")
+    broken_logs = reported_logs(broken, "train", workdir) if "Error in rule train:" in broken.log else {}
+    write_resnet18_weights(weights)
+    rerun = snakemake(workdir, f"results/runs/{PRETRAINED_RUN}/model.pt")
+    rest = snakemake(workdir)
     return FailAndRecover(workdir, broken, broken_logs, rerun, rest)
 
 
@@ -363,34 +360,38 @@ def _jobs_in_state(jobs: list[SlurmJob], state: str) -> list[tuple[str, str]]:
     return sorted((job.rule, job.wildcards) for job in jobs if job.state == state)
 
 
-def test_train_and_evaluate_run_as_slurm_jobs_while_aggregate_and_report_run_locally(fail_and_recover):
+SCRATCH_BASELINE, PRETRAINED_BASELINE = "resnet18-none", "resnet18-imagenet"
+
+
+def test_gpu_and_cache_jobs_run_on_slurm_while_datasets_aggregate_and_report_run_locally(fail_and_recover):
     assert fail_and_recover.rest.returncode == 0, fail_and_recover.rest.log
     jobs = slurm_jobs(workdir=fail_and_recover.workdir)
     runs = [PRETRAINED_RUN, SCRATCH_RUN]
     assert _jobs_in_state(jobs, "COMPLETED") == sorted(
-        [("train", run) for run in runs] + [("evaluate", f"{run}_{test}") for run in runs for test in TEST_SETS])
-    assert {job.rule for job in jobs} == {"train", "evaluate"}
-    for rule in ("aggregate", "report"):
-        assert f"localrule {rule}:" in fail_and_recover.rest.log
+        [("train", run) for run in runs] + [("evaluate", run) for run in runs]
+        + [("baseline", SCRATCH_BASELINE), ("baseline", PRETRAINED_BASELINE), ("cache_images", "32")])
+    for rule in ("datasets", "aggregate", "report"):
+        assert f"localrule {rule}:" in fail_and_recover.broken.log + fail_and_recover.rest.log
     results = fail_and_recover.workdir / "results"
     recalls = (results / "recalls.csv").read_text()
     assert all(recalls.count(run) == len(TEST_SETS) for run in runs), recalls
     assert (results / "report.html").stat().st_size > 0
 
 
-def test_every_train_and_evaluate_job_asked_slurm_for_one_gpu(fail_and_recover):
+def test_every_gpu_job_asked_slurm_for_one_gpu_and_the_cache_for_none(fail_and_recover):
     jobs = slurm_jobs(workdir=fail_and_recover.workdir)
-    assert len(jobs) == 2 * (1 + len(TEST_SETS)) + 1  # both runs, and the failed training
+    assert {job.rule for job in jobs} == {"train", "evaluate", "baseline", "cache_images"}
     for job in jobs:
-        assert "gres/gpu=1" in job.requested.split(","), job
+        assert ("gres/gpu=1" in job.requested.split(",")) == (job.rule != "cache_images"), job
 
 
 def test_failed_job_is_reported_with_its_logs_and_the_other_run_still_finishes(fail_and_recover):
     broken = fail_and_recover.broken
     assert broken.returncode != 0
     jobs = slurm_jobs(run_id=broken.slurm_run_id)
-    [failed] = [job for job in jobs if job.state == "FAILED"]
-    assert (failed.rule, failed.wildcards) == ("train", PRETRAINED_RUN)
+    # the broken weights fail the training and the baseline that load them, each once
+    assert _jobs_in_state(jobs, "FAILED") == [("baseline", PRETRAINED_BASELINE), ("train", PRETRAINED_RUN)]
+    [failed] = [job for job in jobs if job.state == "FAILED" and job.rule == "train"]
     assert f"SLURM-job '{failed.job_id}' failed" in broken.log[broken.log.index("Error in rule train:"):]
     [(rule_log, rule_text), (slurm_log, slurm_text)] = fail_and_recover.broken_logs.items()
     assert rule_log == fail_and_recover.workdir / "results" / "logs" / "train" / f"{PRETRAINED_RUN}.log"
@@ -398,8 +399,8 @@ def test_failed_job_is_reported_with_its_logs_and_the_other_run_still_finishes(f
     assert slurm_log.name == f"{failed.job_id}.log"
     assert "Error in rule train" in slurm_text
     # --keep-going: the other run was still trained and evaluated.
-    assert _jobs_in_state(jobs, "COMPLETED") == [("evaluate", f"{SCRATCH_RUN}_{test}") for test in TEST_SETS] + \
-        [("train", SCRATCH_RUN)]
+    assert _jobs_in_state(jobs, "COMPLETED") == [("baseline", SCRATCH_BASELINE), ("cache_images", "32"),
+                                                 ("evaluate", SCRATCH_RUN), ("train", SCRATCH_RUN)]
     for test in TEST_SETS:
         assert (fail_and_recover.workdir / "results" / "runs" / SCRATCH_RUN / "recalls" / f"{test}.csv").is_file()
 
@@ -428,10 +429,11 @@ def checkpoint_iterations(folder: Path) -> list[int]:
     return [int(m.group(1)) for p in folder.glob("ckpt-*.pt") if (m := re.fullmatch(r"ckpt-(\d+)\.pt", p.name))]
 
 
-def test_training_signalled_before_its_time_limit_resumes_from_its_checkpoint_next_time(tmp_path, tiny_city):
-    # `scancel --signal=USR1` is what SLURM does before a time limit with the profile's
-    # --signal=USR1@300, without waiting minutes for one. (A plain `scancel` would leave
-    # Snakemake waiting: the plugin does not recognise sacct's state "CANCELLED by <uid>".)
+def test_training_signalled_before_its_time_limit_requeues_its_job_and_resumes(real_geoloc, tmp_path, tiny_city):
+    # `scancel --signal=USR1` is what SLURM does before a time limit with the workflow's
+    # --signal=USR1@<margin>, without waiting minutes for one. Training writes a checkpoint and
+    # exits 3; the job requeues itself and, started again (SLURM waits about two minutes before
+    # a requeued job may start), resumes, all within one Snakemake invocation.
     workdir = make_workdir(tmp_path, tiny_city, SIGNALLED_TRAINING, ["none"])
     target = f"results/runs/{SCRATCH_RUN}/model.pt"
     checkpoints = workdir / "results" / "checkpoints" / SCRATCH_RUN
@@ -440,27 +442,22 @@ def test_training_signalled_before_its_time_limit_resumes_from_its_checkpoint_ne
         first = subprocess.Popen(snakemake_command(workdir, target), cwd=workdir, env=job_environment(),
                                  stdout=log, stderr=subprocess.STDOUT)
         try:
-            [train] = wait_for(lambda: slurm_jobs(workdir=workdir), "training job", 120, 0.5)
+            [train] = wait_for(lambda: [j for j in slurm_jobs(workdir=workdir) if j.rule == "train"],
+                               "training job", 300, 0.5)
             # Signal the moment the first checkpoint is written: the job is then mid-run.
             checkpointed = max(wait_for(lambda: checkpoint_iterations(checkpoints), "checkpoint", 300, 0.05))
             subprocess.run(["scancel", "--signal=USR1", train.job_id], check=True, timeout=30)
+            wait_for(lambda: any(job.restarts for job in slurm_jobs(workdir=workdir)), "requeued training", 120, 0.5)
+            interrupted_at = max(checkpoint_iterations(checkpoints))  # before the job starts again
             first.wait(timeout=SNAKEMAKE_TIMEOUT_S)
         finally:
             if first.poll() is None:
                 first.kill()
                 first.wait()
             cancel_leftover_jobs(workdir)
-    assert first.returncode != 0, first_log.read_text()
-    [signalled] = slurm_jobs(workdir=workdir)
-    assert signalled.state == "FAILED"
-    assert not (workdir / target).exists()
-    interrupted_at = max(checkpoint_iterations(checkpoints))
+    assert first.returncode == 0, first_log.read_text()
+    [requeued] = [job for job in slurm_jobs(workdir=workdir) if job.rule == "train"]
+    assert (requeued.job_id, requeued.state, requeued.restarts) == (train.job_id, "COMPLETED", 1)
     assert checkpointed <= interrupted_at < TOTAL_SIGNALLED_ITERATIONS
-
-    try:
-        second = snakemake(workdir, target)
-    finally:
-        cancel_leftover_jobs(workdir)
-    assert second.returncode == 0, second.log
     summary = json.loads((workdir / "results" / "runs" / SCRATCH_RUN / "train.json").read_text())
     assert summary["resumed_from_iteration"] == interrupted_at
