@@ -8,6 +8,7 @@
 # the schema marks `changes: model`, or `recalls` for evaluations), and a `runtime` param,
 # derived on purpose, carrying paths and runtime knobs (device, loader workers, checkpoint
 # interval, cache locations, batch size, threads): a new value of those reruns nothing.
+import os
 import re
 import shlex
 import signal
@@ -36,6 +37,9 @@ WORKFLOW_DIR = Path(workflow.current_basedir).parent
 REPO = WORKFLOW_DIR.parent
 SCRIPTS = WORKFLOW_DIR / "scripts"
 SCHEMA_FILE = WORKFLOW_DIR / "schemas" / "config.schema.yaml"
+# workflow/envs/geoloc.post-deploy.sh installs the package from here: Snakemake runs a copy of
+# that script from the conda prefix, which says nothing about where the workflow is.
+os.environ["GEOLOC_SOURCE"] = str(REPO)
 SCHEMA = yaml.safe_load(SCHEMA_FILE.read_text(encoding="utf-8"))
 # The training settings that change a run's model, from the schema (the one place that says so).
 MODEL_TRAINING_KEYS = grid.keys_that_change(SCHEMA, "training", "model")
