@@ -292,9 +292,11 @@ def test_a_training_stopped_at_its_time_limit_requeues_itself_and_bad_input_fail
     workdir, env, calls = fake_workdir(tmp_path, config)
     bad_run = f"{SCRATCH_RUN}-bad"
     env["FAKE_GEOLOC_TRAIN_EXIT"] = json.dumps({SCRATCH_RUN: 3, bad_run: 2})
-    done = snakemake(workdir, "--verbose", env=env)
+    # --slurm-requeue (the profile's slurm-requeue: true, for preemptible partitions): every job
+    done = snakemake(workdir, "--verbose", "--slurm-requeue", env=env)
     assert done.returncode != 0, done.log[-5000:]
     submitted = sbatch_calls(done.log)
+    assert " --requeue" in submitted["cache_images_wildcards_32"]
     # one submission per training: the requeued job is the same job
     assert sorted(c for c in submitted if c.startswith("train")) == [
         f"train_wildcards_{SCRATCH_RUN}", f"train_wildcards_{bad_run}"]

@@ -162,6 +162,21 @@ def test_snakemake_lint_is_clean_on_the_demo_config(tmp_path):
     assert "Congratulations, your workflow is in a good condition!" in result.stdout + result.stderr
 
 
+def test_a_run_on_several_gpus_starts_one_process_per_gpu_with_srun_in_slurm_and_nproc_elsewhere(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text('#!/bin/sh\necho srun "$@"\n')
+    (bin_dir / "srun").chmod(0o755)
+    ranks = ["bash", str(REPO / "workflow" / "scripts" / "ranks.sh"), "2", "3", "4", "echo", "geoloc", "train"]
+    env = {k: v for k, v in os.environ.items() if k != "SLURM_JOB_ID"}
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
+    local = subprocess.run(ranks, env=env, capture_output=True, text=True, check=True)
+    assert local.stdout.split() == ["geoloc", "train", "--nproc", "6"]
+    in_job = subprocess.run(ranks, env={**env, "SLURM_JOB_ID": "7"}, capture_output=True, text=True, check=True)
+    assert in_job.stdout.split() == ["srun", "--nodes=3", "--ntasks=6", "--ntasks-per-node=2", "--cpus-per-task=4",
+                                     "--kill-on-bad-exit=1", "echo", "geoloc", "train"]
+
+
 def test_workflow_scripts_are_valid_shell():
     for script in (REPO / "workflow" / "scripts").glob("*.sh"):
         result = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
@@ -218,6 +233,14 @@ def test_schema_model_keys_are_exactly_the_training_settings_the_trainer_fingerp
     if "max_bad_steps" in fields:
         pytest.xfail("contract C5: max_bad_steps is a runtime knob; the train stream moves it out of TrainSettings")
     assert model_keys == fields
+
+
+def test_config_readme_tells_what_each_key_reruns_as_the_schema_says():
+    schema = load_schema()
+    readme = (REPO / "config" / "README.md").read_text()
+    rows = dict(re.findall(r"^\| `([\w.]+)` \| [^|]* \| (model|recalls|nothing) \|", readme, flags=re.MULTILINE))
+    told = {key: changes for key, changes in leaf_annotations(schema, schema).items() if "[]" not in key}
+    assert rows == told
 
 
 def test_recalls_keys_are_exactly_what_evaluate_takes_beside_the_model():
