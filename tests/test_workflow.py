@@ -707,6 +707,8 @@ def test_other_weights_retrain_the_pretrained_run_and_its_baseline(finished_work
     (("training", "image_cache"), False),
     (("training", "max_bad_images"), 5),
     (("training", "stop_margin_minutes"), 20),
+    (("training", "gpus_per_run"), 2),
+    (("training", "compile"), True),
     (("image_cache", "dir"), "elsewhere"),
     (("resources", "train", "runtime"), 60),
 ])

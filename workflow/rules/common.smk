@@ -39,7 +39,7 @@ SCRIPTS = WORKFLOW_DIR / "scripts"
 SCHEMA_FILE = WORKFLOW_DIR / "schemas" / "config.schema.yaml"
 # workflow/envs/geoloc.post-deploy.sh installs the package from here: Snakemake runs a copy of
 # that script from the conda prefix, which says nothing about where the workflow is.
-os.environ["GEOLOC_SOURCE"] = str(REPO)
+os.environ.update(GEOLOC_SOURCE=str(REPO))
 SCHEMA = yaml.safe_load(SCHEMA_FILE.read_text(encoding="utf-8"))
 # The training settings that change a run's model, from the schema (the one place that says so).
 MODEL_TRAINING_KEYS = grid.keys_that_change(SCHEMA, "training", "model")
