@@ -217,7 +217,7 @@ def cache_images_command(wildcards, output, threads) -> str:
 def image_cache_marker(wildcards):
     """What a training waits for: the image cache of its size (see rule cache_images)."""
     size = RUNS[wildcards.run].training["image_size"]
-    return ancient(f"<results>/cache/images-{size}px.ready")
+    return ancient(f"<results>/markers/image-cache-{size}px")
 
 
 # ---------------------------------------------------------------- train
@@ -229,7 +229,7 @@ def train_weights(wildcards) -> str | list:
     return [] if weights_id is None else f"<weights>/{weights_id}.pth"
 
 
-def flag(key: str) -> str:
+def option_of(key: str) -> str:
     return f"--{key.replace('_', '-')}"
 
 
@@ -245,7 +245,7 @@ def train_settings(wildcards) -> str:
             "--weights-format": weights.format if weights else None,
             "--precision": run.precision,
             "--seed": run.seed,
-            **{flag(key): run.training[key] for key in MODEL_TRAINING_KEYS},
+            **{option_of(key): run.training[key] for key in MODEL_TRAINING_KEYS},
             "--positive-dist-threshold": config["evaluation"][
                 "positive_dist_threshold"
             ],

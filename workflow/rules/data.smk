@@ -65,7 +65,7 @@ rule cache_images:
     input:
         synthetic_datasets,
     output:
-        "<results>/cache/images-{size}px.ready",
+        "<results>/markers/image-cache-{size}px",
     log:
         "<logs>/cache_images/{size}px.log",
     benchmark:
