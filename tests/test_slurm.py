@@ -161,7 +161,7 @@ def cancel_leftover_jobs(workdir: Path) -> None:
         subprocess.run(["scancel", *leftover], check=True, timeout=30)
 
 
-def make_workdir(root: Path, city: Path, training: dict, pretrainings: list[str]) -> Path:
+def make_workdir(root: Path, city: Path, training: dict, pretrainings: list[str], **extra) -> Path:
     """A workflow directory with its own copy of the city and a config of resnet18 runs."""
     workdir = root / "work"
     workdir.mkdir()
@@ -176,6 +176,7 @@ def make_workdir(root: Path, city: Path, training: dict, pretrainings: list[str]
         "grid": [{"backbones": ["resnet18"], "pretrainings": pretrainings, "precisions": ["fp32"], "seeds": [0]}],
         "reference": SCRATCH_RUN,
         "report": {"published": None},
+        **extra,
     }
     (workdir / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
     return workdir
@@ -463,3 +464,28 @@ def test_training_signalled_before_its_time_limit_requeues_its_job_and_resumes(r
     assert checkpointed <= interrupted_at < TOTAL_SIGNALLED_ITERATIONS
     summary = json.loads((workdir / "results" / "runs" / SCRATCH_RUN / "train.json").read_text())
     assert summary["resumed_from_iteration"] == interrupted_at
+
+
+def test_training_stops_before_a_short_time_limit_by_itself_and_requeues(real_geoloc, tmp_path, tiny_city):
+    """A 2-minute job and a 1-minute margin: training checkpoints and stops before the limit kills
+    it (its own clock and SLURM's USR1 both come at the margin; the clock alone is the train
+    stream's test), and its job is requeued. A training far longer than the job is stopped by the
+    test once the requeue is seen."""
+    endless = {**SIGNALLED_TRAINING, "iterations_per_epoch": 100000, "stop_margin_minutes": 1}
+    workdir = make_workdir(tmp_path, tiny_city, endless, ["none"], resources={"train": {"runtime": 2}})
+    target = f"results/runs/{SCRATCH_RUN}/model.pt"
+    with (tmp_path / "snakemake.log").open("w") as log:
+        running = subprocess.Popen(snakemake_command(workdir, target), cwd=workdir, env=job_environment(),
+                                   stdout=log, stderr=subprocess.STDOUT)
+        try:
+            [train] = wait_for(lambda: [job for job in slurm_jobs(workdir=workdir)
+                                        if job.rule == "train" and job.restarts], "requeued training", 400, 1)
+        finally:
+            running.kill()
+            running.wait()
+            cancel_leftover_jobs(workdir)
+    first = subprocess.run(["sacct", "-X", "-D", "-n", "-P", "-j", train.job_id, "-o", "State,ElapsedRaw"],
+                           capture_output=True, text=True, check=True).stdout.splitlines()[0]
+    state, elapsed = first.split("|")
+    assert state == "REQUEUED" and int(elapsed) < 120  # not TIMEOUT: it stopped before the limit
+    assert checkpoint_iterations(workdir / "results" / "checkpoints" / SCRATCH_RUN)
