@@ -1,10 +1,12 @@
-"""The workflow on a real SLURM cluster through the shipped profile `profiles/slurm`.
+"""The workflow on a real SLURM cluster, through the shipped profile `profiles/slurm` or none.
 
 Needs the single-node cluster of `tests/slurm/start.sh` (these tests skip, with the reason,
-without one). The workflow runs on a copy of the tiny synthetic city with two small runs, one
-from random initialisation and one from (broken, then repaired) pretrained weights. Only
-test-only settings are added on the command line: fast status polling, and no retries (a failure
-shows at once, and a cancelled training is resumed by the next invocation, not by a retry).
+without one). The first tests run the workflow with the fake `geoloc` of tests/fake_geoloc.py and
+assert what reached sbatch (resources, GPU type, --gres, tasks of a run on two GPUs, job arrays)
+and how a training that stopped at its time limit (exit 3) requeues its own job while bad input
+(exit 2) fails once. The others run the real package on a copy of the tiny synthetic city with
+two small runs, one from random initialisation and one from (broken, then repaired) pretrained
+weights. Only test-only settings are added on the command line: fast status polling.
 """
 
 from __future__ import annotations
@@ -42,10 +44,8 @@ TRAINING = {
 # signal's delivery on a fast machine and stay short when resumed on a slow one.
 SIGNALLED_TRAINING = {**TRAINING, "iterations_per_epoch": 40, "checkpoint_every": 2}
 TOTAL_SIGNALLED_ITERATIONS = SIGNALLED_TRAINING["epochs"] * SIGNALLED_TRAINING["iterations_per_epoch"]
-TEST_ONLY_ARGS = [
-    "--slurm-init-seconds-before-status-checks", "1",
-    "--retries", "0",
-]
+TEST_ONLY_ARGS = ["--slurm-init-seconds-before-status-checks", "1"]
+FAKE_GEOLOC = Path(__file__).resolve().parent / "fake_geoloc.py"
 SNAKEMAKE_TIMEOUT_S = 400
 
 
@@ -104,33 +104,40 @@ class SlurmJob:
     wildcards: str
     state: str
     requested: str  # sacct ReqTRES, e.g. "billing=1,cpu=1,gres/gpu=1,mem=1G,node=1"
+    restarts: int = 0  # times SLURM requeued it (sacct lists each run; this is the last)
 
 
-def snakemake_command(workdir: Path, *args: str) -> list[str]:
-    """The workflow in `workdir`, with its config.yaml, through profiles/slurm."""
+def snakemake_command(workdir: Path, *args: str, profile: bool = True) -> list[str]:
+    """The workflow in `workdir`, with its config.yaml, through profiles/slurm (or no profile)."""
+    site = ["--profile", str(PROFILE)] if profile else ["--executor", "slurm", "--jobs", "10"]
     return [
         sys.executable, "-m", "snakemake", "--snakefile", str(SNAKEFILE), "--directory", str(workdir),
-        "--profile", str(PROFILE), "--configfile", str(workdir / "config.yaml"), *TEST_ONLY_ARGS, *args,
+        *site, "--configfile", str(workdir / "config.yaml"), *TEST_ONLY_ARGS, *args,
     ]
 
 
-def job_environment() -> dict[str, str]:
+def job_environment(**variables: str) -> dict[str, str]:
     # Jobs inherit this environment (sbatch --export=ALL): they find `geoloc` in the virtualenv.
-    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", **variables}
 
 
-def snakemake(workdir: Path, *args: str) -> Invocation:
-    done = subprocess.run(snakemake_command(workdir, *args), cwd=workdir, env=job_environment(),
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          timeout=SNAKEMAKE_TIMEOUT_S)
+def snakemake(workdir: Path, *args: str, env: dict | None = None, profile: bool = True) -> Invocation:
+    try:
+        done = subprocess.run(snakemake_command(workdir, *args, profile=profile), cwd=workdir,
+                              env=env or job_environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, timeout=SNAKEMAKE_TIMEOUT_S)
+    finally:
+        cancel_leftover_jobs(workdir)
     return Invocation(done.returncode, done.stdout)
 
 
 def slurm_jobs(*, workdir: Path | None = None, run_id: str | None = None) -> list[SlurmJob]:
     """Jobs SLURM accounting knows, of one workflow directory or one Snakemake invocation."""
-    command = ["sacct", "-X", "-n", "-P", "-S", "now-6hours", "-o", "JobIDRaw,JobName,WorkDir,Comment,State,ReqTRES"]
+    # -D: every run of a requeued job, oldest first
+    command = ["sacct", "-X", "-D", "-n", "-P", "-S", "now-6hours", "-o",
+               "JobIDRaw,JobName,WorkDir,Comment,State,ReqTRES"]
     output = subprocess.run(command, capture_output=True, text=True, check=True, timeout=30).stdout
-    jobs = []
+    jobs: dict[str, SlurmJob] = {}
     for line in output.splitlines():
         job_id, name, job_workdir, comment, state, requested = line.split("|")
         if workdir is not None and Path(job_workdir) != workdir.resolve():
@@ -139,8 +146,9 @@ def slurm_jobs(*, workdir: Path | None = None, run_id: str | None = None) -> lis
             continue
         # The plugin writes rule and wildcards into the comment: rule_<rule>[_wildcards_<values>].
         rule, _, wildcards = comment.removeprefix("rule_").partition("_wildcards_")
-        jobs.append(SlurmJob(job_id, rule, wildcards, state.split()[0], requested))
-    return jobs
+        restarts = jobs[job_id].restarts + 1 if job_id in jobs else 0
+        jobs[job_id] = SlurmJob(job_id, rule, wildcards, state.split()[0], requested, restarts)
+    return list(jobs.values())
 
 
 def cancel_leftover_jobs(workdir: Path) -> None:
@@ -153,7 +161,7 @@ def cancel_leftover_jobs(workdir: Path) -> None:
         subprocess.run(["scancel", *leftover], check=True, timeout=30)
 
 
-def make_workdir(root: Path, city: Path, training: dict, pretrainings: list[str]) -> Path:
+def make_workdir(root: Path, city: Path, training: dict, pretrainings: list[str], **extra) -> Path:
     """A workflow directory with its own copy of the city and a config of resnet18 runs."""
     workdir = root / "work"
     workdir.mkdir()
@@ -168,6 +176,7 @@ def make_workdir(root: Path, city: Path, training: dict, pretrainings: list[str]
         "grid": [{"backbones": ["resnet18"], "pretrainings": pretrainings, "precisions": ["fp32"], "seeds": [0]}],
         "reference": SCRATCH_RUN,
         "report": {"published": None},
+        **extra,
     }
     (workdir / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
     return workdir
@@ -190,6 +199,142 @@ def reported_logs(invocation: Invocation, rule: str, workdir: Path) -> dict[Path
     return {path: path.read_text() for path in paths}
 
 
+# ---------------------------------------------------------------- what reaches sbatch (fake geoloc)
+
+SBATCH = re.compile(r"(?:sbatch call|Submitting array job with sbatch call): (sbatch .*)$", re.MULTILINE)
+
+
+def sbatch_calls(log: str) -> dict[str, str]:
+    """The sbatch command line of every submission, by the job comment the plugin gives it."""
+    calls = {}
+    for call in SBATCH.findall(log):
+        comment = re.search(r"--comment (\S+)", call).group(1)
+        calls[comment.removeprefix("rule_")] = call
+    return calls
+
+
+def fake_config(city: Path, grid: list[dict], **resources) -> dict:
+    """Small jobs on the tiny city; `resources` adds to config `resources`."""
+    return {
+        "datasets_root": str(city), "test_sets": TEST_SETS, "device": "cpu",
+        "training": {"image_size": 32, "stop_margin_minutes": 2},
+        "grid": grid, "reference": SCRATCH_RUN, "report": {"published": None},
+        # one CPU per training process: this machine's cores cap Snakemake's threads inside a job
+        "resources": {"train": {"threads": 1, "mem_mb": 1000, "runtime": 5},
+                      "evaluate": {"threads": 1, "mem_mb": 500, "runtime": 5},
+                      "cache_images": {"threads": 1, "mem_mb": 500, "runtime": 5}, **resources},
+    }
+
+
+def fake_workdir(root: Path, config: dict) -> tuple[Path, dict, Path]:
+    """A workflow directory whose jobs run tests/fake_geoloc.py as `geoloc`, and its calls file."""
+    workdir = root / "work"
+    workdir.mkdir()
+    bin_dir = root / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "geoloc").write_text(f'#!/bin/sh\nexec {sys.executable} {FAKE_GEOLOC} "$@"\n')
+    (bin_dir / "geoloc").chmod(0o755)
+    calls = root / "calls.jsonl"
+    env = job_environment(FAKE_GEOLOC_CALLS=str(calls))
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    return workdir, env, calls
+
+
+def fake_calls(calls: Path, command: str) -> list[dict]:
+    return [call for call in map(json.loads, calls.read_text().splitlines()) if call["args"][0] == command]
+
+
+def run_of(call: dict) -> str:
+    return call["args"][call["args"].index("--run-name") + 1]
+
+
+BLOCK = {"backbones": ["resnet18"], "pretrainings": ["none"], "precisions": ["fp32"], "seeds": [0]}
+DDP_RUN = f"{SCRATCH_RUN}-ddp"
+
+
+def test_without_a_profile_jobs_ask_for_their_gpus_type_tasks_and_arrays(tmp_path, tiny_city):
+    small = {**BLOCK, "backbones": ["mobilenet_v3_small"]}  # a second baseline, for the array
+    config = fake_config(tiny_city, [BLOCK, {**BLOCK, "tag": "ddp", "training": {"gpus_per_run": 2}}, small],
+                         gpu_model="tgpu")
+    config["resources"]["train"]["slurm_extra"] = "--nice=1"
+    workdir, env, calls = fake_workdir(tmp_path, config)
+    done = snakemake(workdir, "--verbose", "--slurm-array-jobs", "baseline", env=env, profile=False)
+    assert done.returncode == 0, done.log[-5000:]
+    submitted = sbatch_calls(done.log)
+    single, ddp = submitted[f"train_wildcards_{SCRATCH_RUN}"], submitted[f"train_wildcards_{DDP_RUN}"]
+    for option in ("-t 5", "--mem 1000", "--cpus-per-task=1", "--gpus=tgpu:1",
+                   "--signal=USR1@120 --requeue --nice=1"):
+        assert option in single, single
+    assert "--ntasks-per-gpu" not in single and "--nodes" not in single
+    # one job for the run on two GPUs: a task per GPU, each with its CPUs, memory for both
+    for option in ("--nodes=1", "--ntasks-per-gpu=1", "--ntasks=2", "--cpus-per-task=1", "--gpus=tgpu:2",
+                   "--mem 2000"):
+        assert option in ddp, ddp
+    ranks = sorted((run_of(c), c["env"].get("SLURM_PROCID"), c["env"].get("SLURM_NTASKS"))
+                   for c in fake_calls(calls, "train"))
+    assert ranks == [("mobilenet_v3_small-none-fp32-s0", "0", "1"), (SCRATCH_RUN, "0", "1"), (DDP_RUN, "0", "2"),
+                     (DDP_RUN, "1", "2")]
+    assert {c["args"][c["args"].index("--threads") + 1] for c in fake_calls(calls, "train")} == {"1"}
+    # both baselines in one array job (ready together, the same resources); the cache is a CPU job
+    [array] = [call for comment, call in submitted.items() if comment.startswith("baseline")]
+    assert "--array=1-2" in array and "--gpus=tgpu:1" in array
+    cache = submitted["cache_images_wildcards_32"]
+    assert "--gpus" not in cache and "--cpus-per-task=1" in cache
+    jobs = slurm_jobs(workdir=workdir)
+    assert sorted(job.rule for job in jobs) == ["baseline", "baseline", "cache_images", *["evaluate"] * 3,
+                                                *["train"] * 3]
+    assert {job.state for job in jobs} == {"COMPLETED"}
+
+
+def test_a_training_stopped_at_its_time_limit_requeues_itself_and_bad_input_fails_once(tmp_path, tiny_city):
+    config = fake_config(tiny_city, [BLOCK, {**BLOCK, "tag": "bad", "training": {"lr": 0.1}}],
+                         gpu_request="gres", gpu_model="tgpu")
+    workdir, env, calls = fake_workdir(tmp_path, config)
+    bad_run = f"{SCRATCH_RUN}-bad"
+    env["FAKE_GEOLOC_TRAIN_EXIT"] = json.dumps({SCRATCH_RUN: 3, bad_run: 2})
+    # --slurm-requeue (the profile's slurm-requeue: true, for preemptible partitions): every job
+    done = snakemake(workdir, "--verbose", "--slurm-requeue", env=env)
+    assert done.returncode != 0, done.log[-5000:]
+    submitted = sbatch_calls(done.log)
+    assert " --requeue" in submitted["cache_images_wildcards_32"]
+    # one submission per training: the requeued job is the same job
+    assert sorted(c for c in submitted if c.startswith("train")) == [
+        f"train_wildcards_{SCRATCH_RUN}", f"train_wildcards_{bad_run}"]
+    for call in (submitted[f"train_wildcards_{SCRATCH_RUN}"], submitted[f"train_wildcards_{bad_run}"]):
+        assert "--gres=gpu:tgpu:1" in call and "--gpus" not in call
+    trains = {job.wildcards: job for job in slurm_jobs(workdir=workdir) if job.rule == "train"}
+    assert (trains[SCRATCH_RUN].state, trains[SCRATCH_RUN].restarts) == ("COMPLETED", 1)
+    assert (trains[bad_run].state, trains[bad_run].restarts) == ("FAILED", 0)
+    attempts = sorted((run_of(c), c["env"]["SLURM_JOB_ID"]) for c in fake_calls(calls, "train"))
+    assert attempts == sorted([(SCRATCH_RUN, trains[SCRATCH_RUN].job_id)] * 2 + [(bad_run, trains[bad_run].job_id)])
+    assert (workdir / "results" / "runs" / SCRATCH_RUN / "recalls" / "sf_xs.csv").is_file()
+    log = (workdir / "results" / "logs" / "train" / f"{SCRATCH_RUN}.log").read_text()
+    assert log == ""  # the attempt that finished wrote this log; the first one said why it requeued
+
+
+# ---------------------------------------------------------------- the real package
+
+
+def contract_commands_missing() -> str | None:
+    """Why the real `geoloc` cannot run the workflow yet: the commands of contracts C2, C6, C7."""
+    checks = {("cache-images", "--cache-dir"): "C7 cache-images", ("evaluate", "--out-dir"): "C2 evaluate",
+              ("train", "--threads"): "C6 --threads"}
+    for (command, option), contract in checks.items():
+        helped = subprocess.run(["geoloc", command, "--help"], capture_output=True, text=True,
+                                env=job_environment(), timeout=120)
+        if option not in helped.stdout:
+            return f"geoloc has no {contract} yet (`geoloc {command} --help` lacks {option})"
+    return None
+
+
+@pytest.fixture(scope="module")
+def real_geoloc():
+    missing = contract_commands_missing()
+    if missing:
+        pytest.skip(missing)
+
+
 @dataclass
 class FailAndRecover:
     workdir: Path
@@ -200,20 +345,17 @@ class FailAndRecover:
 
 
 @pytest.fixture(scope="module")
-def fail_and_recover(tmp_path_factory, tiny_city) -> FailAndRecover:
+def fail_and_recover(real_geoloc, tmp_path_factory, tiny_city) -> FailAndRecover:
     workdir = make_workdir(tmp_path_factory.mktemp("slurm"), tiny_city, TRAINING, ["none", "imagenet"])
     weights = workdir / WEIGHTS_FILE
     weights.parent.mkdir()
     # Present, so not downloaded (compute nodes and tests are offline), but unreadable.
     weights.write_bytes(b"not a weights file")
-    try:
-        broken = snakemake(workdir, "--keep-going")
-        broken_logs = reported_logs(broken, "train", workdir) if "Error in rule train:" in broken.log else {}
-        write_resnet18_weights(weights)
-        rerun = snakemake(workdir, f"results/runs/{PRETRAINED_RUN}/model.pt")
-        rest = snakemake(workdir)
-    finally:
-        cancel_leftover_jobs(workdir)
+    broken = snakemake(workdir, "--keep-going")
+    broken_logs = reported_logs(broken, "train", workdir) if "Error in rule train:" in broken.log else {}
+    write_resnet18_weights(weights)
+    rerun = snakemake(workdir, f"results/runs/{PRETRAINED_RUN}/model.pt")
+    rest = snakemake(workdir)
     return FailAndRecover(workdir, broken, broken_logs, rerun, rest)
 
 
@@ -221,34 +363,38 @@ def _jobs_in_state(jobs: list[SlurmJob], state: str) -> list[tuple[str, str]]:
     return sorted((job.rule, job.wildcards) for job in jobs if job.state == state)
 
 
-def test_train_and_evaluate_run_as_slurm_jobs_while_aggregate_and_report_run_locally(fail_and_recover):
+SCRATCH_BASELINE, PRETRAINED_BASELINE = "resnet18-none", "resnet18-imagenet"
+
+
+def test_gpu_and_cache_jobs_run_on_slurm_while_datasets_aggregate_and_report_run_locally(fail_and_recover):
     assert fail_and_recover.rest.returncode == 0, fail_and_recover.rest.log
     jobs = slurm_jobs(workdir=fail_and_recover.workdir)
     runs = [PRETRAINED_RUN, SCRATCH_RUN]
     assert _jobs_in_state(jobs, "COMPLETED") == sorted(
-        [("train", run) for run in runs] + [("evaluate", f"{run}_{test}") for run in runs for test in TEST_SETS])
-    assert {job.rule for job in jobs} == {"train", "evaluate"}
-    for rule in ("aggregate", "report"):
-        assert f"localrule {rule}:" in fail_and_recover.rest.log
+        [("train", run) for run in runs] + [("evaluate", run) for run in runs]
+        + [("baseline", SCRATCH_BASELINE), ("baseline", PRETRAINED_BASELINE), ("cache_images", "32")])
+    for rule in ("datasets", "aggregate", "report"):
+        assert f"localrule {rule}:" in fail_and_recover.broken.log + fail_and_recover.rest.log
     results = fail_and_recover.workdir / "results"
     recalls = (results / "recalls.csv").read_text()
     assert all(recalls.count(run) == len(TEST_SETS) for run in runs), recalls
     assert (results / "report.html").stat().st_size > 0
 
 
-def test_every_train_and_evaluate_job_asked_slurm_for_one_gpu(fail_and_recover):
+def test_every_gpu_job_asked_slurm_for_one_gpu_and_the_cache_for_none(fail_and_recover):
     jobs = slurm_jobs(workdir=fail_and_recover.workdir)
-    assert len(jobs) == 2 * (1 + len(TEST_SETS)) + 1  # both runs, and the failed training
+    assert {job.rule for job in jobs} == {"train", "evaluate", "baseline", "cache_images"}
     for job in jobs:
-        assert "gres/gpu=1" in job.requested.split(","), job
+        assert ("gres/gpu=1" in job.requested.split(",")) == (job.rule != "cache_images"), job
 
 
 def test_failed_job_is_reported_with_its_logs_and_the_other_run_still_finishes(fail_and_recover):
     broken = fail_and_recover.broken
     assert broken.returncode != 0
     jobs = slurm_jobs(run_id=broken.slurm_run_id)
-    [failed] = [job for job in jobs if job.state == "FAILED"]
-    assert (failed.rule, failed.wildcards) == ("train", PRETRAINED_RUN)
+    # the broken weights fail the training and the baseline that load them, each once
+    assert _jobs_in_state(jobs, "FAILED") == [("baseline", PRETRAINED_BASELINE), ("train", PRETRAINED_RUN)]
+    [failed] = [job for job in jobs if job.state == "FAILED" and job.rule == "train"]
     assert f"SLURM-job '{failed.job_id}' failed" in broken.log[broken.log.index("Error in rule train:"):]
     [(rule_log, rule_text), (slurm_log, slurm_text)] = fail_and_recover.broken_logs.items()
     assert rule_log == fail_and_recover.workdir / "results" / "logs" / "train" / f"{PRETRAINED_RUN}.log"
@@ -256,8 +402,8 @@ def test_failed_job_is_reported_with_its_logs_and_the_other_run_still_finishes(f
     assert slurm_log.name == f"{failed.job_id}.log"
     assert "Error in rule train" in slurm_text
     # --keep-going: the other run was still trained and evaluated.
-    assert _jobs_in_state(jobs, "COMPLETED") == [("evaluate", f"{SCRATCH_RUN}_{test}") for test in TEST_SETS] + \
-        [("train", SCRATCH_RUN)]
+    assert _jobs_in_state(jobs, "COMPLETED") == [("baseline", SCRATCH_BASELINE), ("cache_images", "32"),
+                                                 ("evaluate", SCRATCH_RUN), ("train", SCRATCH_RUN)]
     for test in TEST_SETS:
         assert (fail_and_recover.workdir / "results" / "runs" / SCRATCH_RUN / "recalls" / f"{test}.csv").is_file()
 
@@ -286,10 +432,11 @@ def checkpoint_iterations(folder: Path) -> list[int]:
     return [int(m.group(1)) for p in folder.glob("ckpt-*.pt") if (m := re.fullmatch(r"ckpt-(\d+)\.pt", p.name))]
 
 
-def test_training_signalled_before_its_time_limit_resumes_from_its_checkpoint_next_time(tmp_path, tiny_city):
-    # `scancel --signal=USR1` is what SLURM does before a time limit with the profile's
-    # --signal=USR1@300, without waiting minutes for one. (A plain `scancel` would leave
-    # Snakemake waiting: the plugin does not recognise sacct's state "CANCELLED by <uid>".)
+def test_training_signalled_before_its_time_limit_requeues_its_job_and_resumes(real_geoloc, tmp_path, tiny_city):
+    # `scancel --signal=USR1` is what SLURM does before a time limit with the workflow's
+    # --signal=USR1@<margin>, without waiting minutes for one. Training writes a checkpoint and
+    # exits 3; the job requeues itself and, started again (SLURM waits about two minutes before
+    # a requeued job may start), resumes, all within one Snakemake invocation.
     workdir = make_workdir(tmp_path, tiny_city, SIGNALLED_TRAINING, ["none"])
     target = f"results/runs/{SCRATCH_RUN}/model.pt"
     checkpoints = workdir / "results" / "checkpoints" / SCRATCH_RUN
@@ -298,27 +445,47 @@ def test_training_signalled_before_its_time_limit_resumes_from_its_checkpoint_ne
         first = subprocess.Popen(snakemake_command(workdir, target), cwd=workdir, env=job_environment(),
                                  stdout=log, stderr=subprocess.STDOUT)
         try:
-            [train] = wait_for(lambda: slurm_jobs(workdir=workdir), "training job", 120, 0.5)
+            [train] = wait_for(lambda: [j for j in slurm_jobs(workdir=workdir) if j.rule == "train"],
+                               "training job", 300, 0.5)
             # Signal the moment the first checkpoint is written: the job is then mid-run.
             checkpointed = max(wait_for(lambda: checkpoint_iterations(checkpoints), "checkpoint", 300, 0.05))
             subprocess.run(["scancel", "--signal=USR1", train.job_id], check=True, timeout=30)
+            wait_for(lambda: any(job.restarts for job in slurm_jobs(workdir=workdir)), "requeued training", 120, 0.5)
+            interrupted_at = max(checkpoint_iterations(checkpoints))  # before the job starts again
             first.wait(timeout=SNAKEMAKE_TIMEOUT_S)
         finally:
             if first.poll() is None:
                 first.kill()
                 first.wait()
             cancel_leftover_jobs(workdir)
-    assert first.returncode != 0, first_log.read_text()
-    [signalled] = slurm_jobs(workdir=workdir)
-    assert signalled.state == "FAILED"
-    assert not (workdir / target).exists()
-    interrupted_at = max(checkpoint_iterations(checkpoints))
+    assert first.returncode == 0, first_log.read_text()
+    [requeued] = [job for job in slurm_jobs(workdir=workdir) if job.rule == "train"]
+    assert (requeued.job_id, requeued.state, requeued.restarts) == (train.job_id, "COMPLETED", 1)
     assert checkpointed <= interrupted_at < TOTAL_SIGNALLED_ITERATIONS
-
-    try:
-        second = snakemake(workdir, target)
-    finally:
-        cancel_leftover_jobs(workdir)
-    assert second.returncode == 0, second.log
     summary = json.loads((workdir / "results" / "runs" / SCRATCH_RUN / "train.json").read_text())
     assert summary["resumed_from_iteration"] == interrupted_at
+
+
+def test_training_stops_before_a_short_time_limit_by_itself_and_requeues(real_geoloc, tmp_path, tiny_city):
+    """A 2-minute job and a 1-minute margin: training checkpoints and stops before the limit kills
+    it (its own clock and SLURM's USR1 both come at the margin; the clock alone is the train
+    stream's test), and its job is requeued. A training far longer than the job is stopped by the
+    test once the requeue is seen."""
+    endless = {**SIGNALLED_TRAINING, "iterations_per_epoch": 100000, "stop_margin_minutes": 1}
+    workdir = make_workdir(tmp_path, tiny_city, endless, ["none"], resources={"train": {"runtime": 2}})
+    target = f"results/runs/{SCRATCH_RUN}/model.pt"
+    with (tmp_path / "snakemake.log").open("w") as log:
+        running = subprocess.Popen(snakemake_command(workdir, target), cwd=workdir, env=job_environment(),
+                                   stdout=log, stderr=subprocess.STDOUT)
+        try:
+            [train] = wait_for(lambda: [job for job in slurm_jobs(workdir=workdir)
+                                        if job.rule == "train" and job.restarts], "requeued training", 400, 1)
+        finally:
+            running.kill()
+            running.wait()
+            cancel_leftover_jobs(workdir)
+    first = subprocess.run(["sacct", "-X", "-D", "-n", "-P", "-j", train.job_id, "-o", "State,ElapsedRaw"],
+                           capture_output=True, text=True, check=True).stdout.splitlines()[0]
+    state, elapsed = first.split("|")
+    assert state == "REQUEUED" and int(elapsed) < 120  # not TIMEOUT: it stopped before the limit
+    assert checkpoint_iterations(workdir / "results" / "checkpoints" / SCRATCH_RUN)

@@ -9,7 +9,8 @@ training overrides. Each point is a run named `{backbone}-{pretraining}-{precisi
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Collection, Iterable, Mapping
+import math
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,11 @@ class Run:
     tag: str | None
     training: dict[str, Any]  # the block's overrides applied to the config's `training`
     block: int  # index of the grid block that defines it, for error messages
+    overrides: tuple[str, ...] = ()  # the training keys its block overrides
+
+    def key(self, name: str) -> str:
+        """The config key a training setting of this run comes from."""
+        return f"grid[{self.block}].training.{name}" if name in self.overrides else f"training.{name}"
 
     @property
     def weights_id(self) -> str | None:
@@ -76,7 +82,7 @@ def expand_grid(blocks: Iterable[Mapping[str, Any]], training: Mapping[str, Any]
             run = Run(
                 name=run_name(backbone, pretraining, precision, seed, tag),
                 backbone=backbone, pretraining=pretraining, precision=precision, seed=seed, tag=tag,
-                training={**training, **overrides}, block=index,
+                training={**training, **overrides}, block=index, overrides=tuple(sorted(overrides)),
             )
             _add_run(runs, run)
     return runs
@@ -116,6 +122,88 @@ def check_backbones(runs: Iterable[Run], known: Collection[str], is_timm_model: 
         )
 
 
+def check_run_settings(
+    runs: Iterable[Run],
+    blocks_of: Callable[[str], int | None],
+    input_size_problem: Callable[[str, int], str | None],
+) -> None:
+    """Settings the grid alone rules out, found before any job starts instead of inside one.
+
+    `blocks_of(backbone)` is the number of blocks `trainable_blocks` counts (None where unknown);
+    `input_size_problem(backbone, size)` says why a backbone cannot take that square size.
+    """
+    checked_sizes: set[tuple[str, int]] = set()
+    for run in runs:
+        s = run.training
+        groups = s["N"] * s["N"] * s["L"]
+        if s["groups_num"] > groups:
+            raise ConfigError(
+                f"config key {run.key('groups_num')}: {s['groups_num']} is more than the N*N*L = {groups} groups "
+                f"that N={s['N']}, L={s['L']} make (run {run.name})"
+            )
+        blocks = blocks_of(run.backbone)
+        if s["trainable_blocks"] is not None and blocks is not None and s["trainable_blocks"] > blocks:
+            raise ConfigError(
+                f"config key {run.key('trainable_blocks')}: {s['trainable_blocks']} is more than the {blocks} "
+                f"blocks of {run.backbone} (run {run.name})"
+            )
+        if (run.backbone, s["image_size"]) not in checked_sizes:
+            checked_sizes.add((run.backbone, s["image_size"]))
+            problem = input_size_problem(run.backbone, s["image_size"])
+            if problem:
+                raise ConfigError(f"config key {run.key('image_size')}: {problem} (run {run.name})")
+
+
+def check_stop_margin(runs: Iterable[Run], time_limit_minutes: int) -> None:
+    """Training stops `stop_margin_minutes` before its job's time limit: the margin must leave time."""
+    for run in runs:
+        margin = run.training["stop_margin_minutes"]
+        if margin >= time_limit_minutes:
+            raise ConfigError(
+                f"config key {run.key('stop_margin_minutes')}: {margin} minutes leave no time to train in a "
+                f"job of {time_limit_minutes} minutes (resources.train.runtime, at most resources.max_runtime)"
+            )
+
+
+def number_problems(value: Any, schema: Mapping[str, Any], root: Mapping[str, Any], path: str = "") -> Iterator[str]:
+    """What JSON Schema lets through and the commands refuse, as `config key ...` lines.
+
+    JSON Schema counts 4.0 as an integer and .inf as a number; a command would get `4.0`
+    (a run named `...-s1.0`) or an infinite threshold. `root` resolves `$ref`s.
+    """
+    schema = _dereferenced(root, schema)
+    types = schema.get("type", [])
+    types = [types] if isinstance(types, str) else types
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            yield f"config key {path}: {value} is not a finite number"
+        elif "integer" in types and "number" not in types:
+            yield f"config key {path}: {value!r} is not of type 'integer'"
+    elif isinstance(value, Mapping):
+        for name, sub in value.items():
+            if name in schema.get("properties", {}):
+                yield from number_problems(sub, schema["properties"][name], root, f"{path}.{name}" if path else name)
+    elif isinstance(value, list) and "items" in schema:
+        for index, item in enumerate(value):
+            yield from number_problems(item, schema["items"], root, f"{path}[{index}]")
+
+
+def keys_that_change(schema: Mapping[str, Any], section: str, what: str) -> list[str]:
+    """The keys of one config section whose schema says `changes: <what>`, in schema order."""
+    properties = schema["properties"][section]["properties"]
+    return [name for name, sub in properties.items() if _dereferenced(schema, sub).get("changes") == what]
+
+
+def _dereferenced(root: Mapping[str, Any], schema: Mapping[str, Any]) -> Mapping[str, Any]:
+    """`schema` with its `$ref` (to `#/$defs/...` of `root`) merged in; its own keys win."""
+    while "$ref" in schema:
+        node: Any = root
+        for part in schema["$ref"].removeprefix("#/").split("/"):
+            node = node[part]
+        schema = {**node, **{k: v for k, v in schema.items() if k != "$ref"}}
+    return schema
+
+
 @dataclass(frozen=True)
 class WeightsFile:
     """One pretrained weights file the grid needs."""
@@ -123,6 +211,7 @@ class WeightsFile:
     backbone: str
     pretraining: str
     format: str
+    sha256: str | None = None  # the registry's pinned digest (or prefix), checked where the file is used
 
     @property
     def slug(self) -> str:
@@ -143,7 +232,7 @@ def weights_files(runs: Iterable[Run], lookup: Callable[[str, str], Mapping[str,
             entry = lookup(run.backbone, run.pretraining)
         except GeolocError as exc:
             raise ConfigError(f"config key grid[{run.block}].pretrainings: {exc}") from exc
-        files[run.weights_id] = WeightsFile(run.backbone, run.pretraining, entry["format"])
+        files[run.weights_id] = WeightsFile(run.backbone, run.pretraining, entry["format"], entry.get("sha256"))
     return files
 
 
@@ -162,27 +251,68 @@ def check_reference(reference: str, runs: Collection[str]) -> None:
 
 
 @dataclass(frozen=True)
+class Baseline:
+    """The network of one (backbone, pretraining) of the grid before training, as training starts it.
+
+    Its random GeM/fc head follows the seed and fc_output_dim of the first run of the grid with
+    that backbone and pretraining.
+    """
+
+    key: str  # `<slug>-<pretraining>`: its folder under <results>/baselines/
+    backbone: str
+    pretraining: str
+    weights_id: str | None
+    fc_output_dim: int
+    seed: int
+
+    @property
+    def name(self) -> str:
+        """Its run name in baseline.json and in the recalls table."""
+        return f"{self.key}-baseline"
+
+
+def baselines_of(runs: Iterable[Run]) -> dict[str, Baseline]:
+    """One baseline per (backbone, pretraining) of the grid, by key, in config order."""
+    baselines: dict[str, Baseline] = {}
+    for run in runs:
+        key = f"{backbone_slug(run.backbone)}-{run.pretraining}"
+        baselines.setdefault(key, Baseline(key, run.backbone, run.pretraining, run.weights_id,
+                                           run.training["fc_output_dim"], run.seed))
+    return baselines
+
+
+@dataclass(frozen=True)
 class Study:
     runs: dict[str, Run]
     weights: dict[str, WeightsFile]
+    baselines: dict[str, Baseline]
 
 
 def plan_study(
     config: Mapping[str, Any],
     *,
+    schema: Mapping[str, Any],
     known_backbones: Collection[str],
     is_timm_model: Callable[[str], bool],
     lookup_weights: Callable[[str, str], Mapping[str, Any]],
+    blocks_of: Callable[[str], int | None],
+    input_size_problem: Callable[[str, int], str | None],
 ) -> Study:
-    """The runs and weights files of a schema-validated config, after every check that needs more
-    than the schema: backbones, pretrainings (weights), the reference, and (for real data) the dataset folders."""
+    """The runs, weights files and baselines of a schema-validated config, after every check that
+    needs more than the schema: numbers the schema lets through, backbones and what they can take,
+    groups, pretrainings (weights), the reference, and (for real data) the dataset folders."""
+    for problem in number_problems(config, schema, schema):
+        raise ConfigError(problem)
     runs = expand_grid(config["grid"], config["training"])
     check_backbones(runs.values(), known_backbones, is_timm_model)
+    check_run_settings(runs.values(), blocks_of, input_size_problem)
+    resources = config["resources"]
+    check_stop_margin(runs.values(), min(resources["train"]["runtime"], resources["max_runtime"]))
     weights = weights_files(runs.values(), lookup_weights)
     check_reference(config["reference"], runs)
     if not config["synthetic"]["enabled"]:
         check_datasets(config["datasets_root"], config["test_sets"])
-    return Study(runs, weights)
+    return Study(runs, weights, baselines_of(runs.values()))
 
 
 def describe_schema_error(error: Any) -> str:

@@ -19,6 +19,8 @@ ACCOUNT=${GEOLOC_SLURM_ACCOUNT:-geoloc}
 CPUS=${GEOLOC_SLURM_CPUS:-16}
 MEMORY_MB=${GEOLOC_SLURM_MEMORY_MB:-128000}
 GPUS=${GEOLOC_SLURM_GPUS:-2}
+# A GPU type, so that requests naming one (--gpus=tgpu:1, --gres=gpu:tgpu:1) are tried too.
+GPU_TYPE=${GEOLOC_SLURM_GPU_TYPE:-tgpu}
 SYSTEM_CONF=/etc/slurm/slurm.conf
 PACKAGES=(slurmctld slurmd slurm-client munge slurmdbd mariadb-server)
 
@@ -156,13 +158,13 @@ AccountingStorageTRES=gres/gpu
 # Keep the job comment (the plugin writes rule and wildcards there) visible to sacct.
 AccountingStoreFlags=job_comment
 JobAcctGatherType=jobacct_gather/linux
-NodeName=$node NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$MEMORY_MB Gres=gpu:$GPUS State=UNKNOWN
+NodeName=$node NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$MEMORY_MB Gres=gpu:$GPU_TYPE:$GPUS State=UNKNOWN
 PartitionName=$PARTITION Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 CONF
 
     cat >"$ETC/gres.conf" <<CONF
 AutoDetect=off
-Name=gpu File=$STATE_DIR/dev/nvidia[0-$((GPUS - 1))]
+Name=gpu Type=$GPU_TYPE File=$STATE_DIR/dev/nvidia[0-$((GPUS - 1))]
 CONF
 
     # slurmdbd refuses a config readable by others (it holds the database password).
@@ -250,7 +252,7 @@ main() {
     start_slurmdbd
     register_accounting
     start_slurm_daemons
-    log "up in $((SECONDS - start)) s: partition $PARTITION, account $ACCOUNT, $CPUS CPUs, $MEMORY_MB MB, $GPUS fake GPUs, state in $STATE_DIR"
+    log "up in $((SECONDS - start)) s: partition $PARTITION, account $ACCOUNT, $CPUS CPUs, $MEMORY_MB MB, $GPUS fake GPUs of type $GPU_TYPE, state in $STATE_DIR"
 }
 
 main "$@"

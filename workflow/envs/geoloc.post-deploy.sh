@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Snakemake runs this inside the freshly created environment: install geoloc from this
-# repository (two folders up), its dependencies already come from geoloc.yaml.
+# Snakemake runs this inside the freshly created environment: install the geoloc package, whose
+# dependencies come from geoloc.yaml. Snakemake runs a copy of this file from the conda prefix
+# (--conda-prefix puts it anywhere), so the source is found through GEOLOC_SOURCE, which
+# workflow/rules/common.smk sets to the workflow's own repository.
 set -euo pipefail
-python -m pip install --no-deps "$(dirname "$0")/../.."
+python -m pip install --no-deps "${GEOLOC_SOURCE:?GEOLOC_SOURCE is set by workflow/rules/common.smk}"

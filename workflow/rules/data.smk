@@ -1,5 +1,6 @@
-# Inputs of the study: the synthetic city (demo, tests) and pretrained weights. Both run on
-# the machine running Snakemake: compute nodes are often offline.
+# Inputs of the study: the synthetic city (demo, tests), the datasets in use, pretrained
+# weights, and the decoded-image cache. Downloads and generation run on the machine running
+# Snakemake (compute nodes are often offline); the image cache is one CPU job per image size.
 
 if config["synthetic"]["enabled"]:
 
@@ -15,7 +16,29 @@ if config["synthetic"]["enabled"]:
         params:
             settings=synth_arguments,
         shell:
-            "geoloc synth {output:q} {params.settings} --workers {threads} > {log:q} 2>&1"
+            "geoloc synth {output:q} {params.settings} --workers {threads}"
+            " --threads {threads} > {log:q} 2>&1"
+
+
+# What the runs read, for the report: the root in use and each folder's image count. Its
+# params make it rerun when the same datasets move, and nothing else does: no training or
+# evaluation takes it as input (an ancient input would not do: Snakemake then skips the other
+# rerun triggers of everything below a job that reruns).
+rule datasets:
+    input:
+        synthetic_datasets,
+    output:
+        "<results>/datasets.json",
+    log:
+        "<logs>/datasets.log",
+    localrule: True
+    conda:
+        "../envs/geoloc.yaml"
+    params:
+        root=datasets_root,
+        test_sets=TEST_SETS,
+    script:
+        "../scripts/datasets.py"
 
 
 rule fetch_weights:
@@ -27,6 +50,35 @@ rule fetch_weights:
     conda:
         "../envs/geoloc.yaml"
     params:
-        settings=fetch_arguments,
+        arguments=fetch_arguments,
     shell:
-        "geoloc fetch-weights {params.settings} --out {output:q} > {log:q} 2>&1"
+        "geoloc fetch-weights {params.arguments} > {log:q} 2>&1"
+
+
+# Decodes every training image once at one size into image_cache.dir, before the first
+# training at that size (one writer per cache: no file locks needed); a size no run caches gets
+# only the marker. Every training at that size waits for the marker, whether it reads the
+# cache or not, so that turning training.image_cache on or off changes no job's inputs. A
+# cache is keyed by its images' paths, sizes and times: a training whose images changed since,
+# or whose run turned the cache on later, builds its cache itself.
+rule cache_images:
+    input:
+        synthetic_datasets,
+    output:
+        "<results>/markers/image-cache-{size}px",
+    log:
+        "<logs>/cache_images/{size}px.log",
+    benchmark:
+        "<benchmarks>/cache_images/{size}px.tsv"
+    conda:
+        "../envs/geoloc.yaml"
+    threads: config["resources"]["cache_images"]["threads"]
+    resources:
+        runtime=runtime_of("cache_images"),
+        mem_mb=job_resources("cache_images")["mem_mb"],
+        cpus_per_task=job_resources("cache_images")["threads"],
+        slurm_extra=slurm_extra_of("cache_images"),
+    params:
+        command=cache_images_command,
+    shell:
+        "{params.command} > {log:q} 2>&1 && touch {output:q}"

@@ -1,26 +1,73 @@
-# One evaluation job per run and test set.
+# One evaluation job per run for all its test sets (one model load; a database two test sets
+# share is embedded once), and one per (backbone, pretraining) for the untrained baseline.
 
 
 rule evaluate:
     input:
         model="<results>/runs/{run}/model.pt",
-        data=ancient("<datasets>"),
     output:
-        recalls="<results>/runs/{run}/recalls/{test_set}.csv",
-        queries="<results>/runs/{run}/recalls/{test_set}.queries.csv",
+        recalls=expand(
+            "<results>/runs/{{run}}/recalls/{test_set}.csv", test_set=TEST_SETS
+        ),
+        queries=expand(
+            "<results>/runs/{{run}}/recalls/{test_set}.queries.csv", test_set=TEST_SETS
+        ),
     log:
-        "<logs>/evaluate/{run}/{test_set}.log",
+        "<logs>/evaluate/{run}.log",
     benchmark:
-        "<benchmarks>/evaluate/{run}/{test_set}.tsv"
+        "<benchmarks>/evaluate/{run}.tsv"
+    retries: 0
     conda:
         "../envs/geoloc.yaml"
-    threads: 8
+    threads: config["resources"]["evaluate"]["threads"]
     resources:
-        gpu=1,
+        runtime=runtime_of("evaluate"),
+        mem_mb=job_resources("evaluate")["mem_mb"],
+        cpus_per_task=job_resources("evaluate")["threads"],
+        gpu=gpus,
+        gpu_model=gpu_model,
+        gres=gres,
+        slurm_extra=slurm_extra_of("evaluate"),
     params:
-        test_dir=test_folder,
-        settings=evaluate_settings,
+        settings=evaluation_settings,
+        runtime=evaluate_runtime,
     shell:
-        "geoloc evaluate --model {input.model:q} --test-dir {params.test_dir:q}"
-        " --test-set {wildcards.test_set:q} --out {output.recalls:q}"
-        " --queries-out {output.queries:q} {params.settings} > {log:q} 2>&1"
+        "geoloc evaluate --model {input.model:q} {params.settings} {params.runtime}"
+        " > {log:q} 2>&1"
+
+
+rule baseline:
+    input:
+        data=synthetic_datasets,
+        weights=baseline_weights,
+    output:
+        summary="<results>/baselines/{baseline}/baseline.json",
+        recalls=expand(
+            "<results>/baselines/{{baseline}}/recalls/{test_set}.csv",
+            test_set=TEST_SETS,
+        ),
+        queries=expand(
+            "<results>/baselines/{{baseline}}/recalls/{test_set}.queries.csv",
+            test_set=TEST_SETS,
+        ),
+    log:
+        "<logs>/baseline/{baseline}.log",
+    benchmark:
+        "<benchmarks>/baseline/{baseline}.tsv"
+    retries: 0
+    conda:
+        "../envs/geoloc.yaml"
+    threads: config["resources"]["evaluate"]["threads"]
+    resources:
+        runtime=runtime_of("evaluate"),
+        mem_mb=job_resources("evaluate")["mem_mb"],
+        cpus_per_task=job_resources("evaluate")["threads"],
+        gpu=gpus,
+        gpu_model=gpu_model,
+        gres=gres,
+        slurm_extra=slurm_extra_of("evaluate"),
+    params:
+        settings=baseline_settings,
+        runtime=baseline_runtime,
+    shell:
+        "geoloc evaluate {params.settings} {params.runtime} > {log:q} 2>&1"

@@ -1,4 +1,4 @@
-# All runs into one table, and the table into the HTML report.
+# All runs and baselines into one table, and the table into the HTML report.
 
 
 rule aggregate:
@@ -7,6 +7,14 @@ rule aggregate:
             "<results>/runs/{run}/recalls/{test_set}.csv", run=RUNS, test_set=TEST_SETS
         ),
         train=expand("<results>/runs/{run}/train.json", run=RUNS),
+        baseline_recalls=expand(
+            "<results>/baselines/{baseline}/recalls/{test_set}.csv",
+            baseline=BASELINES,
+            test_set=TEST_SETS,
+        ),
+        baselines=expand(
+            "<results>/baselines/{baseline}/baseline.json", baseline=BASELINES
+        ),
     output:
         "<results>/recalls.csv",
     log:
@@ -15,9 +23,9 @@ rule aggregate:
     conda:
         "../envs/geoloc.yaml"
     params:
-        run_dirs=run_folders,
+        folders=result_folders,
     shell:
-        "geoloc aggregate --out {output:q} {params.run_dirs} > {log:q} 2>&1"
+        "geoloc aggregate --out {output:q} {params.folders} > {log:q} 2>&1"
 
 
 rule effective_config:
@@ -36,15 +44,25 @@ rule report:
     input:
         recalls="<results>/recalls.csv",
         config="<results>/config.yaml",
+        datasets="<results>/datasets.json",
         train=expand("<results>/runs/{run}/train.json", run=RUNS),
         queries=expand(
             "<results>/runs/{run}/recalls/{test_set}.queries.csv",
             run=RUNS,
             test_set=TEST_SETS,
         ),
+        baselines=expand(
+            "<results>/baselines/{baseline}/baseline.json", baseline=BASELINES
+        ),
+        baseline_queries=expand(
+            "<results>/baselines/{baseline}/recalls/{test_set}.queries.csv",
+            baseline=BASELINES,
+            test_set=TEST_SETS,
+        ),
         published=published_results,
     output:
-        "<results>/report.html",
+        report="<results>/report.html",
+        conclusions="<results>/conclusions.txt",
     log:
         "<logs>/report.log",
     localrule: True
@@ -54,4 +72,4 @@ rule report:
         settings=report_arguments,
     shell:
         "geoloc report --recalls {input.recalls:q} --config {input.config:q} {params.settings}"
-        " --out {output:q} > {log:q} 2>&1"
+        " --out {output.report:q} > {log:q} 2>&1"

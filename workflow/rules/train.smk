@@ -1,11 +1,11 @@
-# One training job per run of the grid.
+# One training job per run of the grid, on gpus_per_run x nodes_per_run GPUs.
 
 
 rule train:
     input:
-        # ancient: only the datasets' presence matters (and, for the demo, that they are
-        # generated first); adding a folder under datasets_root must not retrain the study.
-        data=ancient("<datasets>"),
+        data=synthetic_datasets,
+        # ancient: a rebuilt cache holds the same images, never a reason to retrain.
+        cache=image_cache_marker,
         weights=train_weights,
     output:
         model="<results>/runs/{run}/model.pt",
@@ -14,16 +14,28 @@ rule train:
         "<logs>/train/{run}.log",
     benchmark:
         "<benchmarks>/train/{run}.tsv"
+    # A training that stopped at its time limit requeues its own SLURM job (params.launch);
+    # Snakemake retries would queue failures that a retry cannot fix for a GPU again.
+    retries: 0
     conda:
         "../envs/geoloc.yaml"
-    # The main process plus data loader workers; capped by --cores locally, and the CPUs
-    # asked for each GPU job on SLURM.
-    threads: 8
+    # CPUs of all training processes on a node; each gets threads / gpus_per_run.
+    threads: train_threads
     resources:
-        gpu=1,
+        runtime=runtime_of("train"),
+        mem_mb=train_mem_mb,
+        cpus_per_task=job_resources("train")["threads"],
+        gpu=gpus,
+        gpu_model=gpu_model,
+        gres=gres,
+        tasks=multi_rank("tasks"),
+        tasks_per_gpu=multi_rank("tasks_per_gpu"),
+        nodes=multi_rank("nodes"),
+        mpi=multi_rank("mpi"),
+        slurm_extra=train_slurm_extra,
     params:
-        folders=train_folders,
-        work_folders=train_work_folders,
         settings=train_settings,
+        runtime=train_runtime,
+        launch=train_launch,
     shell:
-        "geoloc train {params.folders} {params.work_folders} {params.settings} > {log:q} 2>&1"
+        "{params.launch} geoloc train {params.settings} {params.runtime} > {log:q} 2>&1"
