@@ -1,4 +1,12 @@
-"""Decoding images into uint8 RGB tensors, one at a time or as a dataset in a fixed order."""
+"""Decoding images into uint8 RGB tensors, one at a time or as a dataset in a fixed order.
+
+Every image becomes the RGB picture an image viewer shows of it, whatever its PNG or JPEG
+mode: 16-bit grayscale is scaled to 8 bits (PIL's own conversion clips it, so any real
+16-bit photo turned solid white); transparent pixels are shown over white, as a browser shows
+them on its default page (PIL's conversion drops the alpha and shows whatever colour the
+transparent pixels happen to store); CMYK, palette and 1-bit images go through PIL's
+conversion. EXIF orientation is applied, as viewers do.
+"""
 
 from __future__ import annotations
 
@@ -10,18 +18,40 @@ from PIL import Image, ImageOps
 
 from geoloc.errors import GeolocError
 
+_BACKGROUND = (255, 255, 255, 255)  # what transparent pixels are shown over
+_ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+_SIXTEEN_BIT_MAX = 65535
 
-def read_image(path: Path, size: int) -> torch.Tensor:
-    """Decode an image upright (EXIF orientation applied) as uint8 RGB of shape (3, size, size)."""
+
+def viewer_rgb(image: Image.Image) -> Image.Image:
+    """`image` as 8-bit RGB, as a viewer shows it (see the module docstring)."""
+    if image.mode == "RGB" and "transparency" not in image.info:
+        return image
+    if image.mode.startswith("I"):
+        # I;16 (16-bit PNG samples) and I (how PIL opened 16-bit PNGs before it had I;16):
+        # 0..65535 maps to 0..255, as the PNG format defines sample depth.
+        samples = np.clip(np.asarray(image, dtype=np.int64), 0, _SIXTEEN_BIT_MAX)
+        image = Image.fromarray(((samples * 255 + _SIXTEEN_BIT_MAX // 2) // _SIXTEEN_BIT_MAX).astype(np.uint8))
+    elif image.mode == "F":
+        image = image.convert("L")  # float samples on PIL's own 0..255 scale, clipped
+    if image.mode in _ALPHA_MODES or "transparency" in image.info:
+        background = Image.new("RGBA", image.size, _BACKGROUND)
+        return Image.alpha_composite(background, image.convert("RGBA")).convert("RGB")
+    return image.convert("RGB")
+
+
+def read_image(path: Path, size: int | None) -> torch.Tensor:
+    """Decode an image upright as uint8 RGB of shape (3, size, size), or (3, H, W) at its own
+    resolution when `size` is None."""
     try:
         with Image.open(path) as image:
-            # JPEGs decode directly at 1/2, 1/4 or 1/8 scale, never below `size`: large
-            # photos cost a fraction of a full decode.
-            image.draft(None, (size, size))
+            if size is not None:
+                # JPEGs decode directly at 1/2, 1/4 or 1/8 scale, never below `size`: large
+                # photos cost a fraction of a full decode.
+                image.draft(None, (size, size))
             ImageOps.exif_transpose(image, in_place=True)
-            # convert/resize copy even when there is nothing to do; skip them then.
-            rgb = image if image.mode == "RGB" else image.convert("RGB")
-            if rgb.size != (size, size):
+            rgb = viewer_rgb(image)
+            if size is not None and rgb.size != (size, size):
                 rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
             # Stacking the bands gives channel-first memory directly (cheaper than a permute copy).
             channels = np.stack([np.asarray(band) for band in rgb.split()])
@@ -30,11 +60,10 @@ def read_image(path: Path, size: int) -> torch.Tensor:
     return torch.from_numpy(channels)
 
 
-
 class ImageListDataset(torch.utils.data.Dataset):
     """Images in a fixed order, for computing descriptors."""
 
-    def __init__(self, paths: list[Path], image_size: int) -> None:
+    def __init__(self, paths: list[Path], image_size: int | None) -> None:
         self.paths = paths
         self.image_size = image_size
 
@@ -43,4 +72,3 @@ class ImageListDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> torch.Tensor:
         return read_image(self.paths[index], self.image_size)
-
