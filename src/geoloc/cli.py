@@ -18,6 +18,7 @@ from geoloc.errors import GeolocError
 # command name -> (module, one-line help)
 COMMANDS = {
     "synth": ("geoloc.data.synthetic.write", "generate the synthetic city dataset"),
+    "cache-images": ("geoloc.data.cache_images", "decode the training images once into the image cache"),
     "train": ("geoloc.train.trainer", "train one CosPlace model"),
     "evaluate": ("geoloc.evaluate.evaluation", "compute recalls of a trained model on one test set"),
     "fetch-weights": ("geoloc.model.weights", "download pretrained weights and check their sha256"),
