@@ -34,11 +34,16 @@ def odd_train_folder(root: Path) -> list[Path]:
     return paths
 
 
-def test_packed_names_round_trip_every_character():
-    names = ODD + ["", "plain.jpg"]
+@pytest.mark.parametrize("names", [
+    ODD + ["", "plain.jpg"],  # multi-byte characters
+    [os.fsdecode(b"raw-\xff\xfe"), "a", "plain.jpg"],  # one byte per character, undecodable bytes too
+    ["a", "plain.jpg"],
+])
+def test_packed_names_round_trip_every_character(names):
     packed = PackedNames.from_strings(names)
     assert list(packed) == names and len(packed) == len(names)
     assert packed[-1] == "plain.jpg"
+    assert os.fsencode(names[0]) == packed.buffer[:packed.offsets[1]].tobytes()
     with pytest.raises(IndexError):
         packed[len(names)]
 

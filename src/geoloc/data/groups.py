@@ -71,8 +71,7 @@ class ClassGroup(Sequence):
         return len(self.starts) - 1
 
     def __getitem__(self, index: int) -> list[Path]:
-        if not 0 <= index < len(self):
-            raise IndexError(f"class {index} of {len(self)}")
+        index = range(len(self))[index]  # negative indices count from the end; IndexError past it
         return [self.listing[int(i)] for i in self.images[self.starts[index]:self.starts[index + 1]]]
 
     @property
@@ -98,10 +97,9 @@ class Groups(Sequence):
         return len(self.group_starts) - 1
 
     def __getitem__(self, index):
-        if isinstance(index, slice):
+        if isinstance(index, slice):  # the trainer takes groups[:groups_num]
             return [self[i] for i in range(len(self))[index]]
-        if not 0 <= index < len(self):
-            raise IndexError(f"group {index} of {len(self)}")
+        index = range(len(self))[index]
         first, last = self.group_starts[index], self.group_starts[index + 1]
         starts = self.class_starts[first:last + 1]
         return ClassGroup(self.listing, self.images[starts[0]:starts[-1]], starts - starts[0])
@@ -229,7 +227,7 @@ def _check_arrays(images: np.ndarray, class_starts: np.ndarray, group_starts: np
         len(group_starts) >= 2 and group_starts[0] == 0 and group_starts[-1] == len(class_starts) - 1
         and class_starts[0] == 0 and class_starts[-1] == len(images)
         and (np.diff(group_starts) > 0).all() and (np.diff(class_starts) > 0).all()
-        and ((images >= 0) & (images < n_images)).all() and len(np.unique(images)) == len(images)
+        and ((images >= 0) & (images < n_images)).all() and np.bincount(images, minlength=1).max() == 1
     )
     if not valid:
         raise ValueError("its arrays do not describe groups of this listing")

@@ -6,6 +6,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+
 from geoloc.data.names import IMAGE_EXTENSIONS
 from geoloc.data.packed import PackedNames
 from geoloc.errors import GeolocError
@@ -75,11 +77,15 @@ def _raise_listing_error(error: OSError) -> None:
 def _reject_duplicate_names(folder: Path, names: list[str]) -> None:
     # The file name is the image's metadata: the same name twice in one set is a copy of
     # one image (a botched merge of folders) that would silently count twice. Only names in
-    # different folders can repeat.
+    # different folders can repeat. The file names are compared by hash first: a dict of a
+    # million of them would double the listing's memory.
     if not any("/" in name for name in names):
         return
+    hashes = np.fromiter((hash(name.rpartition("/")[2]) for name in names), dtype=np.int64, count=len(names))
+    _, inverse, counts = np.unique(hashes, return_inverse=True, return_counts=True)
     first_seen: dict[str, str] = {}
-    for name in names:
+    for index in np.flatnonzero(counts[inverse.reshape(-1)] > 1):  # the few names whose hash repeats
+        name = names[index]
         file_name = name.rpartition("/")[2]
         if file_name in first_seen:
             raise GeolocError(

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -26,27 +26,27 @@ class PackedNames:
         self.offsets = offsets  # int64, len + 1: name i is buffer[offsets[i]:offsets[i + 1]]
 
     @classmethod
-    def from_strings(cls, names: Iterable[str]) -> PackedNames:
-        encoded = [os.fsencode(name) for name in names]
-        offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
-        np.cumsum([len(name) for name in encoded], out=offsets[1:])
-        return cls(np.frombuffer(b"".join(encoded), dtype=np.uint8), offsets)
+    def from_strings(cls, names: list[str]) -> PackedNames:
+        buffer = os.fsencode("".join(names))
+        if len(buffer) == sum(map(len, names)):
+            # Every character took one byte (ASCII, and the undecodable bytes Python holds as
+            # lone surrogates): the names' lengths in characters are their lengths in bytes.
+            lengths = map(len, names)
+        else:
+            lengths = (len(os.fsencode(name)) for name in names)
+        offsets = np.zeros(len(names) + 1, dtype=np.int64)
+        offsets[1:] = np.cumsum(np.fromiter(lengths, dtype=np.int64, count=len(names)))
+        return cls(np.frombuffer(buffer, dtype=np.uint8), offsets)
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
 
     def __getitem__(self, index: int) -> str:
-        if not -len(self) <= index < len(self):
-            raise IndexError(f"name {index} of {len(self)}")
-        index %= len(self)
+        index = range(len(self))[index]  # negative indices count from the end; IndexError past it
         return os.fsdecode(self.buffer[self.offsets[index]:self.offsets[index + 1]].tobytes())
 
     def __iter__(self) -> Iterator[str]:
         return (self[index] for index in range(len(self)))
-
-    def __eq__(self, other: object) -> bool:
-        return (isinstance(other, PackedNames) and np.array_equal(self.offsets, other.offsets)
-                and np.array_equal(self.buffer, other.buffer))
 
     def sha256(self) -> str:
         """A digest of the names and their order (the offsets separate the names)."""
