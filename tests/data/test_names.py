@@ -39,13 +39,13 @@ def test_headings_are_read_as_written_from_0_to_360(text, value):
 
 @pytest.mark.parametrize("text", ["-20", "370", "360.01"])
 def test_a_heading_outside_0_to_360_is_refused_naming_the_field(text):
-    with pytest.raises(BadImageName, match=f"field heading is {text}, outside 0 to 360 degrees"):
-        parse_image_name(f"@1@2@@@@@@@{text}@@@@@@.jpg", need_heading=True)
+    for need_heading in (True, False):  # wherever it is written
+        with pytest.raises(BadImageName, match=f"field heading is {text}, outside 0 to 360 degrees"):
+            parse_image_name(f"@1@2@@@@@@@{text}@@@@@@.jpg", need_heading=need_heading)
 
 
-def test_fields_a_set_does_not_need_are_not_parsed():
-    # Test sets need only UTM east/north: a heading (or any other field) holding text is no error.
-    meta = parse_image_name("@1.5@2@10@S@@@@@north-east@@@@@x y,z\"q@.jpg")
+def test_fields_other_than_position_and_heading_may_hold_anything():
+    meta = parse_image_name('@1.5@2@10 S@é@lat@lon@x,y"q@\n@@pitch@@@@note 100%@.jpg')
     assert (meta.utm_east, meta.utm_north, meta.heading) == (1.5, 2.0, None)
 
 
@@ -63,12 +63,13 @@ def test_heading_is_optional_unless_needed():
         ("@1@@10@S@@@@@000@@@@@@.jpg", "utm_north is empty"),
         ("@1@2@10@S@@@@@north@@@@@@.jpg", "heading is not a number"),
         ("@1@2@3@.jpg", "expected 14 '@'-separated fields (@utm_east@utm_north@...@note@.jpg), found 3"),
-        ("photo.jpg", "must start with '@'"),
-        ("@1@2@10@S@@@@@000@@@@@@.jpg.jpg", "must end with '@' right before the extension .jpg, but '.jpg' "
-                                            "follows the last '@'"),
+        ("photo.jpg", "expected 14 '@'-separated fields (@utm_east@utm_north@...@note@.jpg): the name must start "
+                      "with '@'"),
+        ("@1@2@10@S@@@@@000@@@@@@.jpg.jpg", "the name must end with '@' right before the extension .jpg, but "
+                                            "'.jpg' follows the last '@'"),
         ("@1@2@10@S@@@@@000@@@@@@.gif", "extension '.gif'"),
-        ("@nan@2@10@S@@@@@000@@@@@@.jpg", "utm_east is not a number: 'nan'"),
-        ("@1@inf@10@S@@@@@000@@@@@@.jpg", "utm_north is not a number: 'inf'"),
+        ("@nan@2@10@S@@@@@000@@@@@@.jpg", "utm_east is not finite: 'nan'"),
+        ("@1@-inf@10@S@@@@@000@@@@@@.jpg", "utm_north is not finite: '-inf'"),
     ],
 )
 def test_bad_names_name_the_file_and_the_field(name, message):

@@ -519,7 +519,7 @@ def test_a_hand_edited_model_file_with_wrong_field_types_is_one_error_line(tmp_p
     assert str(error.value) == f"model file {path} is damaged: {message}"
 
 
-def test_a_model_file_missing_a_field_or_a_tensor_or_holding_a_nan_is_one_error_line(tmp_path):
+def test_a_model_file_missing_a_field_or_a_tensor_is_one_error_line(tmp_path):
     path, payload = _saved_model(tmp_path)
     torch.save({key: value for key, value in payload.items() if key != "fc_output_dim"}, path)
     with pytest.raises(GeolocError, match=r"model file .* is damaged: it has no 'fc_output_dim'$"):
@@ -528,10 +528,6 @@ def test_a_model_file_missing_a_field_or_a_tensor_or_holding_a_nan_is_one_error_
     del state["aggregation.fc.bias"]
     torch.save({**payload, "state_dict": state}, path)
     with pytest.raises(GeolocError, match=r"does not fit the network; missing keys: aggregation\.fc\.bias$"):
-        load_model(path)
-    state = {**payload["state_dict"], "aggregation.gem.p": torch.tensor([float("nan")])}
-    torch.save({**payload, "state_dict": state}, path)
-    with pytest.raises(GeolocError, match=r"is damaged: non-finite values \(NaN or inf\) in aggregation\.gem\.p$"):
         load_model(path)
 
 

@@ -2,8 +2,8 @@
 
 `@utm_east@utm_north@utm_zone@zone_letter@lat@lon@pano_id@tile@heading@pitch@roll@height@timestamp@note@.jpg`
 Any field may be empty; geo-localization needs only UTM east/north (all sets) and the
-heading (training sets, to build classes). Only the fields a set needs are parsed: the others
-may hold anything a file name can.
+heading (training sets, to build classes). The heading is checked wherever it is written; the
+other fields may hold anything a file name can.
 
 A number is read from ASCII decimal digits only, with an optional sign and decimal point
 (`543256.96`, `-122.45785`, `000`): Python's `float()` also takes `'١٢٣'` (Arabic-Indic
@@ -38,6 +38,7 @@ FIELDS = (
     "note",
 )
 _DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)", re.ASCII)
+_NOT_FINITE = ("inf", "infinity", "nan")  # what float() reads as a non-finite number
 # Headings are compass degrees. 360 itself is kept, not wrapped to 0: CosPlace puts it in a
 # class of its own (heading bin 360), and geoloc's classes are CosPlace's.
 MAX_HEADING = 360.0
@@ -61,18 +62,16 @@ def split_fields(path: str | Path) -> dict[str, str]:
     if suffix.lower() not in IMAGE_EXTENSIONS:
         raise BadImageName(f"{path}: extension {suffix!r} is not one of {', '.join(IMAGE_EXTENSIONS)}")
     # A well-formed stem starts and ends with '@': ['', f1, ..., f14, ''].
+    expected = f"{path}: expected {len(FIELDS)} '@'-separated fields (@utm_east@utm_north@...@note@{suffix})"
     if not stem.startswith("@"):
-        raise BadImageName(f"{path}: the name must start with '@' (@utm_east@utm_north@...@note@{suffix})")
+        raise BadImageName(f"{expected}: the name must start with '@'")
     if not stem.endswith("@"):
         after = stem.rpartition("@")[2]
-        raise BadImageName(f"{path}: the name must end with '@' right before the extension {suffix}, "
+        raise BadImageName(f"{expected}: the name must end with '@' right before the extension {suffix}, "
                            f"but {after!r} follows the last '@'")
     parts = stem.split("@")
     if len(parts) != len(FIELDS) + 2:
-        raise BadImageName(
-            f"{path}: expected {len(FIELDS)} '@'-separated fields "
-            f"(@utm_east@utm_north@...@note@{suffix}), found {len(parts) - 2}"
-        )
+        raise BadImageName(f"{expected}, found {len(parts) - 2}")
     return dict(zip(FIELDS, parts[1:-1]))
 
 
@@ -81,13 +80,14 @@ def _number(path: str | Path, fields: dict[str, str], field: str) -> float:
     if text == "":
         raise BadImageName(f"{path}: field {field} is empty")
     if not _DECIMAL.fullmatch(text):
-        raise BadImageName(f"{path}: field {field} is not a number: {text!r} "
+        problem = "is not finite" if text.strip().lstrip("+-").lower() in _NOT_FINITE else "is not a number"
+        raise BadImageName(f"{path}: field {field} {problem}: {text!r} "
                            "(ASCII digits with an optional sign and decimal point)")
     return float(text)
 
 
 def parse_image_name(path: str | Path, *, need_heading: bool = False) -> ImageMeta:
-    """Parse UTM coordinates (and the heading, when `need_heading`) from an image name.
+    """Parse UTM coordinates and the heading (required when `need_heading`) from an image name.
 
     The heading is the field as written, from 0 to 360 degrees (as CosPlace reads it).
     """
@@ -95,7 +95,7 @@ def parse_image_name(path: str | Path, *, need_heading: bool = False) -> ImageMe
     east = _number(path, fields, "utm_east")
     north = _number(path, fields, "utm_north")
     heading = None
-    if need_heading:
+    if need_heading or fields["heading"] != "":
         heading = _number(path, fields, "heading")
         if not 0.0 <= heading <= MAX_HEADING:
             raise BadImageName(f"{path}: field heading is {fields['heading']}, outside 0 to 360 degrees")

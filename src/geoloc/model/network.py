@@ -135,7 +135,9 @@ def build_model(backbone: str, fc_output_dim: int = 512, weights: Path | None = 
     cut = spec.cut_prefixes(full)
     if weights is not None:
         state = load_state_dict(Path(weights), weights_format or spec.weights_format, drop_prefixes=cut)
-        _load_checked(full, state, cut, f"weights file {weights} ({backbone})")
+        source = f"weights file {weights} ({backbone})"
+        _check_finite(state, source)
+        _load_checked(full, state, cut, source)
     body = spec.truncate(full)
     blocks = spec.block_parameters(body)
     trainable = spec.default_trainable_blocks if trainable_blocks is None else trainable_blocks
@@ -149,10 +151,16 @@ def build_model(backbone: str, fc_output_dim: int = 512, weights: Path | None = 
     return GeoLocNet(backbone, body, spec.output_channels(body), fc_output_dim, trainable)
 
 
+def _check_finite(state: Mapping[str, torch.Tensor], source: str) -> None:
+    # A NaN in pretrained weights would otherwise surface after a whole first epoch, as a
+    # diverged training or as validation descriptors that are not finite.
+    not_finite = [key for key, value in state.items() if value.is_floating_point() and not torch.isfinite(value).all()]
+    if not_finite:
+        raise GeolocError(f"{source} is damaged: non-finite values (NaN or inf) in {_first(not_finite)}")
+
+
 def _load_checked(full: nn.Module, state: Mapping[str, torch.Tensor], cut: tuple[str, ...], source: str) -> None:
-    """Load `state` into `full`; every tensor of the kept part must be there with its shape,
-    and finite: a NaN in pretrained weights would otherwise surface an epoch later as a
-    diverged training or "descriptors are not finite"."""
+    """Load `state` into `full`; every tensor of the kept part must be there with its shape."""
     expected = {key: value for key, value in full.state_dict().items() if not key.startswith(cut)}
     # Old checkpoints lack BatchNorm's step counters; torch fills them in.
     missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
@@ -163,9 +171,6 @@ def _load_checked(full: nn.Module, state: Mapping[str, torch.Tensor], cut: tuple
                 (("missing keys", missing), ("wrong shapes", wrong_shape), ("unknown keys", unknown)) if keys]
     if problems:
         raise GeolocError(f"{source} does not fit the network; " + "; ".join(problems))
-    not_finite = [key for key, value in state.items() if value.is_floating_point() and not torch.isfinite(value).all()]
-    if not_finite:
-        raise GeolocError(f"{source} is damaged: non-finite values (NaN or inf) in {_first(not_finite)}")
     full.load_state_dict(state, strict=False)
 
 
