@@ -173,6 +173,31 @@ def test_concurrent_builders_both_get_a_whole_cache(tmp_path):
     assert len(cache_files(tmp_path / "cache")) == 2
 
 
+def _build_without_locks(paths, folder, queue):
+    def no_locks(*args):
+        raise OSError(37, "No locks available")
+
+    image_cache.fcntl.flock = no_locks  # as on NFS without a lock daemon
+    _build_in_process(paths, folder, queue)
+
+
+def test_concurrent_builders_without_file_locks_both_get_a_whole_cache(tmp_path):
+    paths = write_images(tmp_path / "imgs", 30)
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    builders = [context.Process(target=_build_without_locks, args=(paths, tmp_path / "cache", queue))
+                for _ in range(2)]
+    for process in builders:
+        process.start()
+    results = [queue.get(timeout=60) for _ in builders]
+    for process in builders:
+        process.join(timeout=60)
+        assert process.exitcode == 0
+    expected = [read_image(path, SIZE).numpy().tobytes() for path in paths]
+    assert results == [expected, expected]
+    assert len(cache_files(tmp_path / "cache")) == 2  # one data file and one index: each rename was whole
+
+
 def test_without_file_locks_the_build_still_completes(tmp_path, monkeypatch):
     def no_locks(*args):
         raise OSError(37, "No locks available")

@@ -54,11 +54,10 @@ class TrainGroupDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: tuple[int, int]) -> tuple[torch.Tensor, int]:
         class_index, image_index = index
-        position = self.classes.starts[class_index] + image_index
         if self.rows is not None:
-            return self.cache.get(int(self.rows[position])), class_index
-        listing = self.classes.listing
-        return read_image(listing[int(self.classes.images[position])], self.image_size), class_index
+            return self.cache.get(int(self.rows[self.classes.starts[class_index] + image_index])), class_index
+        path = self.classes.listing[self.classes.image(class_index, image_index)]
+        return read_image(path, self.image_size), class_index
 
 
 def _without_bad_images(classes: ClassGroup, cache: ImageCache) -> tuple[ClassGroup, np.ndarray]:
