@@ -18,6 +18,7 @@ from geoloc.errors import GeolocError
 # command name -> (module, one-line help)
 COMMANDS = {
     "synth": ("geoloc.data.synthetic.write", "generate the synthetic city dataset"),
+    "cache-images": ("geoloc.data.cache_images", "decode the training images once into the image cache"),
     "train": ("geoloc.train.trainer", "train one CosPlace model"),
     "evaluate": ("geoloc.evaluate.command", "compute recalls of a model (or its untrained baseline) on test sets"),
     "fetch-weights": ("geoloc.model.weights", "download pretrained weights and check their sha256"),

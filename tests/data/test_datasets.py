@@ -13,8 +13,8 @@ from PIL import Image
 
 from geoloc.data import groups
 from geoloc.data.datasets import TestSet, TrainGroupDataset
-from geoloc.data.groups import build_groups, class_and_group
-from geoloc.data.images import ImageListDataset, read_image
+from geoloc.data.groups import build_groups, classes_and_groups
+from geoloc.data.images import ImageListDataset, read_image, viewer_rgb
 from geoloc.data.listing import list_images
 from geoloc.data.names import format_image_name
 from geoloc.errors import GeolocError
@@ -65,64 +65,71 @@ def assert_close_color(actual: tuple[int, ...], expected: tuple[int, ...], toler
         # exactly on a cell / bin boundary belongs to the upper cell / bin
         (20.0, 19.99, 60.0, (20, 10, 60), (2, 1, 0)),
         (359.9, 0.0, 359.9, (350, 0, 330), (0, 0, 1)),
+        # 360 is a heading bin of its own (as in CosPlace), in the group of bin 0
+        (1.0, 1.0, 360.0, (0, 0, 360), (0, 0, 0)),
     ],
 )
 def test_class_and_group_match_hand_computed_cells(east, north, heading, expected_class, expected_group):
-    assert class_and_group(east, north, heading, M=10, alpha=30, N=5, L=2) == (expected_class, expected_group)
+    classes, groups = classes_and_groups(np.array([east]), np.array([north]), np.array([heading]),
+                                         M=10, alpha=30, N=5, L=2)
+    assert tuple(classes[0].tolist()) == expected_class and tuple(groups[0].tolist()) == expected_group
 
 
 def test_adjacent_classes_never_share_a_group():
-    centre = class_and_group(55.0, 55.0, 45.0, M=10, alpha=30, N=5, L=2)[1]
-    for d_east, d_north, d_heading in [
-        (10, 0, 0),
-        (-10, 0, 0),
-        (0, 10, 0),
-        (0, -10, 0),
-        (0, 0, 30),
-        (0, 0, -30),
-    ]:
-        neighbour = class_and_group(55.0 + d_east, 55.0 + d_north, 45.0 + d_heading, M=10, alpha=30, N=5, L=2)
-        assert neighbour[1] != centre
+    offsets = np.array([(0, 0, 0), (10, 0, 0), (-10, 0, 0), (0, 10, 0), (0, -10, 0), (0, 0, 30), (0, 0, -30)])
+    positions = np.array([55.0, 55.0, 45.0]) + offsets
+    groups = classes_and_groups(*positions.T, M=10, alpha=30, N=5, L=2)[1]
+    assert all(tuple(group) != tuple(groups[0]) for group in groups[1:])
 
 
-def test_groups_are_sorted_by_group_id_with_classes_sorted_and_small_classes_dropped(tmp_path):
-    train = tmp_path / "train"
-    # M=10, alpha=180, N=2, L=2: group = (east cell % 2, north cell % 2, heading bin % 2).
-    # Sub-folders make the listing meet groups and classes in reverse order.
-    for east in (1.0, 2.0):
-        write_train_image(train / "1", east - 10, 1.0, 10.0)  # class (-10, 0, 0), group (1, 0, 0)
-        write_train_image(train / "2", east, 1.0, 200.0)  # class (0, 0, 180), group (0, 0, 1)
-        write_train_image(train / "3", east + 20, 1.0, 10.0)  # class (20, 0, 0), group (0, 0, 0)
-        write_train_image(train / "4", east, 1.0, 10.0)  # class (0, 0, 0), group (0, 0, 0)
-    write_train_image(train, 31.0, 1.0, 10.0)  # class (30, 0, 0): 1 image < 2, dropped
+# Hand-made names on which CosPlace's group order (first appearance over the paths sorted as
+# strings, skipping dropped classes) differs from sorted group ids and from a part-by-part path
+# sort ('a-b/' sorts before 'a/'), with a heading of 360 and a dropped class that appears first.
+COSPLACE_CASE = [
+    "@1.0@11.0@@@@@@@200@@@@@@.jpg", "@2.0@11.0@@@@@@@205@@@@@@.jpg",
+    "a-b/@0.5@21.0@@@@@@@40@@@@@@.jpg",  # alone in its class: dropped
+    "a-b/@12.0@1.0@@@@@@@10@@@@@@.jpg", "a-b/@13.0@1.0@@@@@@@20@@@@@@.jpg",
+    "a/@1.0@2.0@@@@@@@0@@@@@@.jpg", "a/@2.0@2.0@@@@@@@5@@@@@@.jpg",
+    "a/@3.0@2.0@@@@@@@360@@@@@@.jpg", "a/@4.0@2.0@@@@@@@360.0@@@@@@.jpg",
+    "a/@1.0@3.0@@@@@@@45@@@@@@.jpg", "a/@2.0@3.0@@@@@@@45@@@@@@.jpg",
+    "a/@5.0@5.0@@@@@@@359.99@@@@@@.jpg", "a/@6.0@5.0@@@@@@@359.99@@@@@@.jpg",
+    "a/@-5.0@2.0@@@@@@@100@@@@@@.jpg", "a/@-6.0@2.0@@@@@@@100@@@@@@.jpg",
+]
+# What gmberton/CosPlace (commit 33ce8d0) gives on COSPLACE_CASE: its own
+# datasets/train_dataset.py TrainDataset.initialize(folder, M=10, N=2, alpha=30, L=2,
+# min_images_per_class=2), run outside this repository on empty files with these names, its
+# groups in its order. Inside a group CosPlace lists a set (no meaningful order); here the
+# classes are sorted by class id: (0, 0, 0) before (0, 0, 360), (0, 0, 30) before (0, 0, 330).
+COSPLACE_GROUPS = [
+    [["@1.0@11.0@@@@@@@200@@@@@@.jpg", "@2.0@11.0@@@@@@@205@@@@@@.jpg"]],  # (0, 10, 180)
+    [["a-b/@12.0@1.0@@@@@@@10@@@@@@.jpg", "a-b/@13.0@1.0@@@@@@@20@@@@@@.jpg"]],  # (10, 0, 0)
+    [["a/@-5.0@2.0@@@@@@@100@@@@@@.jpg", "a/@-6.0@2.0@@@@@@@100@@@@@@.jpg"]],  # (-10, 0, 90)
+    [["a/@1.0@2.0@@@@@@@0@@@@@@.jpg", "a/@2.0@2.0@@@@@@@5@@@@@@.jpg"],  # (0, 0, 0)
+     ["a/@3.0@2.0@@@@@@@360@@@@@@.jpg", "a/@4.0@2.0@@@@@@@360.0@@@@@@.jpg"]],  # (0, 0, 360)
+    [["a/@1.0@3.0@@@@@@@45@@@@@@.jpg", "a/@2.0@3.0@@@@@@@45@@@@@@.jpg"],  # (0, 0, 30)
+     ["a/@5.0@5.0@@@@@@@359.99@@@@@@.jpg", "a/@6.0@5.0@@@@@@@359.99@@@@@@.jpg"]],  # (0, 0, 330)
+]
 
-    groups = build_groups(train, **GROUP_PARAMS)
 
-    assert relative(groups, train) == [
-        [  # group (0, 0, 0): classes (0, 0, 0) then (20, 0, 0)
-            ["4/@1.00@1.00@@@@@@@10.0@@@@@@.jpg", "4/@2.00@1.00@@@@@@@10.0@@@@@@.jpg"],
-            ["3/@21.00@1.00@@@@@@@10.0@@@@@@.jpg", "3/@22.00@1.00@@@@@@@10.0@@@@@@.jpg"],
-        ],
-        [  # group (0, 0, 1)
-            ["2/@1.00@1.00@@@@@@@200.0@@@@@@.jpg", "2/@2.00@1.00@@@@@@@200.0@@@@@@.jpg"],
-        ],
-        [  # group (1, 0, 0): the lowest class id; the dropped class (30, 0, 0) would be here too
-            ["1/@-8.00@1.00@@@@@@@10.0@@@@@@.jpg", "1/@-9.00@1.00@@@@@@@10.0@@@@@@.jpg"],
-        ],
-    ]
+def test_groups_are_cosplaces_groups_in_cosplaces_order(tmp_path):
+    for name in COSPLACE_CASE:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).touch()  # grouping reads names only
+    groups = build_groups(tmp_path, M=10, alpha=30, N=2, L=2, min_images_per_class=2)
+    assert relative(groups, tmp_path) == COSPLACE_GROUPS
 
 
-def test_headings_wrap_at_360_into_the_same_class(tmp_path):
-    train = tmp_path / "train"
-    for heading in ["10", "370", "-350", "340", "-20"]:
-        write_image(train / raw_name("1.0", "1.0", heading))
-    groups = build_groups(train, M=10, alpha=30, N=5, L=2, min_images_per_class=1)
-    names = relative(groups, train)
-    # 10 = 370 = -350 -> bin 0 (group heading 0); 340 = -20 -> bin 330 (group heading 1)
-    assert names == [
-        [["@1.0@1.0@@@@@@@-350@@@@@@.jpg", "@1.0@1.0@@@@@@@10@@@@@@.jpg", "@1.0@1.0@@@@@@@370@@@@@@.jpg"]],
-        [["@1.0@1.0@@@@@@@-20@@@@@@.jpg", "@1.0@1.0@@@@@@@340@@@@@@.jpg"]],
-    ]
+def test_group_arrays_index_the_listing_group_by_group(tmp_path):
+    for name in COSPLACE_CASE:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).touch()
+    groups = build_groups(tmp_path, M=10, alpha=30, N=2, L=2, min_images_per_class=2)
+    assert groups.images.dtype == np.int32 and groups.class_starts.dtype == np.int64
+    assert groups.group_starts.tolist() == [0, 1, 2, 3, 5, 7]
+    assert groups.class_starts.tolist() == [0, 2, 4, 6, 8, 10, 12, 14]
+    assert len(groups[3]) == 2 and groups[3].images_per_class.tolist() == [2, 2]
+    assert groups[3].image(1, 0) == sorted(COSPLACE_CASE).index("a/@3.0@2.0@@@@@@@360@@@@@@.jpg")
+    assert [len(group) for group in groups[1:3]] == [1, 1]
 
 
 def test_no_surviving_class_is_an_error_naming_folder_and_numbers(tmp_path):
@@ -146,9 +153,11 @@ def test_non_positive_group_parameter_is_an_error_naming_it(tmp_path, name, valu
         build_groups(tmp_path, **params)
 
 
-def test_training_image_without_heading_is_an_error_naming_file_and_field(tmp_path):
-    path = write_image(tmp_path / "train" / raw_name("1.0", "2.0", ""))
-    with pytest.raises(GeolocError, match="field heading is empty") as error:
+@pytest.mark.parametrize("heading, message", [("", "field heading is empty"),
+                                              ("-20", "field heading is -20, outside 0 to 360 degrees")])
+def test_training_image_without_a_valid_heading_is_an_error_naming_file_and_field(tmp_path, heading, message):
+    path = write_image(tmp_path / "train" / "sub" / raw_name("1.0", "2.0", heading))
+    with pytest.raises(GeolocError, match=message) as error:
         build_groups(tmp_path / "train", **GROUP_PARAMS)
     assert str(path) in str(error.value)
 
@@ -173,13 +182,13 @@ def test_cached_groups_are_reused_without_parsing_names(tmp_path, monkeypatch):
     train, cache = tmp_path / "train", tmp_path / "cache"
     make_two_class_train(train)
     first = build_groups(train, **GROUP_PARAMS, cache_dir=cache)
-    assert len(list(cache.glob("groups-*.json"))) == 1
+    assert len(list(cache.glob("groups-*.npz"))) == 1
 
     def no_parsing(*args, **kwargs):
         raise AssertionError("names were parsed although the cache is valid")
 
     monkeypatch.setattr(groups, "parse_image_name", no_parsing)
-    assert build_groups(train, **GROUP_PARAMS, cache_dir=cache) == first
+    assert relative(build_groups(train, **GROUP_PARAMS, cache_dir=cache), train) == relative(first, train)
 
 
 def test_same_basename_in_other_folder_gets_its_own_cache(tmp_path):
@@ -188,7 +197,7 @@ def test_same_basename_in_other_folder_gets_its_own_cache(tmp_path):
     make_two_class_train(tmp_path / "y" / "train")
     groups_x = build_groups(tmp_path / "x" / "train", **GROUP_PARAMS, cache_dir=cache)
     groups_y = build_groups(tmp_path / "y" / "train", **GROUP_PARAMS, cache_dir=cache)
-    assert len(list(cache.glob("groups-*.json"))) == 2
+    assert len(list(cache.glob("groups-*.npz"))) == 2
     assert relative(groups_x, tmp_path / "x" / "train") == relative(groups_y, tmp_path / "y" / "train")
     assert all(path.is_relative_to(tmp_path / "y") for group in groups_y for cls in group for path in cls)
 
@@ -200,7 +209,7 @@ def test_changed_parameter_rebuilds_groups(tmp_path):
     wide_cells = {**GROUP_PARAMS, "M": 100}
     groups = build_groups(train, **wide_cells, cache_dir=cache)
     assert [len(cls) for group in groups for cls in group] == [4]  # one 100 m cell holds all
-    assert len(list(cache.glob("groups-*.json"))) == 2
+    assert len(list(cache.glob("groups-*.npz"))) == 2
 
 
 def test_added_image_rebuilds_groups(tmp_path):
@@ -225,25 +234,33 @@ def test_renamed_image_rebuilds_groups(tmp_path):
 def test_corrupt_cache_is_ignored_and_rewritten(tmp_path):
     train, cache = tmp_path / "train", tmp_path / "cache"
     make_two_class_train(train)
-    expected = build_groups(train, **GROUP_PARAMS, cache_dir=cache)
-    (cache_file,) = cache.glob("groups-*.json")
+    expected = relative(build_groups(train, **GROUP_PARAMS, cache_dir=cache), train)
+    (cache_file,) = cache.glob("groups-*.npz")
+    good = dict(np.load(cache_file))
     for corrupt in [
-        '{"format": 1, "groups": [[["a"',
-        '{"format": 1, "groups": {"a": "b"}}',
-        '{"format": 1, "groups": []}',
-        '{"format": 1, "groups": [[["not-in-the-listing.jpg"]]]}',
-        '{"format": 0, "groups": [[["@1.00@1.00@@@@@@@0.0@@@@@@.jpg"]]]}',
-        "[]",
+        b"PK\x03\x04 cut short",
+        b"",
+        {**good, "format": np.int64(1)},
+        {**good, "images": good["images"].astype(np.int64)},
+        {**good, "images": good["images"] + 4},  # past the listing's 4 images
+        {**good, "images": np.zeros_like(good["images"])},  # one image in every class
+        {**good, "class_starts": good["class_starts"][:-1]},
+        {key: value for key, value in good.items() if key != "group_starts"},
     ]:
-        cache_file.write_text(corrupt)
-        assert build_groups(train, **GROUP_PARAMS, cache_dir=cache) == expected
-        assert relative(expected, train) == json.loads(cache_file.read_text())["groups"]
+        if isinstance(corrupt, bytes):
+            cache_file.write_bytes(corrupt)
+        else:
+            with open(cache_file, "wb") as handle:
+                np.savez(handle, **corrupt)
+        assert relative(build_groups(train, **GROUP_PARAMS, cache_dir=cache), train) == expected
+        rewritten = np.load(cache_file)
+        assert all(np.array_equal(rewritten[key], value) for key, value in good.items())
 
 
 # --- listing ------------------------------------------------------------------------------------
 
 
-def test_list_images_is_recursive_path_sorted_and_case_insensitive_on_extension(tmp_path):
+def test_list_images_is_recursive_string_sorted_and_case_insensitive_on_extension(tmp_path):
     names = [
         "b/z.JPG",
         "a.jpeg",
@@ -258,15 +275,15 @@ def test_list_images_is_recursive_path_sorted_and_case_insensitive_on_extension(
     for name in names:
         write_image(tmp_path / name, format="PNG")
     images = list_images(tmp_path)
-    # Paths sort part by part: the folder b/ comes before the file b.png.
+    # Sorted as strings, as CosPlace sorts its paths: the file b.png comes before the folder b/
+    # ('.' sorts before '/').
     assert [p.relative_to(tmp_path).as_posix() for p in images] == [
         "a.jpeg",
+        "b.png",
         "b/y.Jpeg",
         "b/z.JPG",
-        "b.png",
         "c.png",
     ]
-    assert images == sorted(images)
 
 
 def test_list_images_errors_on_missing_or_imageless_folder(tmp_path):
@@ -327,21 +344,54 @@ def test_exif_orientation_is_applied(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "mode, color, file_name, expected",
+    "mode, color, file_name, save_args, expected",
     [
-        ("L", 100, "gray.png", (100, 100, 100)),
-        ("LA", (100, 0), "gray-alpha.png", (100, 100, 100)),
-        ("RGBA", (10, 20, 30, 0), "alpha.png", (10, 20, 30)),
-        ("P", 0, "palette.png", (0, 0, 0)),
-        ("CMYK", (0, 255, 0, 0), "cmyk.jpg", (255, 0, 255)),
-        ("I;16", 200, "deep.png", (200, 200, 200)),
+        ("L", 100, "gray.png", {}, (100, 100, 100)),
+        ("1", 1, "bilevel.png", {}, (255, 255, 255)),
+        ("P", 0, "palette.png", {}, (0, 0, 0)),
+        ("CMYK", (0, 255, 0, 0), "cmyk.jpg", {}, (255, 0, 255)),  # PIL's conversion, no profile
+        # 16-bit grayscale: 0..65535 scaled to 0..255, as a viewer shows it (PIL's own
+        # conversion clips at 255: any real 16-bit photo turned white)
+        ("I;16", 40000, "deep.png", {}, (156, 156, 156)),
+        ("I;16", 200, "dark-deep.png", {}, (1, 1, 1)),
+        # transparent pixels are shown over white, as a browser shows them
+        ("RGBA", (10, 20, 30, 0), "clear.png", {}, (255, 255, 255)),
+        ("RGBA", (0, 0, 200, 128), "half.png", {}, (127, 127, 227)),
+        ("RGBA", (10, 20, 30, 255), "opaque.png", {}, (10, 20, 30)),
+        ("LA", (100, 0), "gray-clear.png", {}, (255, 255, 255)),
+        ("L", 7, "gray-trns.png", {"transparency": 7}, (255, 255, 255)),
+        ("RGB", (10, 20, 30), "rgb-trns.png", {"transparency": (10, 20, 30)}, (255, 255, 255)),
     ],
 )
-def test_any_color_mode_becomes_three_channel_rgb(tmp_path, mode, color, file_name, expected):
-    path = write_image(tmp_path / file_name, color, (6, 6), mode)
+def test_every_color_mode_becomes_the_rgb_a_viewer_shows(tmp_path, mode, color, file_name, save_args, expected):
+    path = write_image(tmp_path / file_name, color, (6, 6), mode, **save_args)
     image = read_image(path, 5)
     assert image.dtype == torch.uint8 and image.shape == (3, 5, 5)
-    assert_close_color(pixel(image, 2, 2), expected, tolerance=3)
+    assert_close_color(pixel(image, 2, 2), expected, tolerance=3 if mode == "CMYK" else 1)
+
+
+def test_a_palette_png_with_a_transparent_index_shows_white_there(tmp_path):
+    image = Image.new("P", (4, 2), 0)
+    image.putpalette([200, 0, 0, 0, 200, 0])
+    image.paste(1, (2, 0, 4, 2))
+    image.save(tmp_path / "p.png", transparency=0)
+    decoded = read_image(tmp_path / "p.png", None)
+    assert pixel(decoded, 0, 0) == (255, 255, 255) and pixel(decoded, 1, 3) == (0, 200, 0)
+
+
+@pytest.mark.parametrize("mode, value, expected", [("I", 65535, 255), ("I", 30000, 117), ("I", -5, 0),
+                                                   ("I", 70000, 255), ("F", 100.4, 100), ("F", 300.0, 255),
+                                                   ("F", -1.0, 0)])
+def test_32_bit_modes_are_shown_on_their_usual_scales(mode, value, expected):
+    # I holds 16-bit samples (how PIL opened 16-bit PNGs before I;16); F is on PIL's 0..255 scale.
+    rgb = viewer_rgb(Image.new(mode, (2, 2), value))
+    assert rgb.mode == "RGB" and rgb.getpixel((1, 1)) == (expected,) * 3
+
+
+def test_an_image_is_read_at_its_own_resolution_without_a_size(tmp_path):
+    noise = np.random.default_rng(2).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(tmp_path / "wide.png")
+    np.testing.assert_array_equal(read_image(tmp_path / "wide.png", None).numpy(), noise.transpose(2, 0, 1))
 
 
 def test_rgb_image_already_at_size_keeps_every_pixel_in_channel_first_layout(tmp_path):
@@ -377,19 +427,29 @@ def test_large_jpeg_read_small_matches_full_decode_and_resize(tmp_path):
 # --- datasets -----------------------------------------------------------------------------------
 
 
-def test_train_group_dataset_reads_the_requested_image_of_a_class(tmp_path):
+def test_train_group_dataset_reads_the_requested_image_of_a_class(tmp_path, class_group):
     classes = [
         [write_image(tmp_path / "a0.png", RED), write_image(tmp_path / "a1.png", GREEN)],
         [write_image(tmp_path / "b0.png", BLUE)],
     ]
-    dataset = TrainGroupDataset(classes, image_size=3)
+    dataset = TrainGroupDataset(class_group(tmp_path, classes), image_size=3)
     assert len(dataset) == 2
-    assert dataset.images_per_class == [2, 1]
+    assert dataset.images_per_class.tolist() == [2, 1]
     image, label = dataset[(0, 1)]
     assert label == 0 and image.dtype == torch.uint8 and image.shape == (3, 3, 3)
     assert pixel(image, 1, 1) == GREEN
     image, label = dataset[(1, 0)]
     assert label == 1 and pixel(image, 0, 0) == BLUE
+
+
+def test_train_group_dataset_of_built_groups_reads_their_images(tmp_path):
+    train = tmp_path / "train"
+    for east, color in ((1.0, RED), (2.0, RED), (21.0, GREEN), (22.0, GREEN)):
+        write_train_image(train, east, 1.0, 0.0, color)
+    (group,) = build_groups(train, **GROUP_PARAMS)  # cells 0 and 20 are two classes of one group (N=2)
+    dataset = TrainGroupDataset(group, image_size=2)
+    for (c, i), color in zip([(0, 0), (0, 1), (1, 0), (1, 1)], [RED, RED, GREEN, GREEN]):
+        assert_close_color(pixel(dataset[(c, i)][0], 0, 0), color)
 
 
 def test_image_list_dataset_keeps_the_given_order(tmp_path):

@@ -6,6 +6,8 @@ import collections
 import itertools
 import json
 import math
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -255,3 +257,30 @@ def test_command_line_writes_into_an_empty_folder_and_reports_errors(tmp_path, c
     assert "sf_xs/train:" in capsys.readouterr().out
     assert cli.main(["synth", str(out), "--seed", "2", "--size", "tiny"]) == 2
     assert "geoloc synth: error:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("umask, mode", [(0o027, 0o750), (0o002, 0o775)])
+def test_the_dataset_folder_gets_the_umasks_mode(tmp_path, monkeypatch, umask, mode):
+    monkeypatch.setattr(writer, "_render_all", lambda *args: None)  # the folders are what counts here
+    previous = os.umask(umask)
+    try:
+        writer.generate_city(tmp_path / "out", seed=0, size="tiny")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == mode
+    assert stat.S_IMODE((tmp_path / "out" / "sf_xs" / "train").stat().st_mode) == mode
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--seed", "-1", "-1 is less than the minimum of 0"),
+    ("--seed", "9223372036854775808", "9223372036854775808 is greater than the maximum of 9223372036854775807"),
+    ("--seed", "1.0", "'1.0' is not of type 'integer'"),
+    ("--workers", "0", "0 is less than the minimum of 1"),
+])
+def test_command_line_refuses_bad_values_in_the_schemas_words(tmp_path, capsys, flag, value, message):
+    args = {"--seed": "0", "--size": "tiny", flag: value}
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["synth", str(tmp_path / "out"), *[item for pair in args.items() for item in pair]])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"geoloc synth: error: argument {flag}: {message}"
+    assert list(tmp_path.iterdir()) == []

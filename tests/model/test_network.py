@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from geoloc.errors import GeolocError
-from geoloc.model.network import BACKBONES, GeM, build_model, count_parameters, load_model, save_model
+from geoloc.model.backbones import STUDY_BACKBONES, input_size_problem
+from geoloc.model.network import BACKBONES, GeM, backbone_spec, build_model, count_parameters, load_model, save_model
 
 DIM = 32
 
@@ -40,6 +41,30 @@ def images():
 
 def test_registry_holds_the_nine_study_backbones():
     assert set(BACKBONES) == set(STUDY)
+
+
+@pytest.mark.parametrize("name", list(STUDY))
+def test_each_entry_counts_the_blocks_that_trainable_blocks_counts(models, name):
+    # The workflow refuses a too large trainable_blocks from the torch-free entry alone.
+    blocks = backbone_spec(name).block_parameters(models[name].backbone)
+    assert STUDY_BACKBONES[name].blocks == len(blocks)
+    build_model(name, DIM, trainable_blocks=len(blocks))
+    with pytest.raises(GeolocError, match=f"between 0 and {len(blocks)}, got {len(blocks) + 1}"):
+        build_model(name, DIM, trainable_blocks=len(blocks) + 1)
+
+
+@pytest.mark.parametrize("name", list(STUDY))
+def test_each_entry_knows_the_smallest_size_its_network_takes(models, name):
+    smallest = STUDY_BACKBONES[name].min_image_size
+    assert input_size_problem(name, smallest) is None
+    with torch.no_grad():
+        assert models[name](torch.rand(1, 3, smallest, smallest)).shape == (1, DIM)
+    if smallest > 1:
+        assert input_size_problem(name, smallest - 1) == (
+            f"backbone {name} needs images of at least {smallest} px, not {smallest - 1}")
+        with pytest.raises(RuntimeError):
+            with torch.no_grad():
+                models[name](torch.rand(1, 3, smallest - 1, smallest - 1))
 
 
 @pytest.mark.parametrize("name", list(STUDY))
@@ -179,7 +204,7 @@ def test_timm_stages_include_the_modules_between_feature_points():
 
 
 def test_unknown_timm_model_is_a_clear_error():
-    with pytest.raises(GeolocError, match="timm:no_such_net"):
+    with pytest.raises(GeolocError, match="timm model no_such_net: Unknown model"):
         build_model("timm:no_such_net")
 
 

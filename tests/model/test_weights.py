@@ -2,6 +2,7 @@
 step), safe loading of each checkpoint format into the backbone."""
 
 import hashlib
+import os
 import pickle
 import re
 import threading
@@ -16,8 +17,8 @@ import yaml
 
 from geoloc.cli import main
 from geoloc.errors import GeolocError
-from geoloc.model.network import BACKBONES, build_model
-from geoloc.model.weights import fetch, load_state_dict, lookup, sha256_file
+from geoloc.model.network import BACKBONES, build_model, load_model, save_model
+from geoloc.model.weights import fetch, load_state_dict, lookup, sha256_file, verify_weights
 
 REGISTRY = Path(__file__).resolve().parents[2] / "resources" / "weights.yaml"
 PAYLOAD = bytes(range(256)) * 64  # 16 KiB that stand for a weights file
@@ -346,21 +347,22 @@ def test_torchvision_checkpoint_loads_into_the_backbone(tmp_path):
                                                                         drop_prefixes=("classifier.",)))
 
 
-@pytest.mark.parametrize("as_safetensors", [False, True])
-def test_timm_checkpoint_loads_into_the_backbone(tmp_path, as_safetensors):
+@pytest.mark.parametrize("model_name, head, as_safetensors", [("resnet10t", "fc.", False), ("resnet10t", "fc.", True),
+                                                             ("vit_tiny_patch16_224", "head.", True)])
+def test_timm_checkpoint_loads_into_the_backbone(tmp_path, model_name, head, as_safetensors):
     import timm
     from safetensors.torch import save_file
 
     torch.manual_seed(5)
-    state = timm.create_model("resnet10t").state_dict()
+    state = timm.create_model(model_name).state_dict()  # as timm's hub files hold them
     path = tmp_path / "timm.pth"  # the workflow names every weights file .pth
     if as_safetensors:
         save_file(state, path)
     else:
         torch.save(state, path)
-    model = build_model("timm:resnet10t", 16, weights=path)
+    model = build_model(f"timm:{model_name}", 16, weights=path)
     loaded = {k.removeprefix("body."): v for k, v in model.backbone.state_dict().items()}
-    assert set(loaded) == {k for k in state if not k.startswith("fc.")}
+    assert set(loaded) == {k for k in state if not k.startswith(head)}
     for key, value in loaded.items():
         assert torch.equal(value, state[key]), key
 
@@ -426,3 +428,150 @@ def test_sha256_file_matches_hashlib(tmp_path):
     path = tmp_path / "w.bin"
     path.write_bytes(PAYLOAD * 100)
     assert sha256_file(path) == hashlib.sha256(PAYLOAD * 100).hexdigest()
+
+
+# ---------------------------------------------------------------- checks where weights are used
+
+def test_verify_weights_returns_the_digest_and_accepts_the_pinned_digest_or_prefix(tmp_path):
+    path = tmp_path / "w.pth"
+    path.write_bytes(PAYLOAD)
+    assert verify_weights(path, None) == PAYLOAD_SHA
+    assert verify_weights(path, PAYLOAD_SHA) == PAYLOAD_SHA
+    assert verify_weights(path, PAYLOAD_SHA[:8]) == PAYLOAD_SHA
+
+
+def test_verify_weights_refuses_another_file_naming_it_and_both_digests(tmp_path):
+    path = tmp_path / "w.pth"
+    path.write_bytes(PAYLOAD)
+    pinned = "0" * 64
+    with pytest.raises(GeolocError) as error:
+        verify_weights(path, pinned)
+    assert str(error.value) == (f"weights file {path} has sha256 {PAYLOAD_SHA}, but the registry pins {pinned}: "
+                                "it is another file (delete it and run fetch-weights again)")
+
+
+@pytest.mark.parametrize("pinned, message", [("abc", "must be 8 to 64 lowercase hex digits, got 'abc'"),
+                                             (PAYLOAD_SHA.upper(), "must be 8 to 64 lowercase hex digits"),
+                                             (12345678, "got 12345678")])
+def test_verify_weights_refuses_a_malformed_pinned_digest(tmp_path, pinned, message):
+    path = tmp_path / "w.pth"
+    path.write_bytes(PAYLOAD)
+    with pytest.raises(GeolocError, match=message):
+        verify_weights(path, pinned)
+
+
+def test_verify_weights_of_a_missing_file_is_an_error(tmp_path):
+    with pytest.raises(GeolocError, match=f"weights file {re.escape(str(tmp_path / 'gone.pth'))} does not exist"):
+        verify_weights(tmp_path / "gone.pth", PAYLOAD_SHA)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_pretrained_weights_with_non_finite_values_are_refused_before_training(tmp_path, resnet18_state, bad):
+    damaged = {key: value.clone() for key, value in resnet18_state.items()}
+    damaged["layer2.0.bn1.running_var"][3] = bad
+    path = tmp_path / "w.pth"
+    torch.save(damaged, path)
+    with pytest.raises(GeolocError) as error:
+        build_model("resnet18", 16, weights=path)
+    assert str(error.value) == (f"weights file {path} (resnet18) is damaged: non-finite values (NaN or inf) in "
+                                "layer2.0.bn1.running_var")
+
+
+def test_a_refused_pickle_names_the_code_it_would_run_and_never_suggests_running_it(tmp_path, resnet18_state):
+    path = tmp_path / "evil.pth"
+    torch.save({**resnet18_state, "fc.weight": _Exploit(tmp_path / "pwned")}, path)
+    with pytest.raises(GeolocError) as error:
+        load_state_dict(path, "torchvision")
+    message = str(error.value)
+    assert message == (f"weights file {path} was refused: loading it would run the Python code it names "
+                       "(io.open); geoloc loads tensors only")
+    assert "weights_only" not in message and "Re-running" not in message
+
+
+def test_a_refused_legacy_pickle_names_the_code_too(tmp_path):
+    path = tmp_path / "legacy.pth"
+    torch.save({"w": torch.zeros(1), "call": os.system}, path, _use_new_zipfile_serialization=False)
+    with pytest.raises(GeolocError, match=r"would run the Python code it names \(posix\.system\)"):
+        load_state_dict(path, "torchvision")
+
+
+def _saved_model(tmp_path: Path) -> tuple[Path, dict]:
+    torch.manual_seed(0)
+    path = tmp_path / "model.pt"
+    save_model(path, build_model("mobilenet_v3_small", 8))
+    return path, torch.load(path, weights_only=True)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("fc_output_dim", "512", "fc_output_dim must be a positive integer, got '512'"),
+    ("fc_output_dim", True, "fc_output_dim must be a positive integer, got True"),
+    ("backbone", 5, "backbone must be a backbone name, got 5"),
+    ("trainable_blocks", "3", "trainable_blocks must be null or an integer >= 0, got '3'"),
+    ("state_dict", [1, 2], "state_dict must be a mapping of tensor names to tensors, got list"),
+    ("state_dict", {"a": 1}, "state_dict must be a mapping of tensor names to tensors, got dict"),
+    ("backbone", None, "backbone must be a backbone name, got None"),
+])
+def test_a_hand_edited_model_file_with_wrong_field_types_is_one_error_line(tmp_path, field, value, message):
+    path, payload = _saved_model(tmp_path)
+    torch.save({**payload, field: value}, path)
+    with pytest.raises(GeolocError) as error:
+        load_model(path)
+    assert str(error.value) == f"model file {path} is damaged: {message}"
+
+
+def test_a_model_file_missing_a_field_or_a_tensor_is_one_error_line(tmp_path):
+    path, payload = _saved_model(tmp_path)
+    torch.save({key: value for key, value in payload.items() if key != "fc_output_dim"}, path)
+    with pytest.raises(GeolocError, match=r"model file .* is damaged: it has no 'fc_output_dim'$"):
+        load_model(path)
+    state = dict(payload["state_dict"])
+    del state["aggregation.fc.bias"]
+    torch.save({**payload, "state_dict": state}, path)
+    with pytest.raises(GeolocError, match=r"does not fit the network; missing keys: aggregation\.fc\.bias$"):
+        load_model(path)
+
+
+@pytest.mark.parametrize("written", ["12345678", "00000000"])
+def test_an_unquoted_all_digit_sha256_is_refused_with_the_advice_to_quote_it(tmp_path, written):
+    registry = tmp_path / "w.yaml"
+    registry.write_text(f"resnet18:\n  imagenet:\n    url: file:///w.pth\n    sha256: {written}\n"
+                        "    size: null\n    format: torchvision\n")
+    with pytest.raises(GeolocError) as error:
+        lookup(registry, "resnet18", "imagenet")
+    message = str(error.value)
+    assert "write the digest in quotes" in message and "got 0" not in message
+
+
+def test_an_invalid_yaml_registry_is_one_error_line_with_its_place(tmp_path):
+    registry = tmp_path / "w.yaml"
+    registry.write_text("resnet18:\n  imagenet: {url: [unclosed\n")
+    with pytest.raises(GeolocError) as error:
+        lookup(registry, "resnet18", "imagenet")
+    message = str(error.value)
+    assert "\n" not in message and "^" not in message
+    assert re.fullmatch(rf"weights registry {re.escape(str(registry))} is not valid YAML: .+ \(line 3, column 1\)",
+                        message), message
+
+
+def test_a_mismatching_file_in_place_is_deleted_even_when_the_new_download_fails(site, tmp_path):
+    out = tmp_path / "w.pth"
+    out.write_bytes(b"someone else's weights")
+    with pytest.raises(GeolocError, match="HTTP 404"):
+        fetch(_entry(f"{site.url}/gone.pth"), out, retries=0)
+    assert _leftovers(tmp_path) == []
+
+
+def test_a_file_in_place_for_an_unpinned_entry_is_kept(site, tmp_path):
+    out = tmp_path / "w.pth"
+    out.write_bytes(b"put here by hand")
+    assert fetch(_entry(f"{site.url}/gone.pth", sha256=None, size=None), out) == hashlib.sha256(
+        b"put here by hand").hexdigest()
+    assert site.requests == [] and out.read_bytes() == b"put here by hand"
+
+
+def test_fetch_weights_refuses_negative_retries_in_the_schemas_words(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["fetch-weights", "--registry", str(REGISTRY), "--backbone", "resnet18", "--pretraining", "imagenet",
+              "--out", str(tmp_path / "w.pth"), "--retries", "-1"])
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "geoloc fetch-weights: error: argument --retries: -1 is less than the minimum of 0")

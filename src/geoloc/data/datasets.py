@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from geoloc.data.groups import ClassGroup
 from geoloc.data.image_cache import ImageCache
 from geoloc.data.images import read_image
 from geoloc.data.listing import list_images
@@ -23,7 +24,7 @@ log = logging.getLogger(__name__)
 
 
 class TrainGroupDataset(torch.utils.data.Dataset):
-    """The classes of one group, indexed by (class, image).
+    """The classes of one group (`geoloc.data.groups.ClassGroup`), indexed by (class, image).
 
     The sampler picks which image of a class to show, so every class can be seen equally
     often however many images it has (as CosPlace does).
@@ -31,43 +32,48 @@ class TrainGroupDataset(torch.utils.data.Dataset):
     With an image `cache` (geoloc.data.image_cache, built at `image_size` over these images),
     images are read from it instead of decoded. Images the cache could not decode are left
     out of their class, and a class left with no image is left out of the group.
+
+    Everything a loader worker gets is a few numpy arrays (the group's index arrays, the
+    packed listing, the cache rows), never a Python object per image.
     """
 
-    def __init__(self, classes: list[list[Path]], image_size: int, cache: ImageCache | None = None) -> None:
+    def __init__(self, classes: ClassGroup, image_size: int, cache: ImageCache | None = None) -> None:
         self.image_size = image_size
         self.cache = cache
-        self.rows: list[list[int]] = []
+        self.rows: np.ndarray | None = None  # cache row of each of classes.images
         if cache is not None:
             if cache.size != image_size:
                 raise GeolocError(f"image cache {cache.data_file} holds {cache.size} px images, "
                                   f"not {image_size} px")
             classes, self.rows = _without_bad_images(classes, cache)
         self.classes = classes
-        self.images_per_class = [len(images) for images in classes]
+        self.images_per_class = classes.images_per_class
 
     def __len__(self) -> int:
         return len(self.classes)
 
     def __getitem__(self, index: tuple[int, int]) -> tuple[torch.Tensor, int]:
         class_index, image_index = index
-        if self.cache is not None:
-            return self.cache.get(self.rows[class_index][image_index]), class_index
-        return read_image(self.classes[class_index][image_index], self.image_size), class_index
+        if self.rows is not None:
+            return self.cache.get(int(self.rows[self.classes.starts[class_index] + image_index])), class_index
+        path = self.classes.listing[self.classes.image(class_index, image_index)]
+        return read_image(path, self.image_size), class_index
 
 
-def _without_bad_images(classes: list[list[Path]], cache: ImageCache) -> tuple[list[list[Path]], list[list[int]]]:
+def _without_bad_images(classes: ClassGroup, cache: ImageCache) -> tuple[ClassGroup, np.ndarray]:
     """The classes without the images `cache` could not decode, and each kept image's cache row."""
-    kept_classes, kept_rows = [], []
-    for images in classes:
-        pairs = [(path, cache.index_of(path)) for path in images]
-        good = [(path, row) for path, row in pairs if row not in cache.errors]
-        if len(good) < len(images):
-            log.warning("leaving %d undecodable image(s) out of the class of %s", len(images) - len(good), images[0])
-        if good:
-            kept_classes.append([path for path, _ in good])
-            kept_rows.append([row for _, row in good])
-    return kept_classes, kept_rows
-
+    rows = cache.rows_of([classes.listing[int(index)] for index in classes.images])
+    good = ~np.isin(rows, np.fromiter(cache.errors, dtype=np.int64, count=len(cache.errors)))
+    if good.all():
+        return classes, rows
+    class_of_image = np.repeat(np.arange(len(classes)), classes.images_per_class)
+    for class_index in np.unique(class_of_image[~good]):
+        log.warning("leaving %d undecodable image(s) out of the class of %s",
+                    np.count_nonzero(~good[class_of_image == class_index]), classes[int(class_index)][0])
+    kept_per_class = np.bincount(class_of_image[good], minlength=len(classes))
+    starts = np.zeros(np.count_nonzero(kept_per_class) + 1, dtype=np.int64)
+    np.cumsum(kept_per_class[kept_per_class > 0], out=starts[1:])
+    return ClassGroup(classes.listing, classes.images[good], starts), rows[good]
 
 
 class TestSet:

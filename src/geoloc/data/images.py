@@ -1,4 +1,12 @@
-"""Decoding images into uint8 RGB tensors, one at a time or as a dataset in a fixed order."""
+"""Decoding images into uint8 RGB tensors, one at a time or as a dataset in a fixed order.
+
+Every image becomes the RGB picture an image viewer shows of it, whatever its PNG or JPEG
+mode: 16-bit grayscale is scaled to 8 bits (PIL's own conversion clips it, so any real
+16-bit photo turned solid white); transparent pixels are shown over white, as a browser shows
+them on its default page (PIL's conversion drops the alpha and shows whatever colour the
+transparent pixels happen to store); CMYK, palette and 1-bit images go through PIL's
+conversion. EXIF orientation is applied, as viewers do.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +17,27 @@ import torch
 from PIL import Image, ImageOps
 
 from geoloc.errors import GeolocError
+
+_BACKGROUND = (255, 255, 255, 255)  # what transparent pixels are shown over
+_ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+_SIXTEEN_BIT_MAX = 65535
+
+
+def viewer_rgb(image: Image.Image) -> Image.Image:
+    """`image` as 8-bit RGB, as a viewer shows it (see the module docstring)."""
+    if image.mode == "RGB" and "transparency" not in image.info:
+        return image
+    if image.mode.startswith("I"):
+        # I;16 (16-bit PNG samples) and I (how PIL opened 16-bit PNGs before it had I;16):
+        # 0..65535 maps to 0..255, as the PNG format defines sample depth.
+        samples = np.clip(np.asarray(image, dtype=np.int64), 0, _SIXTEEN_BIT_MAX)
+        image = Image.fromarray(((samples * 255 + _SIXTEEN_BIT_MAX // 2) // _SIXTEEN_BIT_MAX).astype(np.uint8))
+    elif image.mode == "F":
+        image = image.convert("L")  # float samples on PIL's own 0..255 scale, clipped
+    if image.mode in _ALPHA_MODES or "transparency" in image.info:
+        background = Image.new("RGBA", image.size, _BACKGROUND)
+        return Image.alpha_composite(background, image.convert("RGBA")).convert("RGB")
+    return image.convert("RGB")
 
 
 def read_image(path: Path, size: int | tuple[int, int] | None) -> torch.Tensor:
@@ -24,8 +53,7 @@ def read_image(path: Path, size: int | tuple[int, int] | None) -> torch.Tensor:
                 # asked for (whichever way EXIF turns the image): a fraction of a full decode.
                 image.draft(None, (max(height, width),) * 2)
             ImageOps.exif_transpose(image, in_place=True)
-            # convert/resize copy even when there is nothing to do; skip them then.
-            rgb = image if image.mode == "RGB" else image.convert("RGB")
+            rgb = viewer_rgb(image)
             if size is not None and rgb.size != (width, height):
                 rgb = rgb.resize((width, height), Image.Resampling.BILINEAR)
             # Stacking the bands gives channel-first memory directly (cheaper than a permute copy).
@@ -35,11 +63,10 @@ def read_image(path: Path, size: int | tuple[int, int] | None) -> torch.Tensor:
     return torch.from_numpy(channels)
 
 
-
 class ImageListDataset(torch.utils.data.Dataset):
     """Images in a fixed order, for computing descriptors."""
 
-    def __init__(self, paths: list[Path], image_size: int) -> None:
+    def __init__(self, paths: list[Path], image_size: int | None) -> None:
         self.paths = paths
         self.image_size = image_size
 
@@ -48,4 +75,3 @@ class ImageListDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> torch.Tensor:
         return read_image(self.paths[index], self.image_size)
-

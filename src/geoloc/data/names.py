@@ -2,12 +2,19 @@
 
 `@utm_east@utm_north@utm_zone@zone_letter@lat@lon@pano_id@tile@heading@pitch@roll@height@timestamp@note@.jpg`
 Any field may be empty; geo-localization needs only UTM east/north (all sets) and the
-heading (training sets, to build classes).
+heading (training sets, to build classes). The heading is checked wherever it is written; the
+other fields may hold anything a file name can.
+
+A number is read from ASCII decimal digits only, with an optional sign and decimal point
+(`543256.96`, `-122.45785`, `000`): Python's `float()` also takes `'١٢٣'` (Arabic-Indic
+digits), `'1_000'`, `' 5 '`, `'1e3'` and `'inf'`, which other readers of the same datasets (and
+CosPlace's numpy) parse differently or refuse, so a name means one position everywhere.
 """
 
 from __future__ import annotations
 
-import math
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +37,11 @@ FIELDS = (
     "timestamp",
     "note",
 )
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)", re.ASCII)
+_NOT_FINITE = ("inf", "infinity", "nan")  # what float() reads as a non-finite number
+# Headings are compass degrees. 360 itself is kept, not wrapped to 0: CosPlace puts it in a
+# class of its own (heading bin 360), and geoloc's classes are CosPlace's.
+MAX_HEADING = 360.0
 
 
 class BadImageName(GeolocError):
@@ -43,24 +55,23 @@ class ImageMeta:
     heading: float | None
 
 
-def is_image_file(path: str | Path) -> bool:
-    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
-
-
 def split_fields(path: str | Path) -> dict[str, str]:
     """Return the named fields of an image name, as strings (empty when absent)."""
-    name = Path(path).name
-    suffix = Path(name).suffix
+    # os.path, not pathlib: this runs once per image of a training set of millions.
+    stem, suffix = os.path.splitext(os.path.basename(os.fspath(path)))
     if suffix.lower() not in IMAGE_EXTENSIONS:
         raise BadImageName(f"{path}: extension {suffix!r} is not one of {', '.join(IMAGE_EXTENSIONS)}")
-    stem = name[: -len(suffix)]
-    parts = stem.split("@")
     # A well-formed stem starts and ends with '@': ['', f1, ..., f14, ''].
-    if len(parts) != len(FIELDS) + 2 or parts[0] != "" or parts[-1] != "":
-        raise BadImageName(
-            f"{path}: expected {len(FIELDS)} '@'-separated fields "
-            f"(@utm_east@utm_north@...@note@{suffix}), found {max(len(parts) - 2, 0)}"
-        )
+    expected = f"{path}: expected {len(FIELDS)} '@'-separated fields (@utm_east@utm_north@...@note@{suffix})"
+    if not stem.startswith("@"):
+        raise BadImageName(f"{expected}: the name must start with '@'")
+    if not stem.endswith("@"):
+        after = stem.rpartition("@")[2]
+        raise BadImageName(f"{expected}: the name must end with '@' right before the extension {suffix}, "
+                           f"but {after!r} follows the last '@'")
+    parts = stem.split("@")
+    if len(parts) != len(FIELDS) + 2:
+        raise BadImageName(f"{expected}, found {len(parts) - 2}")
     return dict(zip(FIELDS, parts[1:-1]))
 
 
@@ -68,23 +79,26 @@ def _number(path: str | Path, fields: dict[str, str], field: str) -> float:
     text = fields[field]
     if text == "":
         raise BadImageName(f"{path}: field {field} is empty")
-    try:
-        value = float(text)
-    except ValueError:
-        raise BadImageName(f"{path}: field {field} is not a number: {text!r}") from None
-    if not math.isfinite(value):
-        raise BadImageName(f"{path}: field {field} is not finite: {text!r}")
-    return value
+    if not _DECIMAL.fullmatch(text):
+        problem = "is not finite" if text.strip().lstrip("+-").lower() in _NOT_FINITE else "is not a number"
+        raise BadImageName(f"{path}: field {field} {problem}: {text!r} "
+                           "(ASCII digits with an optional sign and decimal point)")
+    return float(text)
 
 
 def parse_image_name(path: str | Path, *, need_heading: bool = False) -> ImageMeta:
-    """Parse UTM coordinates (and the heading, when `need_heading`) from an image name."""
+    """Parse UTM coordinates and the heading (required when `need_heading`) from an image name.
+
+    The heading is the field as written, from 0 to 360 degrees (as CosPlace reads it).
+    """
     fields = split_fields(path)
     east = _number(path, fields, "utm_east")
     north = _number(path, fields, "utm_north")
     heading = None
     if need_heading or fields["heading"] != "":
-        heading = _number(path, fields, "heading") % 360.0
+        heading = _number(path, fields, "heading")
+        if not 0.0 <= heading <= MAX_HEADING:
+            raise BadImageName(f"{path}: field heading is {fields['heading']}, outside 0 to 360 degrees")
     return ImageMeta(east, north, heading)
 
 
@@ -100,7 +114,11 @@ def format_image_name(
     note: str = "",
     extension: str = ".jpg",
 ) -> str:
-    """Build a file name in the dataset format (the inverse of `parse_image_name`)."""
+    """Build a file name in the dataset format (the inverse of `parse_image_name`).
+
+    The heading is written with one decimal in [0, 360): it is rounded before it is wrapped,
+    so 359.97 is written 0.0, not 360.0 (a class of its own for CosPlace).
+    """
     values = dict.fromkeys(FIELDS, "")
     values.update(
         utm_east=f"{utm_east:.2f}",
@@ -108,7 +126,7 @@ def format_image_name(
         utm_zone=utm_zone,
         zone_letter=zone_letter,
         pano_id=pano_id,
-        heading="" if heading is None else f"{heading % 360.0:.1f}",
+        heading="" if heading is None else f"{round(heading, 1) % 360.0:.1f}",
         timestamp=timestamp,
         note=note,
     )

@@ -6,8 +6,9 @@ before it are cut), how many trailing blocks train (the rest is frozen) and how 
 channels come out. Any timm model can be named as `timm:<model_name>` as well.
 
 A backbone's *blocks* are its kept modules that hold parameters, with `features` counted
-stage by stage; the last `trainable_blocks` of them train. For a timm model the blocks are
-its feature stages as timm's `feature_info` lists them.
+stage by stage; the last `trainable_blocks` of them train. For a timm model
+(`geoloc.model.timm_backbone`) the blocks are its feature stages as timm's `feature_info`
+lists them (a ViT's transformer blocks).
 
 Pretrained weights are loaded into the full network first and only then cut, so the keys of
 a weights file are the library's own names, and the truncated backbone keeps those names
@@ -16,10 +17,9 @@ a weights file are the library's own names, and the truncated backbone keeps tho
 
 from __future__ import annotations
 
-import bisect
 import dataclasses
-import logging
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +31,7 @@ from torch import nn
 from geoloc.atomic import atomic_torch_save
 from geoloc.errors import GeolocError
 from geoloc.model.backbones import STUDY_BACKBONES, TIMM_PREFIX, StudyBackbone
+from geoloc.model.timm_backbone import TimmBackbone
 from geoloc.model.weights import load_state_dict, read_torch_file
 
 MODEL_FORMAT = "geoloc-model/1"
@@ -59,95 +60,6 @@ class TorchvisionBackbone(StudyBackbone):
 
     def output_channels(self, body: nn.Module) -> int:
         return self.channels
-
-
-class TimmFeatures(nn.Module):
-    """A timm `features_only` model reduced to its last feature map, always NCHW."""
-
-    def __init__(self, body: nn.Module):
-        super().__init__()
-        self.body = body
-        self.nhwc = getattr(body, "output_fmt", None) == "NHWC"
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.body(x)[-1]
-        return x.permute(0, 3, 1, 2) if self.nhwc else x
-
-
-@dataclass(frozen=True)
-class TimmBackbone:
-    """Any timm model: its last feature stage, the last stage training by default.
-
-    timm is imported only here, when a timm backbone is asked for: it adds seconds to the
-    start of every command.
-    """
-
-    model_name: str
-    default_trainable_blocks: int = 1
-    weights_format: str = "timm"
-
-    def build_full(self) -> nn.Module:
-        import timm
-
-        try:
-            return timm.create_model(self.model_name, pretrained=False)
-        except RuntimeError as exc:  # timm's "Unknown model"
-            raise GeolocError(f"backbone {TIMM_PREFIX}{self.model_name}: {exc}") from exc
-
-    def cut_prefixes(self, full: nn.Module) -> tuple[str, ...]:
-        classifier = full.pretrained_cfg.get("classifier") or ()
-        names = (classifier,) if isinstance(classifier, str) else tuple(classifier)
-        return tuple(f"{name}." for name in names)
-
-    def truncate(self, full: nn.Module) -> nn.Module:
-        import timm
-
-        # timm builds the feature extractor from a fresh network; handing it the full
-        # network's state dict (loaded and checked already) carries the weights over. The
-        # head's tensors go unused by design, so timm's warning naming them is silenced.
-        builder_log = logging.getLogger("timm.models._builder")
-        level = builder_log.level
-        builder_log.setLevel(logging.ERROR)
-        try:
-            body = timm.create_model(
-                self.model_name, pretrained=True, features_only=True, out_indices=(-1,),
-                pretrained_cfg_overlay={"state_dict": full.state_dict()},
-            )
-        except (RuntimeError, AssertionError) as exc:
-            raise GeolocError(f"backbone {TIMM_PREFIX}{self.model_name} cannot give a feature map: {exc}") from exc
-        finally:
-            builder_log.setLevel(level)
-        return TimmFeatures(body)
-
-    def block_parameters(self, body: nn.Module) -> list[list[nn.Parameter]]:
-        # Stage i is everything registered after stage i-1's module, up to the end of its own.
-        features = body.body
-        order = [name for name, _ in features.named_modules()]
-        stage_ends = []
-        for stage in (info["module"] for info in features.feature_info.info):
-            start = order.index(self._resolve(features, stage))
-            end = start + 1
-            while end < len(order) and order[end].startswith(order[start] + "."):
-                end += 1
-            stage_ends.append(end)
-        stages: list[list[nn.Parameter]] = [[] for _ in stage_ends]
-        for index, (_, module) in enumerate(features.named_modules()):
-            stage = bisect.bisect_right(stage_ends, index)
-            if stage < len(stages):
-                stages[stage].extend(module.parameters(recurse=False))
-        return [params for params in stages if params]
-
-    def _resolve(self, features: nn.Module, stage: str) -> str:
-        # timm's feature wrappers rename the network's modules: `stages.3` may become
-        # `stages_3` (flattened sequential) or `model.stages.3` (getter wrapper).
-        names = {name for name, _ in features.named_modules()}
-        for candidate in (stage, stage.replace(".", "_", 1), f"model.{stage}"):
-            if candidate in names:
-                return candidate
-        raise GeolocError(f"backbone {TIMM_PREFIX}{self.model_name}: cannot find its feature stage {stage!r}")
-
-    def output_channels(self, body: nn.Module) -> int:
-        return body.body.feature_info.channels()[-1]
 
 
 BACKBONES: dict[str, TorchvisionBackbone] = {
@@ -223,7 +135,9 @@ def build_model(backbone: str, fc_output_dim: int = 512, weights: Path | None = 
     cut = spec.cut_prefixes(full)
     if weights is not None:
         state = load_state_dict(Path(weights), weights_format or spec.weights_format, drop_prefixes=cut)
-        _load_checked(full, state, cut, f"weights file {weights} ({backbone})")
+        source = f"weights file {weights} ({backbone})"
+        _check_finite(state, source)
+        _load_checked(full, state, cut, source)
     body = spec.truncate(full)
     blocks = spec.block_parameters(body)
     trainable = spec.default_trainable_blocks if trainable_blocks is None else trainable_blocks
@@ -237,7 +151,15 @@ def build_model(backbone: str, fc_output_dim: int = 512, weights: Path | None = 
     return GeoLocNet(backbone, body, spec.output_channels(body), fc_output_dim, trainable)
 
 
-def _load_checked(full: nn.Module, state: dict[str, torch.Tensor], cut: tuple[str, ...], source: str) -> None:
+def _check_finite(state: Mapping[str, torch.Tensor], source: str) -> None:
+    # A NaN in pretrained weights would otherwise surface after a whole first epoch, as a
+    # diverged training or as validation descriptors that are not finite.
+    not_finite = [key for key, value in state.items() if value.is_floating_point() and not torch.isfinite(value).all()]
+    if not_finite:
+        raise GeolocError(f"{source} is damaged: non-finite values (NaN or inf) in {_first(not_finite)}")
+
+
+def _load_checked(full: nn.Module, state: Mapping[str, torch.Tensor], cut: tuple[str, ...], source: str) -> None:
     """Load `state` into `full`; every tensor of the kept part must be there with its shape."""
     expected = {key: value for key, value in full.state_dict().items() if not key.startswith(cut)}
     # Old checkpoints lack BatchNorm's step counters; torch fills them in.
@@ -283,10 +205,36 @@ def load_model(path: Path, map_location: str | torch.device = "cpu") -> GeoLocNe
     payload = read_torch_file(path, "model file")
     if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
         raise GeolocError(f"{path} is not a geoloc model (it has no 'format': '{MODEL_FORMAT}' entry)")
-    try:
-        model = build_model(payload["backbone"], payload["fc_output_dim"],
-                            trainable_blocks=payload["trainable_blocks"])
-        model.load_state_dict(payload["state_dict"])
-    except (KeyError, RuntimeError) as exc:
-        raise GeolocError(f"{path} is a damaged geoloc model: {exc}") from exc
+    _check_model_fields(path, payload)
+    model = build_model(payload["backbone"], payload["fc_output_dim"], trainable_blocks=payload["trainable_blocks"])
+    _load_checked(model, payload["state_dict"], (), f"model file {path}")
     return model.to(map_location)
+
+
+def _is_count(value: object, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def _is_state_dict(value: object) -> bool:
+    return isinstance(value, Mapping) and all(isinstance(key, str) and isinstance(tensor, torch.Tensor)
+                                              for key, tensor in value.items())
+
+
+# What each field of a model file must hold, and how the error says it.
+_MODEL_FIELDS = {
+    "backbone": (lambda value: isinstance(value, str), "a backbone name"),
+    "fc_output_dim": (lambda value: _is_count(value, 1), "a positive integer"),
+    "trainable_blocks": (lambda value: value is None or _is_count(value, 0), "null or an integer >= 0"),
+    "state_dict": (_is_state_dict, "a mapping of tensor names to tensors"),
+}
+
+
+def _check_model_fields(path: Path, payload: dict) -> None:
+    """One clear error for a model file whose fields have the wrong types (e.g. edited by hand)."""
+    for field, (valid, expected) in _MODEL_FIELDS.items():
+        if field not in payload:
+            raise GeolocError(f"model file {path} is damaged: it has no {field!r}")
+        value = payload[field]
+        if not valid(value):
+            shown = type(value).__name__ if field == "state_dict" else repr(value)
+            raise GeolocError(f"model file {path} is damaged: {field} must be {expected}, got {shown}")

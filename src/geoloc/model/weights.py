@@ -39,6 +39,7 @@ import yaml
 from tqdm import tqdm
 
 from geoloc import __version__
+from geoloc.arguments import integer
 
 if TYPE_CHECKING:
     import torch
@@ -79,7 +80,7 @@ def lookup(registry_path: Path, backbone: str, pretraining: str) -> dict[str, An
     except OSError as exc:
         raise GeolocError(f"cannot read weights registry {registry_path}: {exc.strerror or exc}") from exc
     except yaml.YAMLError as exc:
-        raise GeolocError(f"weights registry {registry_path} is not valid YAML: {exc}") from exc
+        raise GeolocError(f"weights registry {registry_path} is not valid YAML: {_yaml_problem(exc)}") from exc
     if not isinstance(registry, dict):
         raise GeolocError(f"weights registry {registry_path} must map backbone names to pretrainings")
     if pretraining == "none":
@@ -95,6 +96,13 @@ def lookup(registry_path: Path, backbone: str, pretraining: str) -> dict[str, An
     return _checked_entry(pretrainings[pretraining], f"{registry_path}: {backbone}.{pretraining}")
 
 
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's error in one line: what and where (its own message adds the line and a caret)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return problem if mark is None else f"{problem} (line {mark.line + 1}, column {mark.column + 1})"
+
+
 def _checked_entry(entry: Any, where: str) -> dict[str, Any]:
     if not isinstance(entry, dict):
         raise GeolocError(f"{where} must be a mapping with url, sha256, size and format")
@@ -104,6 +112,10 @@ def _checked_entry(entry: Any, where: str) -> dict[str, Any]:
     url, digest, size, fmt = entry["url"], entry["sha256"], entry["size"], entry["format"]
     if not isinstance(url, str) or urllib.parse.urlsplit(url).scheme not in ("http", "https", "file"):
         raise GeolocError(f"{where}.url must be an http(s):// or file:// URL, got {url!r}")
+    if isinstance(digest, (int, float)) and not isinstance(digest, bool):
+        # An all-digit digest written without quotes is a number to YAML (leading zeros lost).
+        raise GeolocError(f"{where}.sha256 was read as a number: write the digest in quotes "
+                          "(sha256: \"0123...\"), as YAML reads unquoted digits as a number")
     if digest is not None and not (isinstance(digest, str) and _SHA256_OR_PREFIX.fullmatch(digest)):
         raise GeolocError(f"{where}.sha256 must be null or {_MIN_HASH_PREFIX} to 64 lowercase hex digits, "
                           f"got {digest!r}")
@@ -123,9 +135,10 @@ class _TransientError(Exception):
 def fetch(entry: Mapping[str, Any], out: Path, retries: int = 3, *, backoff_seconds: float = 2.0) -> str:
     """Make `out` hold the file of registry `entry`, checked; return its sha256.
 
-    A file already at `out` that passes the checks is kept. Otherwise the file is downloaded
-    (tried `retries` more times after a network failure or a short read) and moved into
-    place only when its size and sha256 match the entry.
+    A file already at `out` that passes the checks is kept; one that does not is deleted at
+    once, so that no later step can use it, even when the download below fails. The file is
+    then downloaded (tried `retries` more times after a network failure or a short read) and
+    moved into place only when its size and sha256 match the entry.
     """
     out = Path(out)
     entry = _checked_entry(dict(entry), f"weights entry for {out}")
@@ -135,7 +148,8 @@ def fetch(entry: Mapping[str, Any], out: Path, retries: int = 3, *, backoff_seco
         if problem is None:
             log.info("%s is already in place (sha256 %s)", out, digest)
             return digest
-        log.warning("%s exists but %s; downloading it again", out, problem)
+        out.unlink()
+        log.warning("deleted %s: %s; downloading it again", out, problem)
     with atomic_path(out) as tmp:
         for attempt in range(retries + 1):
             try:
@@ -163,6 +177,26 @@ def _mismatch(entry: Mapping[str, Any], digest: str, size: int) -> str | None:
     if expected is not None and not digest.startswith(expected):
         return f"sha256 mismatch: expected {expected}, got {digest}"
     return None
+
+
+def verify_weights(path: Path, expected_sha256: str | None) -> str:
+    """The sha256 of weights file `path`, checked against `expected_sha256` (the registry's
+    pinned digest or hex prefix of at least 8 digits; None checks nothing)."""
+    path = Path(path)
+    if expected_sha256 is not None and not (isinstance(expected_sha256, str)
+                                            and _SHA256_OR_PREFIX.fullmatch(expected_sha256)):
+        raise GeolocError(f"the pinned sha256 of {path} must be {_MIN_HASH_PREFIX} to 64 lowercase hex digits, "
+                          f"got {expected_sha256!r}")
+    if not path.is_file():
+        raise GeolocError(f"weights file {path} does not exist")
+    try:
+        digest = sha256_file(path)
+    except OSError as exc:
+        raise GeolocError(f"cannot read weights file {path}: {exc.strerror or exc}") from exc
+    if expected_sha256 is not None and not digest.startswith(expected_sha256):
+        raise GeolocError(f"weights file {path} has sha256 {digest}, but the registry pins {expected_sha256}: "
+                          "it is another file (delete it and run fetch-weights again)")
+    return digest
 
 
 def _download(url: str, dest: Path, expected_size: int | None, final: Path) -> tuple[str, int]:
@@ -333,16 +367,30 @@ def read_torch_file(path: Path, what: str) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        found = re.search(r"WeightsUnpickler error:\s*([^\n]+)", str(exc))
-        reason = (found.group(1) if found else str(exc).splitlines()[0]).split(". Please")[0].strip()
-        if "Unsupported global" in reason:
+        code = _python_globals(path, str(exc))
+        if code:
             raise GeolocError(f"{what} {path} was refused: loading it would run the Python code it "
-                              f"names ({reason})") from exc
-        raise GeolocError(f"{what} {path} is not a readable PyTorch file ({reason})") from exc
+                              f"names ({', '.join(code)}); geoloc loads tensors only") from exc
+        raise GeolocError(f"{what} {path} is not a readable PyTorch file (its pickle holds more than "
+                          "tensors and plain containers)") from exc
     except EOFError as exc:
         raise GeolocError(f"{what} {path} is not a readable PyTorch file: it is empty or cut short") from exc
     except (RuntimeError, OSError, ValueError, zipfile.BadZipFile) as exc:
         raise GeolocError(f"{what} {path} is not a readable PyTorch file: {exc}") from exc
+
+
+def _python_globals(path: Path, message: str) -> list[str]:
+    """The Python globals (module.name) a checkpoint's pickle names beyond tensors and containers.
+
+    Asked of torch for zip checkpoints; for the legacy format, read from its error message
+    (its other advice, to load with weights_only=False, is exactly what must not happen).
+    """
+    import torch
+
+    try:
+        return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except (ValueError, RuntimeError, OSError, pickle.UnpicklingError):
+        return re.findall(r"GLOBAL ([\w.]+)", message)
 
 
 def _is_safetensors(path: Path) -> bool:
@@ -362,12 +410,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backbone", required=True)
     parser.add_argument("--pretraining", required=True)
     parser.add_argument("--out", type=Path, required=True, help="where the weights file goes")
-    parser.add_argument("--retries", type=int, default=3, help="further attempts after a failed download")
+    parser.add_argument("--retries", type=integer(minimum=0), default=3,
+                        help="further attempts after a failed download")
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.retries < 0:
-        raise GeolocError(f"--retries must be >= 0, got {args.retries}")
     entry = lookup(args.registry, args.backbone, args.pretraining)
     digest = fetch(entry, args.out, retries=args.retries)
     print(f"{args.out} sha256 {digest}")

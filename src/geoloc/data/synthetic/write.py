@@ -8,8 +8,8 @@ import json
 import logging
 import multiprocessing
 import os
+import secrets
 import shutil
-import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from geoloc.arguments import integer
 from geoloc.data.names import format_image_name
 from geoloc.data.synthetic.city import City
 from geoloc.data.synthetic.render import render_views
@@ -25,8 +26,11 @@ from geoloc.errors import GeolocError
 
 log = logging.getLogger(__name__)
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: headings that round to 360.0 are written 0.0
 JPEG_QUALITY = 92
+# The largest seed: a signed 64-bit integer, as numpy and pandas read the integers of
+# synthetic.json and of the results; a larger one would not read back as the same number.
+MAX_SEED = 2**63 - 1
 
 # Every folder of the dataset, as the real datasets lay them out.
 FOLDERS = (
@@ -94,9 +98,12 @@ def generate_city(out: Path, seed: int, size: str, workers: int = 1) -> dict[str
     spec = SIZES[size]
     started = time.monotonic()
     plan = plan_shots(seed, spec)
+    # mkdir, not tempfile.mkdtemp: mkdtemp makes the folder 0700 whatever the umask, and the
+    # dataset is renamed into place as it is, for every member of the group to read.
+    tmp = out.parent / f".{out.name}.{secrets.token_hex(8)}.tmp"
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+        tmp.mkdir()
     except OSError as exc:
         raise GeolocError(f"cannot create {out}: {exc.strerror or exc}") from exc
     try:
@@ -131,16 +138,15 @@ def _available_cpus() -> int:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out", type=Path, help="output folder (must not exist, or be empty)")
-    parser.add_argument("--seed", type=int, required=True, help="random seed; same seed, same files")
+    parser.add_argument("--seed", type=integer(minimum=0, maximum=MAX_SEED), required=True,
+                        help="random seed; same seed, same files")
     parser.add_argument("--size", choices=sorted(SIZES), required=True,
                         help="tiny: a few hundred images for tests; demo: a few thousand")
-    parser.add_argument("--workers", type=int, default=min(2, _available_cpus()),
+    parser.add_argument("--workers", type=integer(minimum=1), default=min(2, _available_cpus()),
                         help="rendering processes (default: %(default)s); does not change the output")
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.workers < 1:
-        raise GeolocError(f"--workers must be at least 1, got {args.workers}")
     counts = generate_city(args.out, args.seed, args.size, workers=args.workers)
     for folder, count in counts.items():
         print(f"{folder}: {count} images")
