@@ -10,9 +10,16 @@ differentiable all-reduce of per-channel sums.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.distributed.nn.functional as dist_nn
 from torch import nn
+
+# Its suggested successor (torch.distributed._functional_collectives) is private and has no
+# autograd: this one stays, without a warning at every run.
+warnings.filterwarnings("ignore", message="torch.distributed.nn.functional.all_reduce is deprecated",
+                        category=FutureWarning)
 
 
 class GlobalBatchNorm2d(nn.BatchNorm2d):

@@ -68,9 +68,10 @@ class Ranks:
         """`module` as DistributedDataParallel (gradients averaged over the ranks), or itself."""
         if self.world == 1:
             return module
-        # BatchNorm buffers are equal on every rank already (global statistics): no broadcast.
+        # BatchNorm buffers are equal on every rank already (global statistics): no broadcast
+        # before each forward.
         return nn.parallel.DistributedDataParallel(
-            module, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
+            module, device_ids=[device.index] if device.type == "cuda" else None, forward_sync_buffers=False)
 
     def all_reduce(self, tensor: torch.Tensor) -> None:
         """Sum `tensor` over the ranks, in place (nothing to do alone)."""

@@ -28,7 +28,9 @@ class TrainingEvents:
 
             if resumed_from is None:
                 shutil.rmtree(folder, ignore_errors=True)
-            self._writer = SummaryWriter(str(folder), purge_step=resumed_from)
+            # Steps up to the checkpoint's are in it; later ones died with the killed run.
+            purge = None if resumed_from is None else resumed_from + 1
+            self._writer = SummaryWriter(str(folder), purge_step=purge)
         except Exception as exc:  # noqa: BLE001 - TensorBoard must never stop a training
             self._give_up(exc)
 
