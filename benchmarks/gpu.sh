@@ -55,7 +55,7 @@ mkdir -p "$RESULTS"
 common=(--device "$DEVICE" --image-size "$SIZE" --data-root "$DATA")
 step() { echo; echo "== $1 ($(date +%T))"; }
 
-step "training pipeline, amp: end-to-end vs compute-only, image cache and decoding workers"
+step "training pipeline, $PRECISION: end-to-end vs compute-only, image cache and decoding workers"
 "$PYTHON" benchmarks/train_pipeline.py "${common[@]}" --precision "$PRECISION" --cudnn-benchmark --backbones "$BACKBONES" \
     --source-pixels "$SIZE" --num-workers "$WORKERS" --iterations "$ITERATIONS" --rounds 3 --image-cache \
     --out "$RESULTS/train_pipeline_$DEVICE.json"

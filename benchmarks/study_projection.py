@@ -71,8 +71,11 @@ def main() -> None:
                      "evaluation_hours": test_s / 3600, "hours": hours})
     for row in rows:
         print(f"{row['run']:45} " + (f"{row['hours']:6.2f} h" if row["hours"] is not None else row["missing"]))
-    print(f"{'study (' + str(len(rows)) + ' runs)':45} {total:6.2f} GPU-hours")
-    write_json(args.out, {"benchmark": "study_projection", "runs": rows, "total_gpu_hours": total})
+    measured = sum(row["hours"] is not None for row in rows)
+    label = f"study ({len(rows)} runs)" if measured == len(rows) else f"the {measured} of {len(rows)} runs measured"
+    print(f"{label:45} {total:6.2f} GPU-hours")
+    write_json(args.out, {"benchmark": "study_projection", "runs": rows, "total_gpu_hours": total,
+                          "runs_measured": measured})
 
 
 if __name__ == "__main__":

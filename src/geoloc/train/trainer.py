@@ -19,6 +19,7 @@ import copy
 import dataclasses
 import hashlib
 import logging
+import math
 import sys
 import time
 from pathlib import Path
@@ -317,7 +318,7 @@ class Trainer:
         first = progress["global_iteration"] - len(losses)
         iteration = progress["iteration"] - len(losses)
         for offset, loss in enumerate(losses):
-            if loss == loss and abs(loss) != float("inf"):
+            if math.isfinite(loss):
                 progress["bad_steps"] = 0
                 progress["loss_sum"] += loss
                 progress["loss_count"] += 1
