@@ -1,7 +1,8 @@
 """Faults and bad input as the user meets them: through the commands and the workflow.
 
-Each case must end in one clear message naming the problem (a file, a field, a count), exit
-code 2, and no output under a final name. The protections themselves are unit-tested next to
+Each case must end in one clear message naming the problem (a file, a field, a count) as the
+last line of stderr, its exit code (2 bad input; 3 a stop signal, 130 Ctrl-C, both after a
+checkpoint in training; 1 a bug, traceback kept), and no output under a final name. The protections themselves are unit-tested next to
 their modules (test_atomic, train/test_checkpoint, data/test_datasets, train/test_trainer, test_workflow); here they
 are tried where they can still go wrong: in data loader workers, between a command's two
 output files, and with Snakemake itself killed in the middle of a job.
