@@ -97,6 +97,11 @@ def test_several_outputs_appear_together_or_not_at_all(tmp_path):
 
 def test_a_stop_signal_waits_until_every_output_is_in_place(tmp_path, monkeypatch):
     import signal
+    import threading
+
+    # Another thread, as torch's are: a signal mask on the main thread alone would not hold it.
+    idle = threading.Event()
+    threading.Thread(target=idle.wait, daemon=True).start()
 
     from geoloc import atomic
 
@@ -116,6 +121,7 @@ def test_a_stop_signal_waits_until_every_output_is_in_place(tmp_path, monkeypatc
             b.write_text("2")
     finally:
         signal.signal(signal.SIGTERM, previous)
+        idle.set()
     assert received == [["a", "b"]]  # delivered once both were there
 
 

@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
@@ -88,7 +89,7 @@ def atomic_outputs(*paths: str | os.PathLike) -> Iterator[list[Path]]:
 
     The block writes every temporary path; on success all are fsynced, then renamed in the
     given order with stop signals held back (a Ctrl-C or SIGTERM is delivered once all are in
-    place). On any exception every temporary file is removed and no final name is touched.
+    place, or none is). On any exception every temporary file is removed and no final name is touched.
     """
     finals = [Path(path) for path in paths]
     with contextlib.ExitStack() as stack:
@@ -96,18 +97,37 @@ def atomic_outputs(*paths: str | os.PathLike) -> Iterator[list[Path]]:
         yield temporaries
         for tmp, final in zip(temporaries, finals):
             _fsync_file(tmp, final)
-        previous = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
-        renamed = []
-        try:
-            for tmp, final in zip(temporaries, finals):
-                _rename(tmp, final)
-                renamed.append(final)
-        except BaseException:
-            for final in renamed:  # neither: the ones already in place go again
-                final.unlink(missing_ok=True)
-            raise
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        with _stop_signals_held():
+            renamed = []
+            try:
+                for tmp, final in zip(temporaries, finals):
+                    _rename(tmp, final)
+                    renamed.append(final)
+            except BaseException:
+                for final in renamed:  # neither: the ones already in place go again
+                    final.unlink(missing_ok=True)
+                raise
+
+
+@contextlib.contextmanager
+def _stop_signals_held() -> Iterator[None]:
+    """Stop signals that arrive in the block are delivered after it, to the handlers of before.
+
+    Python-level, not a signal mask: Python runs its handlers in the main thread whichever
+    thread the signal reached, and torch's threads do not block it.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may handle signals; none is raised here
+        return
+    pending = []
+    previous = {sig: signal.signal(sig, lambda signum, _frame: pending.append(signum)) for sig in _STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for signum in pending:
+            signal.raise_signal(signum)
 
 
 def remove_stale_temporaries(folder: str | os.PathLike, name: str) -> list[Path]:
