@@ -27,6 +27,7 @@ from geoloc.atomic import atomic_write_text
 from geoloc.data.synthetic.write import generate_city
 from geoloc.device import autocast, resolve_device
 from geoloc.model.losses import build_classifier
+from geoloc.train.guard import GuardedStep, adam
 
 BENCHMARKS = Path(__file__).resolve().parent
 OUT = Path(os.environ.get("OUT") or BENCHMARKS / "out")
@@ -44,7 +45,8 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, image_size: int, ba
                         help="torch CPU threads (default 1: on a shared machine, OpenMP threads that "
                              "wait for a busy core make 2 threads slower than 1)")
     parser.add_argument("--cudnn-benchmark", action="store_true",
-                        help="let cuDNN time its algorithms for each shape (geoloc.train.trainer does not, yet)")
+                        help="let cuDNN time its algorithms for each shape (as geoloc.train.trainer does for "
+                             "its training batches on CUDA)")
     parser.add_argument("--data-root", type=Path, default=OUT / "data",
                         help="synthetic cities are generated here once and reused")
     parser.add_argument("--out", type=Path, default=OUT / out_name, help="JSON file to write")
@@ -111,8 +113,9 @@ class ComputeOnlyStep:
     """The training loop's compute on a batch already on the device: the pipeline's upper bound.
 
     Forward under the run's autocast, the CosFace logits and cross-entropy, backward, and the
-    Adam steps of model and classifier through a GradScaler, exactly as `geoloc.train.trainer` does
-    them; no loading, augmentation, transfer, finiteness check or bookkeeping.
+    fused Adam steps of model and classifier through the trainer's own guarded step
+    (geoloc.train.guard), as `geoloc.train.trainer` does them; no loading, augmentation,
+    transfer, reading of the losses or bookkeeping.
     """
 
     def __init__(self, model: torch.nn.Module, model_opt: torch.optim.Optimizer, n_classes: int, *,
@@ -120,8 +123,8 @@ class ComputeOnlyStep:
                  loss: str = "cosface", classifier_lr: float = 0.01) -> None:
         self.model, self.model_opt, self.precision, self.device = model, model_opt, precision, device
         self.classifier = build_classifier(loss, model.fc_output_dim, n_classes).to(device)
-        self.classifier_opt = torch.optim.Adam(self.classifier.parameters(), lr=classifier_lr)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=precision == "amp" and device.type == "cuda")
+        self.classifier_opt = adam(self.classifier.parameters(), classifier_lr, device)
+        self.guarded_step = GuardedStep(device, precision)
         self.criterion = torch.nn.CrossEntropyLoss()
         generator = torch.Generator().manual_seed(0)
         self.images = torch.rand(batch_size, 3, image_size, image_size, generator=generator).to(device)
@@ -134,10 +137,7 @@ class ComputeOnlyStep:
             loss = self.criterion(self.classifier(self.model(self.images), self.labels), self.labels)
         self.model_opt.zero_grad(set_to_none=True)
         self.classifier_opt.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.model_opt)
-        self.scaler.step(self.classifier_opt)
-        self.scaler.update()
+        self.guarded_step(loss, [self.model_opt, self.classifier_opt])
 
     def seconds(self, steps: int) -> float:
         """Wall time of `steps` steps (the model left in train mode)."""

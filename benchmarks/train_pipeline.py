@@ -62,6 +62,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--iterations", type=int, default=20, help="iterations per round")
     parser.add_argument("--rounds", type=int, default=4, help="alternating compute-only / pipeline rounds")
     parser.add_argument("--num-workers", type=int, default=0, help="loader processes (config/demo.yaml: 0)")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the trainer's network (geoloc train --compile); the compute-only "
+                             "step stays eager, so read pipeline_img_s against a run without it")
     parser.add_argument("--image-cache", action="store_true",
                         help="also run the rounds with the training images read from a geoloc.data.image_cache")
     return parser.parse_args()
@@ -105,13 +108,14 @@ def make_trainer(args: argparse.Namespace, backbone: str, city: Path, val_city: 
     run = RunInfo(f"{backbone}-none-{args.precision}-s0", backbone, "none", args.precision, 0, "bench")
     return Trainer(settings, run, train_dir=city / "sf_xs" / "train", val_dir=val_city / "sf_xs" / "val",
                    weights=None, checkpoint_dir=scratch / "checkpoints", cache_dir=args.data_root / "groups",
-                   device=str(device.type), num_workers=args.num_workers, checkpoint_every=10**9)
+                   device=str(device.type), num_workers=args.num_workers, checkpoint_every=10**9,
+                   compile=args.compile)
 
 
 def measure(args: argparse.Namespace, trainer: Trainer, step: ComputeOnlyStep, backbone: str, loader: str) -> dict:
     images = args.iterations * args.batch_size
     half = max(1, args.iterations // 2)
-    rounds = []
+    rounds, compile_seconds = [], None
     for _ in range(args.rounds):
         cpu_start = time.process_time()
         compute_seconds = step.seconds(half)
@@ -119,6 +123,7 @@ def measure(args: argparse.Namespace, trainer: Trainer, step: ComputeOnlyStep, b
         with cpu_time_outside_training() as outside:
             cpu_start, start = time.process_time(), time.perf_counter()
             progress = trainer.fit(fresh=True)
+            compile_seconds = compile_seconds or progress["compile_seconds"]  # the first round compiles
             fit_seconds, fit_cpu = time.perf_counter() - start, time.process_time() - cpu_start
         cpu_start = time.process_time()
         compute_seconds += step.seconds(half)
@@ -133,6 +138,7 @@ def measure(args: argparse.Namespace, trainer: Trainer, step: ComputeOnlyStep, b
             rounds[-1]["cpu_efficiency"] = images / (fit_cpu - outside["seconds"]) / (compute_images / compute_cpu)
     counted = rounds[1:] or rounds
     return {"backbone": backbone, "loader": loader, "cpu_efficiency": None,
+            "compile_seconds": compile_seconds,
             **{key: statistics.median(r[key] for r in counted) for key in rounds[0]},
             "efficiency_range": [min(r["efficiency"] for r in counted), max(r["efficiency"] for r in counted)],
             "first_round_efficiency": rounds[0]["efficiency"], "rounds": rounds}

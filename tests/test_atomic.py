@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 import pytest
 
@@ -67,3 +68,69 @@ def test_outputs_get_the_usual_permissions_not_mkstemps_private_ones(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "shared.csv").stat().st_mode & 0o777 == 0o644
+
+
+def test_several_outputs_appear_together_or_not_at_all(tmp_path):
+    from geoloc.atomic import atomic_outputs
+
+    first, second = tmp_path / "model.pt", tmp_path / "train.json"
+    with pytest.raises(RuntimeError):
+        with atomic_outputs(first, second) as (a, b):
+            a.write_text("model")
+            raise RuntimeError("killed before the second was written")
+    assert os.listdir(tmp_path) == []
+
+    second.parent.joinpath("train.json").mkdir()  # the second cannot be renamed into place
+    with pytest.raises(GeolocError, match=f"cannot write {second}"):
+        with atomic_outputs(first, second) as (a, b):
+            a.write_text("model")
+            b.write_text("{}")
+    assert os.listdir(tmp_path) == ["train.json"]  # the folder in the way; no model.pt, no temporary
+    second.rmdir()
+
+    with atomic_outputs(first, second) as (a, b):
+        a.write_text("model")
+        b.write_text("{}")
+    assert (first.read_text(), second.read_text()) == ("model", "{}")
+    assert sorted(os.listdir(tmp_path)) == ["model.pt", "train.json"]
+
+
+def test_a_stop_signal_waits_until_every_output_is_in_place(tmp_path, monkeypatch):
+    import signal
+    import threading
+
+    # Another thread, as torch's are: a signal mask on the main thread alone would not hold it.
+    idle = threading.Event()
+    threading.Thread(target=idle.wait, daemon=True).start()
+
+    from geoloc import atomic
+
+    received = []
+    real_replace = os.replace
+
+    def replace_then_signal(source, target):
+        real_replace(source, target)
+        if Path(target).name == "a":
+            os.kill(os.getpid(), signal.SIGTERM)  # between the two renames
+
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(sorted(os.listdir(tmp_path))))
+    monkeypatch.setattr(atomic.os, "replace", replace_then_signal)
+    try:
+        with atomic.atomic_outputs(tmp_path / "a", tmp_path / "b") as (a, b):
+            a.write_text("1")
+            b.write_text("2")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        idle.set()
+    assert received == [["a", "b"]]  # delivered once both were there
+
+
+def test_stale_temporaries_of_one_output_are_removed_and_nothing_else(tmp_path):
+    from geoloc.atomic import remove_stale_temporaries
+
+    stale = [tmp_path / ".model.pt.a1b2c3.tmp", tmp_path / "..model.pt.a1b2c3.tmp.d4e5.tmp"]
+    kept = [tmp_path / "model.pt", tmp_path / ".train.json.x.tmp", tmp_path / "model.pt.tmp"]
+    for path in stale + kept:
+        path.write_text("x")
+    assert sorted(remove_stale_temporaries(tmp_path, "model.pt")) == sorted(stale)
+    assert sorted(os.listdir(tmp_path)) == sorted(path.name for path in kept)

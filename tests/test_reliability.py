@@ -1,7 +1,8 @@
 """Faults and bad input as the user meets them: through the commands and the workflow.
 
-Each case must end in one clear message naming the problem (a file, a field, a count), exit
-code 2, and no output under a final name. The protections themselves are unit-tested next to
+Each case must end in one clear message naming the problem (a file, a field, a count) as the
+last line of stderr, its exit code (2 bad input; 3 a stop signal, 130 Ctrl-C, both after a
+checkpoint in training; 1 a bug, traceback kept), and no output under a final name. The protections themselves are unit-tested next to
 their modules (test_atomic, train/test_checkpoint, data/test_datasets, train/test_trainer, test_workflow); here they
 are tried where they can still go wrong: in data loader workers, between a command's two
 output files, and with Snakemake itself killed in the middle of a job.
@@ -484,3 +485,180 @@ def test_workflow_killed_in_training_and_interrupted_in_evaluation_ends_as_an_un
     assert (results / "runs" / run / "recalls" / "sf_xs.queries.csv").read_bytes() == (
         straight / "results" / "runs" / run / "recalls" / "sf_xs.queries.csv").read_bytes()
     assert not any((results / "checkpoints" / run).glob("ckpt-*.pt"))  # dropped once the model was written
+
+
+# ---------------------------------------------------------------- train: stopped, killed, failing
+
+
+def training_command(sf_xs: Path, work: Path, *extra: str) -> list[str]:
+    """`geoloc train` in its own process, long enough to be stopped mid-epoch."""
+    args = train_args(sf_xs, work)
+    args[args.index("--iterations-per-epoch") + 1] = "400"
+    args[args.index("--checkpoint-every") + 1] = "1000"
+    return [sys.executable, "-m", "geoloc.cli", "train", *args, "--threads", "1", *extra]
+
+
+def stop_once_training(command: list[str], sig: int) -> tuple[int, str]:
+    """Start the command, send `sig` once its loop has started, return (exit code, stderr)."""
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    seen = []
+    for line in process.stderr:
+        seen.append(line)
+        if "epoch 0: training" in line:
+            break
+    time.sleep(1.0)  # well inside the loop
+    process.send_signal(sig)
+    rest = process.communicate(timeout=300)[1]
+    return process.returncode, "".join(seen) + rest
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 3), (signal.SIGUSR1, 3)])
+def test_a_stopped_training_checkpoints_and_ends_with_one_line_and_its_exit_code(tiny_city, tmp_path, sig, code):
+    sf_xs = copy_sf_xs(tiny_city, tmp_path / "data")
+    returncode, err = stop_once_training(training_command(sf_xs, tmp_path, "--num-workers", "2"), sig)
+
+    assert returncode == code, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"geoloc train: error: stopped by signal {int(sig)} ({sig.name}) at epoch 0 iteration ")
+    assert last.endswith("checkpoint saved, rerun to resume")
+    assert err.rstrip().endswith(last)  # nothing (no progress bar printed again) after the error
+    assert [path.name.startswith("ckpt-") for path in (tmp_path / "ckpt").iterdir()] == [True]
+    assert not (tmp_path / "run" / "model.pt").exists()
+
+
+def test_an_undecodable_image_in_a_loader_worker_is_one_line_not_a_traceback(tiny_city, tmp_path):
+    sf_xs = copy_sf_xs(tiny_city, tmp_path / "data")
+    for image in (sf_xs / "train").iterdir():
+        image.write_bytes(b"<html>403 Forbidden</html>")  # every image: the first batch meets one
+
+    result = subprocess.run(training_command(sf_xs, tmp_path, "--num-workers", "2"), capture_output=True,
+                            text=True, timeout=300)
+
+    assert_refused("train", result.returncode, result.stderr, "cannot decode image ", str(sf_xs / "train"))
+    assert "worker" not in result.stderr.lower()
+    assert not (tmp_path / "run" / "model.pt").exists()
+
+
+def test_a_stop_during_the_final_save_leaves_neither_output_and_the_rerun_writes_both(
+    tiny_city, tmp_path, capsys, monkeypatch
+):
+    from geoloc.train import command
+
+    sf_xs = copy_sf_xs(tiny_city, tmp_path / "data")
+    real_save = command.save_model
+
+    def save_then_sigterm(path, model):
+        real_save(path, model)
+        os.kill(os.getpid(), signal.SIGTERM)  # lands while train.json is still to come
+
+    monkeypatch.setattr(command, "save_model", save_then_sigterm)
+    code = main(["train", *train_args(sf_xs, tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 3, err
+    assert err.strip().splitlines()[-1] == (
+        "geoloc train: error: stopped by signal 15 (SIGTERM) before it finished; rerun it")
+    outputs = [name for name in files_under(tmp_path / "run") if not name.startswith("tensorboard/")]
+    assert outputs == []  # neither output, no temporary file
+    assert files_under(tmp_path / "ckpt")[-1] == "ckpt-000000002.pt"  # the end-of-training checkpoint
+
+    monkeypatch.undo()
+    assert main(["train", *train_args(sf_xs, tmp_path)]) == 0
+    assert json.loads((tmp_path / "run" / "train.json").read_text())["resumed_from_iteration"] == 2
+    assert (tmp_path / "run" / "model.pt").is_file()
+
+
+def test_what_a_killed_run_left_is_removed_by_the_next_run(tiny_city, tmp_path):
+    sf_xs = copy_sf_xs(tiny_city, tmp_path / "data")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "ckpt").mkdir()
+    leftovers = [tmp_path / "run" / ".model.pt.x1y2z3.tmp", tmp_path / "run" / "..model.pt.x1y2z3.tmp.q9.tmp",
+                 tmp_path / "run" / ".train.json.a1b2.tmp", tmp_path / "ckpt" / ".ckpt-000000004.pt.k3j2.tmp"]
+    for path in leftovers:
+        path.write_bytes(b"\0" * 1000)
+    (tmp_path / "run" / "model.pt").write_bytes(b"a model without its train.json")
+
+    assert main(["train", *train_args(sf_xs, tmp_path)]) == 0
+
+    assert not any(path.exists() for path in leftovers)
+    assert files_under(tmp_path / "run") == sorted(
+        ["model.pt", "train.json", *(str(Path("tensorboard") / p.name) for p in (tmp_path / "run" / "tensorboard").iterdir())])
+    models.load_model(tmp_path / "run" / "model.pt")  # the new one
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_a_full_disk_at_a_checkpoint_ends_the_training_with_one_line(tiny_city, tmp_path, capsys, monkeypatch):
+    sf_xs = copy_sf_xs(tiny_city, tmp_path / "data")
+    real_save = torch.save
+    monkeypatch.setattr(torch, "save", lambda obj, _path, **kwargs: real_save(obj, "/dev/full", **kwargs))
+
+    code = main(["train", *train_args(sf_xs, tmp_path)])
+
+    err = capsys.readouterr().err
+    assert_refused("train", code, err, f"cannot write {tmp_path / 'ckpt' / 'ckpt-000000001.pt'}")
+    assert err.rstrip().endswith("(is the disk full?)")  # the progress bar was closed first
+    assert files_under(tmp_path / "ckpt") == []
+
+
+def test_tensorboard_that_cannot_be_written_never_fails_a_training(tiny_city, tmp_path, caplog):
+    sf_xs = copy_sf_xs(tiny_city, tmp_path / "data")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "tensorboard").write_text("a file where the events folder goes")
+
+    with caplog.at_level("WARNING", logger="geoloc.train.events"):
+        assert main(["train", *train_args(sf_xs, tmp_path)]) == 0
+
+    assert "TensorBoard events in" in caplog.text and "the training goes on" in caplog.text
+    assert (tmp_path / "run" / "model.pt").is_file() and (tmp_path / "run" / "train.json").is_file()
+
+
+@pytest.mark.parametrize(("flag", "value", "problem"), [
+    ("--num-workers", "-1", "argument --num-workers: -1 is less than the minimum of 0"),
+    ("--seed", "99999999999999999999",
+     "argument --seed: 99999999999999999999 is greater than the maximum of 18446744073709551615"),
+    ("--batch-size", "4.0", "argument --batch-size: '4.0' is not of type 'integer'"),
+    ("--lr", "nan", "argument --lr: 'nan' is not a finite number"),
+    ("--image-size", "16", "argument --image-size: 16 is less than the minimum of 32"),
+])
+def test_train_refuses_a_value_the_schema_would_refuse_in_its_words(tiny_city, tmp_path, capsys, flag, value,
+                                                                     problem):
+    args = train_args(tiny_city / "sf_xs", tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", *args, flag, value])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"geoloc train: error: {problem}"
+
+
+def test_a_bug_keeps_its_traceback_and_still_ends_with_the_line_and_exit_code_1(tiny_city, tmp_path, capsys,
+                                                                               monkeypatch):
+    from geoloc.train import trainer
+
+    def broken_fit(self, fresh=False):
+        return {}["progress"]
+
+    monkeypatch.setattr(trainer.Trainer, "fit", broken_fit)
+    code = main(["train", *train_args(copy_sf_xs(tiny_city, tmp_path / "data"), tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "Traceback" in err and "broken_fit" in err
+    assert err.strip().splitlines()[-1] == (
+        "geoloc train: error: unexpected KeyError: 'progress' (a bug: the traceback above says where)")
+
+
+def test_sigterm_during_evaluation_ends_with_one_line_and_no_output(tmp_path, capsys, model_file, monkeypatch):
+    from geoloc.evaluate import evaluation
+
+    real = evaluation.evaluate_model
+
+    def evaluate_then_sigterm(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(evaluation, "evaluate_model", evaluate_then_sigterm)
+    out = tmp_path / "out"
+    code, err = evaluate(capsys, model_file, make_test_set(tmp_path / "set"), out / "t.csv", out / "t.queries.csv")
+
+    assert code == 3 and "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (
+        "geoloc evaluate: error: stopped by signal 15 (SIGTERM) before it finished; rerun it")
+    assert files_under(out) == []

@@ -155,7 +155,7 @@ def test_sigterm_checkpoints_exits_nonzero_and_the_rerun_resumes(tiny_city, tmp_
             break
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode != 0 and "checkpoint saved" in err
+    assert proc.returncode == 3 and err.strip().splitlines()[-1].endswith("checkpoint saved, rerun to resume")
     assert not (tmp_path / "run" / "model.pt").exists()
     ckpts = list((tmp_path / "ckpt").iterdir())
     assert len(ckpts) == 1
@@ -166,3 +166,42 @@ def test_sigterm_checkpoints_exits_nonzero_and_the_rerun_resumes(tiny_city, tmp_
     assert summary["resumed_from_iteration"] == int(ckpts[0].stem.split("-")[1]) > 0
     model = load_model(tmp_path / "run" / "model.pt")
     assert model.eval()(torch.rand(1, 3, 32, 32)).shape == (1, 16)
+
+
+@pytest.mark.slow
+def test_compiled_training_reports_its_compile_time_apart(tiny_city, tmp_path):
+    # torch.compile on a CPU builds C++ kernels: tens of seconds, hence slow.
+    settings = TrainSettings(**{**SETTINGS.__dict__, "epochs": 1, "iterations_per_epoch": 3})
+    trainer = Trainer(settings, RUN, train_dir=tiny_city / "sf_xs" / "train", val_dir=tiny_city / "sf_xs" / "val",
+                      weights=None, checkpoint_dir=tmp_path / "ckpt", cache_dir=tmp_path / "cache", device="cpu",
+                      num_workers=0, checkpoint_every=100, compile=True)
+    summary = trainer.summary(trainer.fit())
+    assert summary["compile_seconds"] > 1.0  # the first step, compilation included
+    assert summary["train_seconds"] < summary["compile_seconds"]  # the other two steps, compiled
+    assert summary["epochs"][0]["loss"] > 0
+
+
+def test_training_writes_tensorboard_scalars_and_a_fresh_run_starts_a_clean_folder(tiny_city, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events_dir = tmp_path / "tensorboard"
+    events_dir.mkdir()
+    (events_dir / "events.out.tfevents.0.old.1.0").write_bytes(b"an old run's events")
+
+    def train():
+        trainer = Trainer(SETTINGS, RUN, train_dir=tiny_city / "sf_xs" / "train", val_dir=tiny_city / "sf_xs" / "val",
+                          weights=None, checkpoint_dir=tmp_path / "ckpt", cache_dir=tmp_path / "cache", device="cpu",
+                          num_workers=0, checkpoint_every=4, events_dir=events_dir)
+        return trainer.fit(fresh=True)
+
+    train()
+    assert not (events_dir / "events.out.tfevents.0.old.1.0").exists()
+    events = EventAccumulator(str(events_dir))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/lr_backbone", "train/lr_classifier", "train/images_per_second", "train/gem_p",
+            "val/R@1", "val/R@5", "val/R@10", "val/R@20"} <= tags
+    assert [e.step for e in events.Scalars("train/loss")] == list(range(1, 13))  # every iteration, no repeat
+    assert [e.step for e in events.Scalars("val/R@1")] == [6, 12]  # each epoch's end
+    assert events.Scalars("train/lr_backbone")[0].value == pytest.approx(SETTINGS.lr)
+    assert events.Scalars("train/gem_p")[0].value == pytest.approx(3.0, abs=0.1)

@@ -4,6 +4,10 @@ The study used torchvision's ColorJitter(0.7, 0.7, 0.7, 0.5) and RandomResizedCr
 0.5-1) image by image. Here every image of a batch still gets its own random parameters, but
 all images are transformed together with tensor ops (no Python loop over images), so the
 augmentation costs a few kernels per batch instead of a few per image.
+
+The random parameters are drawn for the whole global batch, image by image in batch order, and
+a rank of a distributed run keeps the rows of its slice (`rows`): its images get exactly the
+augmentation they get in a single-process run.
 """
 
 from __future__ import annotations
@@ -31,31 +35,45 @@ class AugmentConfig:
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
 
 
-def _uniform(n: int, low: float, high: float, generator: torch.Generator, device) -> torch.Tensor:
-    return torch.rand(n, generator=generator, device=device) * (high - low) + low
+@dataclass(frozen=True)
+class _Rows:
+    """Rows start..start+count of a batch of `total` images: the draws this slice keeps."""
+
+    start: int
+    count: int
+    total: int
+
+    def rand(self, generator: torch.Generator, device) -> torch.Tensor:
+        return torch.rand(self.total, generator=generator, device=device)[self.start: self.start + self.count]
 
 
-def color_jitter(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
+def _uniform(rows: _Rows, low: float, high: float, generator: torch.Generator, device) -> torch.Tensor:
+    return rows.rand(generator, device) * (high - low) + low
+
+
+def color_jitter(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator,
+                 rows: _Rows | None = None) -> torch.Tensor:
     """Per-image brightness, contrast, saturation and hue jitter of float images in [0, 1].
 
     Hue is rotated in YIQ space (one 3x3 matrix per image), a linear stand-in for the HSV
     hue shift that keeps the whole jitter a handful of batched ops.
     """
     n, device = images.shape[0], images.device
+    rows = rows or _Rows(0, n, n)
     gray_w = _GRAY.to(device, images.dtype).view(1, 3, 1, 1)
 
-    b = _uniform(n, max(0.0, 1 - cfg.brightness), 1 + cfg.brightness, generator, device)
+    b = _uniform(rows, max(0.0, 1 - cfg.brightness), 1 + cfg.brightness, generator, device)
     images = (images * b.view(n, 1, 1, 1).to(images.dtype)).clamp_(0, 1)
 
-    c = _uniform(n, max(0.0, 1 - cfg.contrast), 1 + cfg.contrast, generator, device).view(n, 1, 1, 1)
+    c = _uniform(rows, max(0.0, 1 - cfg.contrast), 1 + cfg.contrast, generator, device).view(n, 1, 1, 1)
     mean = (images * gray_w).sum(1, keepdim=True).mean((2, 3), keepdim=True)
     images = (c * images + (1 - c) * mean).clamp_(0, 1).to(images.dtype)
 
-    s = _uniform(n, max(0.0, 1 - cfg.saturation), 1 + cfg.saturation, generator, device).view(n, 1, 1, 1)
+    s = _uniform(rows, max(0.0, 1 - cfg.saturation), 1 + cfg.saturation, generator, device).view(n, 1, 1, 1)
     gray = (images * gray_w).sum(1, keepdim=True)
     images = (s * images + (1 - s) * gray).clamp_(0, 1).to(images.dtype)
 
-    angle = _uniform(n, -cfg.hue, cfg.hue, generator, device) * (2 * math.pi)
+    angle = _uniform(rows, -cfg.hue, cfg.hue, generator, device) * (2 * math.pi)
     cos, sin = torch.cos(angle), torch.sin(angle)
     rot = torch.zeros(n, 3, 3, device=device)
     rot[:, 0, 0] = 1
@@ -67,19 +85,21 @@ def color_jitter(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Gene
 
 
 def random_resized_crop(
-    images: torch.Tensor, size: int, cfg: AugmentConfig, generator: torch.Generator
+    images: torch.Tensor, size: int, cfg: AugmentConfig, generator: torch.Generator,
+    rows: _Rows | None = None,
 ) -> torch.Tensor:
     """Crop a random area (scale and aspect ratio per image) and resize it to size x size."""
     n, device = images.shape[0], images.device
-    area = _uniform(n, *cfg.crop_scale, generator, device)
-    log_ratio = _uniform(n, math.log(cfg.crop_ratio[0]), math.log(cfg.crop_ratio[1]), generator, device)
+    rows = rows or _Rows(0, n, n)
+    area = _uniform(rows, *cfg.crop_scale, generator, device)
+    log_ratio = _uniform(rows, math.log(cfg.crop_ratio[0]), math.log(cfg.crop_ratio[1]), generator, device)
     ratio = torch.exp(log_ratio)
     # Crop width/height as fractions of the image, clamped so the crop fits.
     w = torch.sqrt(area * ratio).clamp(max=1.0)
     h = torch.sqrt(area / ratio).clamp(max=1.0)
     # Crop centre in normalised [-1, 1] coordinates, anywhere the crop stays inside.
-    cx = (torch.rand(n, generator=generator, device=device) * 2 - 1) * (1 - w)
-    cy = (torch.rand(n, generator=generator, device=device) * 2 - 1) * (1 - h)
+    cx = (rows.rand(generator, device) * 2 - 1) * (1 - w)
+    cy = (rows.rand(generator, device) * 2 - 1) * (1 - h)
     theta = torch.zeros(n, 2, 3, device=device, dtype=images.dtype)
     theta[:, 0, 0], theta[:, 0, 2] = w, cx
     theta[:, 1, 1], theta[:, 1, 2] = h, cy
@@ -88,9 +108,16 @@ def random_resized_crop(
 
 
 def augment_batch(
-    images_uint8: torch.Tensor, size: int, generator: torch.Generator, cfg: AugmentConfig = AugmentConfig()
+    images_uint8: torch.Tensor, size: int, generator: torch.Generator, cfg: AugmentConfig = AugmentConfig(),
+    rows: tuple[int, int] | None = None,
 ) -> torch.Tensor:
-    """uint8 (n, 3, H, W) on the training device -> augmented float (n, 3, size, size) in [0, 1]."""
+    """uint8 (n, 3, H, W) on the training device -> augmented float (n, 3, size, size) in [0, 1].
+
+    `rows` = (start, total): these n images are rows start..start+n of a batch of `total`.
+    """
+    n = images_uint8.shape[0]
+    start, total = rows or (0, n)
+    kept = _Rows(start, n, total)
     images = images_uint8.float().div_(255)
-    images = color_jitter(images, cfg, generator)
-    return random_resized_crop(images, size, cfg, generator)
+    images = color_jitter(images, cfg, generator, kept)
+    return random_resized_crop(images, size, cfg, generator, kept)

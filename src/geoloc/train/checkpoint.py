@@ -2,7 +2,8 @@
 
 Two files are kept (`ckpt-<iteration>.pt`), so a checkpoint that was cut short or corrupted
 on disk still leaves the previous one to resume from. Loading uses `weights_only=True`: a
-checkpoint holds tensors and plain Python values only and can never run code.
+checkpoint holds tensors and plain Python values only and can never run code, and every
+field is checked for its type (`check_fields`), so a hand-edited file is one clear error.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from geoloc.atomic import atomic_torch_save
+import torch
+
+from geoloc.atomic import atomic_torch_save, remove_stale_temporaries
 from geoloc.errors import GeolocError
 from geoloc.model.weights import read_torch_file
 
@@ -20,6 +23,18 @@ log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^ckpt-(\d+)\.pt$")
 KEEP = 2
+
+_NUMBER = (int, float)
+# What a checkpoint holds, and the type of each field.
+FIELDS = {"fingerprint": dict, "progress": dict, "model": dict, "classifiers": list, "model_opt": dict,
+          "classifier_opts": list, "scaler": dict, "cpu_rng": torch.Tensor}
+PROGRESS_FIELDS = {
+    "epoch": int, "iteration": int, "global_iteration": int, "history": list, "loss_sum": _NUMBER,
+    "loss_count": int, "bad_steps": int, "train_seconds": _NUMBER, "val_seconds": _NUMBER,
+    "epoch_train_seconds": _NUMBER, "compile_seconds": (*_NUMBER, type(None)),
+    "best_r1": (*_NUMBER, type(None)), "best_epoch": (int, type(None)), "best_state": (dict, type(None)),
+    "started_at": str, "resumed_from_iteration": (int, type(None)),
+}
 
 
 def checkpoint_files(folder: Path) -> list[Path]:
@@ -51,7 +66,8 @@ def load_latest_checkpoint(folder: Path, fingerprint: dict[str, Any]) -> dict[st
         except GeolocError as exc:
             log.warning("%s; trying the previous one", exc)
             continue
-        saved = state.get("fingerprint", {})
+        check_fields(state, path)
+        saved = state["fingerprint"]
         if saved != fingerprint:
             diff = sorted(k for k in set(saved) | set(fingerprint) if saved.get(k) != fingerprint.get(k))
             details = ", ".join(f"{k}: {saved.get(k)!r} -> {fingerprint.get(k)!r}" for k in diff)
@@ -66,6 +82,33 @@ def load_latest_checkpoint(folder: Path, fingerprint: dict[str, Any]) -> dict[st
     return None
 
 
+def check_fields(state: Any, path: Path) -> None:
+    """GeolocError naming the first field of `state` that is missing or of the wrong type."""
+    where = f"checkpoint {path}"
+    _check(state, dict, where, "its content")
+    for name, kind in FIELDS.items():
+        _check(state.get(name), kind, where, name)
+    for name, kind in PROGRESS_FIELDS.items():
+        _check(state["progress"].get(name), kind, where, f"progress.{name}")
+    for name, value in state["model"].items():
+        _check(value, torch.Tensor, where, f"model.{name}")
+
+
+def _check(value: Any, kind: type | tuple[type, ...], where: str, field: str) -> None:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    # bool is an int to isinstance, never to a checkpoint.
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        expected = " or ".join("None" if k is type(None) else k.__name__ for k in kinds)
+        raise GeolocError(f"{where}: field {field} should be {expected}, found {type(value).__name__} "
+                          f"{value!r:.40} (edited by hand? rerun with --fresh to start over)")
+
+
 def discard_checkpoints(folder: Path) -> None:
     for path in checkpoint_files(folder):
         path.unlink(missing_ok=True)
+
+
+def remove_stale_checkpoint_files(folder: Path) -> None:
+    """The temporary files of checkpoint writes that were killed (SIGKILL, a node failure)."""
+    if folder.is_dir():
+        remove_stale_temporaries(folder, "ckpt-*.pt")

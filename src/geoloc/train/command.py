@@ -1,0 +1,138 @@
+"""`geoloc train`: train one run and write model.pt and train.json, both or neither.
+
+Every value given on the command line meets the checks of the config schema, in its words
+(geoloc.arguments). Run once per rank by srun or torchrun, or with `--nproc N` to start N
+local ranks (geoloc.train.distributed); rank 0 writes the outputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+from pathlib import Path
+
+from geoloc.arguments import integer, number
+from geoloc.atomic import atomic_outputs, remove_stale_temporaries
+from geoloc.device import PRECISIONS, cpu_budget, resolve_device
+from geoloc.errors import GeolocError
+from geoloc.model.losses import LOSSES
+from geoloc.model.network import save_model
+from geoloc.train import checkpoint as ckpt
+from geoloc.train import distributed
+from geoloc.train.settings import RunInfo, TrainSettings
+from geoloc.train.trainer import Trainer
+
+log = logging.getLogger(__name__)
+
+OUTPUTS = ("model.pt", "train.json")
+# The schema's bounds of each setting (workflow/schemas/config.schema.yaml).
+_BOUNDS = {"image_size": {"minimum": 32}, "alpha": {"minimum": 1, "maximum": 360}, "trainable_blocks": {"minimum": 0}}
+_SEED = integer(minimum=0, maximum=2**64 - 1)  # torch.manual_seed takes no more
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    d = TrainSettings()
+    io = parser.add_argument_group("data and outputs")
+    io.add_argument("--train-dir", type=Path, required=True, help="e.g. DATASETS/sf_xs/train")
+    io.add_argument("--val-dir", type=Path, required=True, help="e.g. DATASETS/sf_xs/val")
+    io.add_argument("--out-dir", type=Path, required=True,
+                    help="gets model.pt, train.json and the TensorBoard events (tensorboard/)")
+    io.add_argument("--checkpoint-dir", type=Path, required=True, help="resumable state (not an output)")
+    io.add_argument("--cache-dir", type=Path, default=None, help="cache of the class/group lists")
+    io.add_argument("--image-cache", type=Path, default=None,
+                    help="folder of the decoded-image cache (decode each training image once); default: none")
+    io.add_argument("--max-bad-images", type=integer(minimum=0), default=0,
+                    help="training images that may be undecodable and skipped (needs --image-cache)")
+    run = parser.add_argument_group("run")
+    run.add_argument("--run-name", required=True)
+    run.add_argument("--backbone", default=d.backbone)
+    run.add_argument("--pretraining", default="none", help="label of the weights source")
+    run.add_argument("--tag", default=None)
+    run.add_argument("--weights", default="none", help="pretrained weights file, or 'none'")
+    run.add_argument("--weights-format", default=None)
+    run.add_argument("--precision", choices=PRECISIONS, default=d.precision)
+    run.add_argument("--seed", type=_SEED, default=d.seed)
+    run.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    run.add_argument("--num-workers", type=integer(minimum=0), default=4, help="image decoding processes")
+    run.add_argument("--checkpoint-every", type=integer(minimum=1), default=500,
+                     help="iterations between checkpoints")
+    run.add_argument("--fresh", action="store_true", help="discard existing checkpoints and start over")
+    run.add_argument("--compile", action="store_true",
+                     help="torch.compile the network (its compile time is reported apart, as compile_seconds)")
+    run.add_argument("--nproc", type=integer(minimum=1), default=1,
+                     help="training processes to start on this machine (one per GPU; gloo on CPUs)")
+    hp = parser.add_argument_group("hyperparameters (defaults: the study's)")
+    for field in dataclasses.fields(TrainSettings):
+        if field.name in ("backbone", "weights_format", "precision", "seed"):
+            continue
+        kind = field.type.split(" ")[0]
+        if kind == "int":
+            value_type = integer(**_BOUNDS.get(field.name, {"minimum": 1}))
+        elif kind == "float":
+            value_type = number(exclusive_minimum=0)
+        else:
+            value_type = str
+        hp.add_argument(f"--{field.name.replace('_', '-')}", dest=field.name, type=value_type,
+                        default=getattr(d, field.name),
+                        **({"choices": LOSSES} if field.name == "loss" else {}))
+
+
+def run(args: argparse.Namespace) -> int:
+    launched = distributed.ranks_from_environment()
+    if launched is None and args.nproc > 1:
+        argv = distributed.strip_option(distributed.strip_option(args.argv, "--nproc"), "--threads")
+        return distributed.launch_local(args.nproc, argv, max(1, cpu_budget(args.threads) // args.nproc))
+    settings = TrainSettings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainSettings)
+                                if f.name not in ("weights_format",)},
+                             weights_format=args.weights_format)
+    weights = None if args.weights in ("none", "", None) else Path(args.weights)
+    if weights is not None and not weights.is_file():
+        raise GeolocError(f"weights file {weights} does not exist (run the fetch_weights rule first)")
+    ranks = distributed.Ranks()
+    if launched is not None:
+        ranks = distributed.start(*launched, resolve_device(args.device))
+    try:
+        return _train(args, settings, weights, ranks)
+    finally:
+        distributed.stop()
+
+
+def _train(args: argparse.Namespace, settings: TrainSettings, weights: Path | None,
+           ranks: distributed.Ranks) -> int:
+    if ranks.is_main:
+        _remove_incomplete_outputs(args.out_dir)
+    info = RunInfo(args.run_name, settings.backbone, args.pretraining, settings.precision, settings.seed, args.tag)
+    trainer = Trainer(settings, info, train_dir=args.train_dir, val_dir=args.val_dir, weights=weights,
+                      checkpoint_dir=args.checkpoint_dir, cache_dir=args.cache_dir, device=args.device,
+                      num_workers=args.num_workers, checkpoint_every=args.checkpoint_every,
+                      image_cache_dir=args.image_cache, max_bad_images=args.max_bad_images,
+                      events_dir=args.out_dir / "tensorboard", compile=args.compile, ranks=ranks)
+    progress = trainer.fit(fresh=args.fresh)
+    if not ranks.is_main:
+        return 0
+    summary = trainer.summary(progress)
+    model_path, json_path = (args.out_dir / name for name in OUTPUTS)
+    with atomic_outputs(model_path, json_path) as (model_tmp, json_tmp):
+        save_model(model_tmp, trainer.best_model(progress))
+        json_tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    # The outputs are complete: the checkpoints have done their job, and leaving them would
+    # block a retraining with changed settings (they would be refused as another run's).
+    ckpt.discard_checkpoints(args.checkpoint_dir)
+    log.info("best val R@1 %.2f at epoch %d; training time %.1f s", summary["best_val_r1"],
+             summary["best_epoch"], summary["training_time_seconds"])
+    return 0
+
+
+def _remove_incomplete_outputs(out_dir: Path) -> None:
+    """What a killed run left in `out_dir`: temporary files, or one output without the other."""
+    if not out_dir.is_dir():
+        return
+    for name in OUTPUTS:
+        remove_stale_temporaries(out_dir, name)
+    present = [out_dir / name for name in OUTPUTS if (out_dir / name).exists()]
+    if len(present) == 1:
+        log.warning("removing %s: its run was killed before writing %s", present[0],
+                    next(name for name in OUTPUTS if not (out_dir / name).exists()))
+        present[0].unlink()
