@@ -646,15 +646,15 @@ def test_a_bug_keeps_its_traceback_and_still_ends_with_the_line_and_exit_code_1(
 
 
 def test_sigterm_during_evaluation_ends_with_one_line_and_no_output(tmp_path, capsys, model_file, monkeypatch):
-    from geoloc.evaluate import evaluation
+    from geoloc.evaluate import command
 
-    real = evaluation.evaluate_model
+    real = command.embed
 
-    def evaluate_then_sigterm(*args, **kwargs):
+    def embed_then_sigterm(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGTERM)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(evaluation, "evaluate_model", evaluate_then_sigterm)
+    monkeypatch.setattr(command, "embed", embed_then_sigterm)
     out = tmp_path / "out"
     code, err = evaluate(capsys, model_file, make_test_set(tmp_path / "set"), out / "t.csv", out / "t.queries.csv")
 
