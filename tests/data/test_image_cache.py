@@ -156,23 +156,6 @@ def _build_in_process(paths, folder, queue):
     queue.put([cache.get(row).numpy().tobytes() for row in range(len(cache))])
 
 
-def test_concurrent_builders_both_get_a_whole_cache(tmp_path):
-    paths = write_images(tmp_path / "imgs", 30)
-    context = multiprocessing.get_context("fork")
-    queue = context.Queue()
-    builders = [context.Process(target=_build_in_process, args=(paths, tmp_path / "cache", queue))
-                for _ in range(2)]
-    for process in builders:
-        process.start()
-    results = [queue.get(timeout=60) for _ in builders]
-    for process in builders:
-        process.join(timeout=60)
-        assert process.exitcode == 0
-    expected = [read_image(path, SIZE).numpy().tobytes() for path in paths]
-    assert results == [expected, expected]
-    assert len(cache_files(tmp_path / "cache")) == 2
-
-
 def _build_without_locks(paths, folder, queue):
     def no_locks(*args):
         raise OSError(37, "No locks available")
@@ -181,12 +164,12 @@ def _build_without_locks(paths, folder, queue):
     _build_in_process(paths, folder, queue)
 
 
-def test_concurrent_builders_without_file_locks_both_get_a_whole_cache(tmp_path):
+@pytest.mark.parametrize("builder", [_build_in_process, _build_without_locks], ids=["locks", "no-locks"])
+def test_concurrent_builders_both_get_a_whole_cache(tmp_path, builder):
     paths = write_images(tmp_path / "imgs", 30)
     context = multiprocessing.get_context("fork")
     queue = context.Queue()
-    builders = [context.Process(target=_build_without_locks, args=(paths, tmp_path / "cache", queue))
-                for _ in range(2)]
+    builders = [context.Process(target=builder, args=(paths, tmp_path / "cache", queue)) for _ in range(2)]
     for process in builders:
         process.start()
     results = [queue.get(timeout=60) for _ in builders]

@@ -82,11 +82,9 @@ def write_run(
     return run_dir
 
 
-def write_baseline(root: Path, backbone: str, pretraining: str, recalls: dict[str, float]) -> Path:
-    """A baseline folder per C1/C2: baseline.json (no training, times null) and its recall CSVs."""
-    run_dir = root / f"{backbone}-{pretraining}"
-    run_dir.mkdir(parents=True)
-    summary = {
+def baseline_summary(backbone: str, pretraining: str, device: str = "NVIDIA A100") -> dict:
+    """baseline.json of an untrained network per C1/C2: no training, times null."""
+    return {
         "run": {
             "name": f"{backbone}-{pretraining}-baseline",
             "backbone": backbone,
@@ -101,10 +99,16 @@ def write_baseline(root: Path, backbone: str, pretraining: str, recalls: dict[st
         "params": 11_000_000,
         "trainable_params": 8_000_000,
         "gflops_per_image": 1.8,
-        "device": "NVIDIA A100",
-        "versions": {"torch": "2.14.1"},
+        "device": device,
+        "versions": {"python": "3.11.2", "torch": "2.14.1", "geoloc": "0.1.0"},
     }
-    (run_dir / "baseline.json").write_text(json.dumps(summary), encoding="utf-8")
+
+
+def write_baseline(root: Path, backbone: str, pretraining: str, recalls: dict[str, float]) -> Path:
+    """A baseline folder: baseline.json and its recall CSVs."""
+    run_dir = root / f"{backbone}-{pretraining}"
+    run_dir.mkdir(parents=True)
+    (run_dir / "baseline.json").write_text(json.dumps(baseline_summary(backbone, pretraining)), encoding="utf-8")
     write_recalls(run_dir, recalls, kind="baseline", model_sha256="")
     return run_dir
 

@@ -25,6 +25,7 @@ import pandas as pd
 import pytest
 import yaml
 from PIL import Image
+from test_aggregate import baseline_summary
 
 from geoloc.data.names import format_image_name
 from geoloc.errors import GeolocError
@@ -287,24 +288,7 @@ def _write_train_json(run_dir: Path, spec: RunSpec) -> None:
 
 
 def _write_baseline_json(folder: Path, backbone: str, pretraining: str) -> None:
-    summary = {
-        "run": {
-            "name": f"{backbone}-{pretraining}-baseline",
-            "backbone": backbone,
-            "pretraining": pretraining,
-            "precision": "fp32",
-            "seed": 0,
-            "tag": None,
-            "kind": "baseline",
-        },
-        "weights": None,
-        "training_time_seconds": None,
-        "params": 11_200_000,
-        "trainable_params": 8_400_000,
-        "gflops_per_image": 0.5,
-        "device": "cpu",
-        "versions": {"python": "3.11.2", "torch": "2.14.1", "geoloc": "0.1.0"},
-    }
+    summary = baseline_summary(backbone, pretraining, device="cpu")
     (folder / "baseline.json").write_text(json.dumps(summary), encoding="utf-8")
 
 
