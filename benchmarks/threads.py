@@ -62,7 +62,8 @@ def child(args: argparse.Namespace) -> None:
 
     from common import synthetic_city
 
-    from geoloc.train.trainer import RunInfo, Trainer, TrainSettings
+    from geoloc.train.settings import RunInfo, TrainSettings
+    from geoloc.train.trainer import Trainer
 
     logging.basicConfig(level=logging.WARNING)
     data = Path(os.environ["GEOLOC_BENCH_DATA"])

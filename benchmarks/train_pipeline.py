@@ -40,10 +40,10 @@ from common import (DEMO_BACKBONES, ComputeOnlyStep, add_common_arguments, machi
                     settings_of, setup, synthetic_city, write_json)
 
 from geoloc.data.datasets import TrainGroupDataset
-from geoloc.data.image_cache import ImageCache
 from geoloc.train import checkpoint
 from geoloc.train import trainer as train_module
-from geoloc.train.trainer import RunInfo, Trainer, TrainSettings
+from geoloc.train.settings import RunInfo, TrainSettings
+from geoloc.train.trainer import Trainer, open_image_cache
 
 COLUMNS = ["backbone", "loader", "compute_img_s", "pipeline_img_s", "efficiency", "efficiency_range",
            "cpu_efficiency", "first_round_efficiency", "epoch_fixed_seconds"]
@@ -168,18 +168,13 @@ def cpu_time_outside_training():
 
 
 def use_image_cache(args: argparse.Namespace, trainer: Trainer, folder: Path) -> float:
-    """Point the trainer's datasets at an image cache of their images; returns the build seconds.
-
-    What `geoloc train --image-cache DIR` does once the trainer is wired to it.
-    """
-    paths = sorted({path for dataset in trainer.datasets for images in dataset.classes for path in images})
-    start = time.perf_counter()
-    cache = ImageCache.build_or_open(paths, args.image_size, folder, num_workers=max(1, args.num_workers))
-    seconds = time.perf_counter() - start
+    """Point the trainer's datasets at the image cache `geoloc train --image-cache DIR` opens
+    (the whole training folder's, built if missing); returns the seconds its build took."""
+    listing = trainer.datasets[0].classes.listing
+    cache = open_image_cache(listing, args.image_size, folder, None, max(1, args.num_workers), max_bad_images=0)
     trainer.datasets = [TrainGroupDataset(dataset.classes, args.image_size, cache=cache)
                         for dataset in trainer.datasets]
-    return seconds
-
+    return cache.build_seconds
 
 if __name__ == "__main__":
     main()

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from geoloc.atomic import atomic_open, atomic_write_text
+from geoloc.atomic import atomic_open, atomic_torch_save, atomic_write_text
 from geoloc.errors import GeolocError
 
 
@@ -59,6 +59,17 @@ def test_full_disk_is_a_clear_error_and_leaves_nothing(tmp_path, monkeypatch):
         atomic_write_text(tmp_path / "x.txt", "data")
     monkeypatch.undo()
     assert os.listdir(tmp_path) == []
+
+
+def test_the_same_tensors_saved_twice_give_the_same_bytes(tmp_path):
+    # Each save goes through its own random temporary name; model_sha256 must not see it.
+    import torch
+
+    state = {"weight": torch.arange(6.0).reshape(2, 3)}
+    atomic_torch_save(state, tmp_path / "a.pt")
+    atomic_torch_save(state, tmp_path / "b" / "model.pt")
+    assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b" / "model.pt").read_bytes()
+    assert torch.equal(torch.load(tmp_path / "a.pt", weights_only=True)["weight"], state["weight"])
 
 
 def test_outputs_get_the_usual_permissions_not_mkstemps_private_ones(tmp_path):

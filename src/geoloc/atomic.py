@@ -148,12 +148,18 @@ def remove_stale_temporaries(folder: str | os.PathLike, name: str) -> list[Path]
 
 
 def atomic_torch_save(obj, path: str | os.PathLike) -> None:
-    """`torch.save` through `atomic_path`; torch reports a full disk as a RuntimeError."""
+    """`torch.save` through `atomic_path`; torch reports a full disk as a RuntimeError.
+
+    Saved through an open file: given a path, torch names the archive inside after the file,
+    here a random temporary name, and the same model would never give the same bytes twice
+    (train.json's model_sha256 identifies a model by its file).
+    """
     import torch  # only the writers of models and checkpoints need it
 
     with atomic_path(path) as tmp:
         try:
-            torch.save(obj, tmp)
+            with open(tmp, "wb") as handle:
+                torch.save(obj, handle)
         except RuntimeError as exc:
             raise GeolocError(f"cannot write {path}: {exc} (is the disk full?)") from exc
 

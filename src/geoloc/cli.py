@@ -6,7 +6,8 @@ ends every failure with one line `geoloc <command>: error: ...` as the last line
 and a documented exit code:
 
     2    bad input, configuration or data (GeolocError): a retry cannot fix it
-    3    stopped by SIGTERM or SIGUSR1 (training: after writing a checkpoint): a retry resumes
+    3    stopped by SIGTERM or SIGUSR1, or by training before its SLURM job's time limit
+         (training: after writing a checkpoint): a retry resumes
     130  stopped by Ctrl-C (SIGINT; training: after writing a checkpoint)
     1    an unexpected error, a bug: its traceback is printed above the line
 """

@@ -450,7 +450,8 @@ def test_a_file_name_that_is_not_utf8_is_refused_before_embedding(tmp_path, caps
 def test_baseline_is_the_network_training_starts_from(tiny_city, tmp_path):
     # The trainer's own first state, with pretrained weights: what every run of this
     # (backbone, pretraining, seed) starts from.
-    from geoloc.train.trainer import RunInfo, Trainer, TrainSettings
+    from geoloc.train.settings import RunInfo, TrainSettings
+    from geoloc.train.trainer import Trainer
 
     torchvision_weights(tmp_path / "w.pth", seed=9)
     settings = TrainSettings(backbone="resnet18", seed=5, image_size=32, batch_size=4, M=10, alpha=45, N=2, L=1,

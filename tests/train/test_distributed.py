@@ -18,6 +18,7 @@ for bit.
 """
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -104,6 +105,24 @@ def test_a_stopped_two_rank_run_resumes_to_the_uninterrupted_result(runs, tiny_c
         assert torch.equal(weights(tmp_path / "out")[key], value), key
     # TensorBoard: the curve goes on where the checkpoint was, no step twice.
     assert losses(tmp_path / "out") == losses(runs / "two")
+
+
+def test_the_time_limit_one_rank_reads_stops_both_ranks_at_one_checkpoint(tiny_city, tmp_path):
+    # Rank 1 alone finds its SLURM job 1 s from the margin (a fake squeue): both ranks stop at
+    # the next step they agree on, the checkpoint due at iteration 8, which rank 0 writes.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "squeue").write_text('#!/bin/sh\nif [ "$RANK" = 1 ]; then echo 1:01; else echo 1-00:00:00; fi\n')
+    (bin_dir / "squeue").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "SLURM_JOB_ID": "4242"}
+    process = two_ranks(train_args(tiny_city, tmp_path / "out", tmp_path / "ckpt", "--stop-margin-seconds", "60"),
+                        env=env)
+    _, err = process.communicate(timeout=600)
+    assert process.returncode == 3, err
+    assert "error: stopped at epoch 0 iteration 8, 60 s before the SLURM job's time limit" in err  # rank 1
+    assert "error: stopped at epoch 0 iteration 8 because another training process was asked to stop" in err
+    assert [path.name for path in (tmp_path / "ckpt").iterdir()] == ["ckpt-000000008.pt"]
+    assert not (tmp_path / "out" / "model.pt").exists()
 
 
 def test_per_rank_batchnorm_statistics_would_not_agree():

@@ -12,7 +12,8 @@ import pytest
 from geoloc.data.datasets import TestSet
 from geoloc.data.synthetic.write import generate_city
 from geoloc.evaluate.evaluation import evaluate_model
-from geoloc.train.trainer import RunInfo, Trainer, TrainSettings
+from geoloc.train.settings import RunInfo, TrainSettings
+from geoloc.train.trainer import Trainer
 
 # From random initialisation every residual stage trains (the study froze conv1..layer2 of an
 # ImageNet network), with a larger learning rate than the study's 1e-5.

@@ -12,7 +12,9 @@ import torch
 from geoloc.errors import GeolocError
 from geoloc.model.network import load_model
 from geoloc.train import trainer as train_mod
-from geoloc.train.trainer import RunInfo, Trainer, TrainingInterrupted, TrainSettings
+from geoloc.train.settings import RunInfo, TrainSettings
+from geoloc.train.stopping import TrainingInterrupted
+from geoloc.train.trainer import Trainer
 
 SETTINGS = TrainSettings(backbone="resnet18", epochs=2, iterations_per_epoch=6, batch_size=4,
                          image_size=32, lr=1e-3, M=10, alpha=45, N=2, L=1, min_images_per_class=3,
@@ -20,10 +22,10 @@ SETTINGS = TrainSettings(backbone="resnet18", epochs=2, iterations_per_epoch=6, 
 RUN = RunInfo("resnet18-none-fp32-s0", "resnet18", "none", "fp32", 0, None)
 
 
-def make_trainer(city, tmp_path, settings=SETTINGS, name="ckpt", checkpoint_every=4):
+def make_trainer(city, tmp_path, settings=SETTINGS, name="ckpt", checkpoint_every=4, **runtime):
     return Trainer(settings, RUN, train_dir=city / "sf_xs" / "train", val_dir=city / "sf_xs" / "val",
                    weights=None, checkpoint_dir=tmp_path / name, cache_dir=tmp_path / "cache",
-                   device="cpu", num_workers=0, checkpoint_every=checkpoint_every)
+                   device="cpu", num_workers=0, checkpoint_every=checkpoint_every, **runtime)
 
 
 def test_training_records_every_epoch_and_keeps_the_best(tiny_city, tmp_path):
@@ -96,8 +98,8 @@ def test_amp_trains_on_cpu_with_bfloat16(tiny_city, tmp_path):
 
 
 def test_non_finite_loss_stops_training_and_keeps_last_good_checkpoint(tiny_city, tmp_path, monkeypatch):
-    settings = TrainSettings(**{**SETTINGS.__dict__, "max_bad_steps": 3, "epochs": 1})
-    trainer = make_trainer(tiny_city, tmp_path, settings, checkpoint_every=2)
+    settings = TrainSettings(**{**SETTINGS.__dict__, "epochs": 1})
+    trainer = make_trainer(tiny_city, tmp_path, settings, checkpoint_every=2, max_bad_steps=3)
     calls = {"n": 0}
     real = trainer.criterion
 

@@ -19,9 +19,11 @@ from geoloc.device import PRECISIONS, cpu_budget, resolve_device
 from geoloc.errors import GeolocError
 from geoloc.model.losses import LOSSES
 from geoloc.model.network import save_model
+from geoloc.model.weights import sha256_file
 from geoloc.train import checkpoint as ckpt
 from geoloc.train import distributed
 from geoloc.train.settings import RunInfo, TrainSettings
+from geoloc.train.stopping import Deadline, slurm_deadline
 from geoloc.train.trainer import Trainer
 
 log = logging.getLogger(__name__)
@@ -30,6 +32,14 @@ OUTPUTS = ("model.pt", "train.json")
 # The schema's bounds of each setting (workflow/schemas/config.schema.yaml).
 _BOUNDS = {"image_size": {"minimum": 32}, "alpha": {"minimum": 1, "maximum": 360}, "trainable_blocks": {"minimum": 0}}
 _SEED = integer(minimum=0, maximum=2**64 - 1)  # torch.manual_seed takes no more
+
+
+def _folder(text: str) -> Path:
+    # An empty value is what the workflow's "$TMPDIR" becomes where the variable is unset;
+    # as a Path it would be the working directory.
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty (an unset variable such as $TMPDIR on this node?)")
+    return Path(text)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,6 +53,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     io.add_argument("--cache-dir", type=Path, default=None, help="cache of the class/group lists")
     io.add_argument("--image-cache", type=Path, default=None,
                     help="folder of the decoded-image cache (decode each training image once); default: none")
+    io.add_argument("--image-cache-copy-to", type=_folder, default=None,
+                    help="copy the image cache into this folder first (node-local scratch) and read it there")
     io.add_argument("--max-bad-images", type=integer(minimum=0), default=0,
                     help="training images that may be undecodable and skipped (needs --image-cache)")
     run = parser.add_argument_group("run")
@@ -52,12 +64,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--tag", default=None)
     run.add_argument("--weights", default="none", help="pretrained weights file, or 'none'")
     run.add_argument("--weights-format", default=None)
+    run.add_argument("--weights-sha256", default=None,
+                     help="the registry's pinned sha256 of --weights (or its first 8+ hex digits): another "
+                          "file is refused before training starts")
     run.add_argument("--precision", choices=PRECISIONS, default=d.precision)
     run.add_argument("--seed", type=_SEED, default=d.seed)
     run.add_argument("--device", default="auto", help="auto, cpu or cuda")
     run.add_argument("--num-workers", type=integer(minimum=0), default=4, help="image decoding processes")
     run.add_argument("--checkpoint-every", type=integer(minimum=1), default=500,
                      help="iterations between checkpoints")
+    run.add_argument("--max-bad-steps", type=integer(minimum=1), default=20,
+                     help="consecutive non-finite losses after which training stops with an error")
+    run.add_argument("--stop-margin-seconds", type=integer(minimum=1), default=None,
+                     help="inside a SLURM job: checkpoint and stop (exit 3) this long before the job's time "
+                          "limit; default: only on SLURM's USR1 signal")
     run.add_argument("--fresh", action="store_true", help="discard existing checkpoints and start over")
     run.add_argument("--compile", action="store_true",
                      help="torch.compile the network (its compile time is reported apart, as compile_seconds)")
@@ -90,25 +110,29 @@ def run(args: argparse.Namespace) -> int:
     weights = None if args.weights in ("none", "", None) else Path(args.weights)
     if weights is not None and not weights.is_file():
         raise GeolocError(f"weights file {weights} does not exist (run the fetch_weights rule first)")
+    # Read first, before start-up eats into it: the job's clock runs from its start.
+    deadline = slurm_deadline(args.stop_margin_seconds)
     ranks = distributed.Ranks()
     if launched is not None:
         ranks = distributed.start(*launched, resolve_device(args.device))
     try:
-        return _train(args, settings, weights, ranks)
+        return _train(args, settings, weights, ranks, deadline)
     finally:
         distributed.stop()
 
 
 def _train(args: argparse.Namespace, settings: TrainSettings, weights: Path | None,
-           ranks: distributed.Ranks) -> int:
+           ranks: distributed.Ranks, deadline: Deadline | None) -> int:
     if ranks.is_main:
         _remove_incomplete_outputs(args.out_dir)
     info = RunInfo(args.run_name, settings.backbone, args.pretraining, settings.precision, settings.seed, args.tag)
     trainer = Trainer(settings, info, train_dir=args.train_dir, val_dir=args.val_dir, weights=weights,
                       checkpoint_dir=args.checkpoint_dir, cache_dir=args.cache_dir, device=args.device,
                       num_workers=args.num_workers, checkpoint_every=args.checkpoint_every,
-                      image_cache_dir=args.image_cache, max_bad_images=args.max_bad_images,
-                      events_dir=args.out_dir / "tensorboard", compile=args.compile, ranks=ranks)
+                      weights_sha256=args.weights_sha256, image_cache_dir=args.image_cache,
+                      image_cache_copy_to=args.image_cache_copy_to, max_bad_images=args.max_bad_images,
+                      max_bad_steps=args.max_bad_steps, events_dir=args.out_dir / "tensorboard",
+                      compile=args.compile, deadline=deadline, ranks=ranks)
     progress = trainer.fit(fresh=args.fresh)
     if not ranks.is_main:
         return 0
@@ -116,6 +140,8 @@ def _train(args: argparse.Namespace, settings: TrainSettings, weights: Path | No
     model_path, json_path = (args.out_dir / name for name in OUTPUTS)
     with atomic_outputs(model_path, json_path) as (model_tmp, json_tmp):
         save_model(model_tmp, trainer.best_model(progress))
+        # The digest of the file as written: `geoloc evaluate` records the one it reads (C3).
+        summary["model_sha256"] = sha256_file(model_tmp)
         json_tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     # The outputs are complete: the checkpoints have done their job, and leaving them would
     # block a retraining with changed settings (they would be refused as another run's).

@@ -32,12 +32,11 @@ class TrainSettings:
     groups_num: int = 1
     fc_output_dim: int = 512
     trainable_blocks: int | None = None  # None: the study's default for the backbone
-    max_bad_steps: int = 20  # consecutive non-finite losses before giving up
     positive_dist_threshold: float = 25.0
 
     def check(self) -> None:
         positive = ("epochs", "iterations_per_epoch", "batch_size", "image_size", "M", "alpha", "N", "L",
-                    "min_images_per_class", "groups_num", "fc_output_dim", "max_bad_steps")
+                    "min_images_per_class", "groups_num", "fc_output_dim")
         for name in positive:
             if getattr(self, name) < 1:
                 raise GeolocError(f"{name} must be at least 1, got {getattr(self, name)}")

@@ -3,8 +3,9 @@
 Epoch e trains on group e % groups_num with that group's own classifier and optimizer; only
 the active group's classifier lives on the device. Validation on sf_xs/val closes each epoch
 and the best model by R@1 is kept. Checkpoints (every `checkpoint_every` iterations and at
-each epoch end) let a killed or pre-empted job resume where it stopped; Ctrl-C, SIGTERM and
-SIGUSR1 (sent by SLURM before a time limit) write one and stop (geoloc.train.stopping).
+each epoch end) let a killed or pre-empted job resume where it stopped; Ctrl-C, SIGTERM,
+SIGUSR1 (sent by SLURM before a time limit) and the job's own time limit coming near write one
+and stop (geoloc.train.stopping).
 
 On a GPU the loop never waits for the device within a step: the non-finite-loss guard skips
 bad steps on the device (geoloc.train.guard), and the host reads the per-step losses every
@@ -17,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import hashlib
 import logging
 import math
 import sys
@@ -31,28 +31,28 @@ from tqdm import tqdm
 from geoloc.data.datasets import TestSet, TrainGroupDataset
 from geoloc.data.groups import build_groups
 from geoloc.data.image_cache import ImageCache
+from geoloc.data.listing import Listing
 from geoloc.device import autocast, resolve_device
 from geoloc.errors import GeolocError
 from geoloc.evaluate.evaluation import checked_positives, evaluate_model
 from geoloc.model.cost import gflops_per_image
 from geoloc.model.losses import build_classifier
 from geoloc.model.network import build_model, count_parameters
-from geoloc.model.weights import sha256_file
+from geoloc.model.weights import verify_weights
 from geoloc.provenance import device_name, now, package_versions, peak_memory_mb
 from geoloc.train import checkpoint as ckpt
 from geoloc.train.augment import augment_batch
 from geoloc.train.batchnorm import sync_batchnorm
 from geoloc.train.distributed import Ranks
 from geoloc.train.events import TrainingEvents
+from geoloc.train.fingerprint import settings_sha256, trained_images_sha256
 from geoloc.train.guard import GuardedStep, StepWindow, adam
 from geoloc.train.loader import batches, training_loader
 from geoloc.train.sampler import GroupBatchSampler, seed_for
 from geoloc.train.settings import RunInfo, TrainSettings
-from geoloc.train.stopping import StopFlag, TrainingInterrupted
+from geoloc.train.stopping import Deadline, StopFlag
 
 log = logging.getLogger(__name__)
-
-__all__ = ["RunInfo", "Trainer", "TrainSettings", "TrainingInterrupted"]
 
 
 def _move_optimizer_state(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
@@ -63,14 +63,24 @@ def _move_optimizer_state(optimizer: torch.optim.Optimizer, device: torch.device
                 state[key] = value.to(device)
 
 
-def _listing_hash(train_dir: Path, groups: list[list[list[Path]]]) -> str:
-    """sha256 of the trained classes' image names, relative to the training folder."""
-    digest = hashlib.sha256()
-    for group in groups:
-        for images in group:
-            digest.update("\0".join(str(Path(p).relative_to(train_dir)) for p in images).encode())
-            digest.update(b"\1")
-    return digest.hexdigest()
+def open_image_cache(listing: Listing, size: int, folder: Path, copy_to: Path | None, num_workers: int,
+                      max_bad_images: int) -> ImageCache:
+    """The decoded-image cache of the whole training folder (what `geoloc cache-images` builds,
+    so the key matches; built here when missing), copied to `copy_to` first if given.
+
+    Undecodable images were found when it was built: more than `max_bad_images` of them stop
+    the run before its first iteration.
+    """
+    cache = ImageCache.build_or_open(listing, size, folder, num_workers=num_workers)
+    if copy_to is not None:
+        cache = cache.copy_to(copy_to)
+    if len(cache.bad_paths) > max_bad_images:
+        raise GeolocError(f"{len(cache.bad_paths)} images of {listing.root} cannot be decoded (more than "
+                          f"max_bad_images={max_bad_images}); first: {cache.errors[min(cache.errors)]}")
+    if cache.bad_paths:
+        log.warning("skipping %d training images that cannot be decoded: %s", len(cache.bad_paths),
+                    ", ".join(map(str, cache.bad_paths[:10])))
+    return cache
 
 
 @contextlib.contextmanager
@@ -86,14 +96,31 @@ def _cudnn_autotuning(device: torch.device):
 
 
 class Trainer:
+    """One training run. `settings` make its result; every other argument is a runtime knob.
+
+    weights_sha256: the registry's pinned digest of `weights` (or a prefix); a file with another
+    one is refused before anything else. image_cache_dir: the decoded-image cache, read from
+    `image_cache_copy_to` (node-local scratch) when given. deadline: when to checkpoint and
+    stop before a SLURM time limit (geoloc.train.stopping).
+    """
+
     def __init__(self, settings: TrainSettings, run: RunInfo, *, train_dir: Path, val_dir: Path,
                  weights: Path | None, checkpoint_dir: Path, cache_dir: Path | None, device: str,
-                 num_workers: int, checkpoint_every: int, image_cache_dir: Path | None = None,
-                 max_bad_images: int = 0, events_dir: Path | None = None, compile: bool = False,
-                 ranks: Ranks = Ranks()) -> None:
+                 num_workers: int, checkpoint_every: int, weights_sha256: str | None = None,
+                 image_cache_dir: Path | None = None, image_cache_copy_to: Path | None = None,
+                 max_bad_images: int = 0, max_bad_steps: int = 20, events_dir: Path | None = None,
+                 compile: bool = False, deadline: Deadline | None = None, ranks: Ranks = Ranks()) -> None:
         settings.check()
-        if checkpoint_every < 1:
-            raise GeolocError(f"checkpoint_every must be at least 1, got {checkpoint_every}")
+        for name, value in (("checkpoint_every", checkpoint_every), ("max_bad_steps", max_bad_steps)):
+            if value < 1:
+                raise GeolocError(f"{name} must be at least 1, got {value}")
+        if image_cache_dir is None and max_bad_images:
+            raise GeolocError(f"max_bad_images={max_bad_images} needs the image cache (training.image_cache, "
+                              "--image-cache): undecodable images are found while it is filled; without it "
+                              "the first one stops the training")
+        if image_cache_dir is None and image_cache_copy_to is not None:
+            raise GeolocError(f"--image-cache-copy-to {image_cache_copy_to} needs --image-cache: there is no "
+                              "cache to copy")
         if settings.batch_size < ranks.world:
             raise GeolocError(f"batch_size={settings.batch_size} is smaller than the {ranks.world} training "
                               "processes: each needs at least one image of every batch")
@@ -101,8 +128,12 @@ class Trainer:
         self.device = ranks.device(resolve_device(device))
         self.num_workers, self.checkpoint_every = num_workers, checkpoint_every
         self.checkpoint_dir, self.events_dir = checkpoint_dir, events_dir
+        self.max_bad_steps, self.deadline = max_bad_steps, deadline
         self.weights = weights
-        self.weights_sha256 = sha256_file(weights) if weights else None
+        if weights is None and weights_sha256 is not None:
+            raise GeolocError(f"--weights-sha256 {weights_sha256} is given but no --weights file")
+        # A file other than the registry's is refused now, not after an hour of listing and decoding.
+        self.weights_sha256 = verify_weights(weights, weights_sha256) if weights else None
         if ranks.is_main:
             ckpt.remove_stale_checkpoint_files(checkpoint_dir)
 
@@ -113,15 +144,9 @@ class Trainer:
                               "non-empty groups with these M, alpha, N, L")
         cache = None
         if image_cache_dir is not None:
-            # Decode and resize every training image once; unreadable ones are found here, up front.
-            used = sorted({p for group in groups[: settings.groups_num] for images in group for p in images})
-            cache = ImageCache.build_or_open(used, settings.image_size, image_cache_dir, num_workers=num_workers)
-            if len(cache.bad_paths) > max_bad_images:
-                raise GeolocError(f"{len(cache.bad_paths)} training images cannot be decoded (more than "
-                                  f"max_bad_images={max_bad_images}); first: {cache.errors[min(cache.errors)]}")
-            if cache.bad_paths:
-                log.warning("skipping %d training images that cannot be decoded: %s", len(cache.bad_paths),
-                            ", ".join(map(str, cache.bad_paths[:10])))
+            cache = open_image_cache(groups.listing, settings.image_size, image_cache_dir, image_cache_copy_to,
+                                      num_workers, max_bad_images)
+        self.image_cache_build_seconds = None if cache is None else cache.build_seconds
         self.datasets = [TrainGroupDataset(groups[g], settings.image_size, cache=cache)
                          for g in range(settings.groups_num)]
         for g, ds in enumerate(self.datasets):
@@ -131,7 +156,8 @@ class Trainer:
         self.val_set = TestSet(val_dir)
         # A swapped or positive-less validation set must stop the run now, not after an epoch.
         checked_positives(self.val_set, settings.positive_dist_threshold)
-        self.data_fingerprint = _listing_hash(train_dir, groups[: settings.groups_num])
+        # The images trained on: what the groups hold, less what the image cache could not decode.
+        self.data_fingerprint = trained_images_sha256(ds.classes for ds in self.datasets)
 
         torch.manual_seed(settings.seed)
         model = build_model(settings.backbone, settings.fc_output_dim, weights=weights,
@@ -210,22 +236,25 @@ class Trainer:
             log.info("resumed at epoch %d iteration %d", progress["epoch"], progress["iteration"])
         events = TrainingEvents(self.events_dir if self.ranks.is_main else None, progress["resumed_from_iteration"])
         try:
-            with StopFlag() as stop:
+            with StopFlag(self.deadline) as stop:
                 while progress["epoch"] < self.s.epochs:
                     self._train_epoch(progress, stop, events)
                     self._validate(progress, events)
                     progress["epoch"] += 1
                     progress["iteration"] = 0
                     self._save(progress)
-                    if self._agree_to_stop(stop):
+                    # After the last epoch only a signal stops: writing the outputs takes seconds,
+                    # a requeue to write them after the deadline would wait in the queue again.
+                    last = progress["epoch"] == self.s.epochs
+                    if self._agree_to_stop(stop.signal is not None if last else stop.asked):
                         raise stop.interrupted(f"after epoch {progress['epoch'] - 1}")
         finally:
             events.close()
         return progress
 
-    def _agree_to_stop(self, stop: StopFlag) -> bool:
-        """Whether any rank was asked to stop; waits until rank 0's checkpoint is written."""
-        flag = torch.tensor([float(stop.signal is not None)], device=self.device)
+    def _agree_to_stop(self, asked: bool) -> bool:
+        """Whether any rank was `asked` to stop; waits until rank 0's checkpoint is written."""
+        flag = torch.tensor([float(asked)], device=self.device)
         self.ranks.all_reduce(flag)
         stopping = flag.item() > 0
         if stopping:
@@ -277,7 +306,7 @@ class Trainer:
                 progress["global_iteration"] += 1
                 bar.update(1)
                 due = progress["global_iteration"] % self.checkpoint_every == 0
-                asked = stop.signal is not None and self.ranks.world == 1
+                asked = stop.asked and self.ranks.world == 1
                 if not (due or asked or window.full):
                     continue
                 stopping = self._read_window(progress, window, stop, events, bar)
@@ -314,7 +343,7 @@ class Trainer:
         max_bad_steps. Returns whether the ranks agree to stop now.
         """
         s = self.s
-        losses, stopping, seconds = window.read(stop.signal is not None, self.ranks.all_reduce)
+        losses, stopping, seconds = window.read(stop.asked, self.ranks.all_reduce)
         first = progress["global_iteration"] - len(losses)
         iteration = progress["iteration"] - len(losses)
         for offset, loss in enumerate(losses):
@@ -325,7 +354,7 @@ class Trainer:
                 events.scalars(first + offset + 1, {"train/loss": loss})
                 continue
             progress["bad_steps"] += 1
-            if progress["bad_steps"] >= s.max_bad_steps:
+            if progress["bad_steps"] >= self.max_bad_steps:
                 raise GeolocError(
                     f"training diverged: {progress['bad_steps']} consecutive non-finite losses at "
                     f"epoch {progress['epoch']} iteration {iteration + offset}; the last good checkpoint in "
@@ -386,13 +415,16 @@ class Trainer:
         return best
 
     def summary(self, progress: dict[str, Any]) -> dict[str, Any]:
+        """train.json, less `model_sha256` (the command adds it once model.pt is written)."""
         total, trainable = count_parameters(self.model)
         train_s, val_s = progress["train_seconds"], progress["val_seconds"]
         iterations = self.s.epochs * self.s.iterations_per_epoch
+        fingerprint = self.fingerprint()
         return {
             "run": dataclasses.asdict(self.run),
+            "fingerprint": {"sha256": settings_sha256(fingerprint), "settings": fingerprint},
             "hyperparameters": {**dataclasses.asdict(self.s), "checkpoint_every": self.checkpoint_every,
-                                "num_workers": self.num_workers},
+                                "num_workers": self.num_workers, "max_bad_steps": self.max_bad_steps},
             "weights": None if self.weights is None else {
                 "path": str(self.weights), "sha256": self.weights_sha256, "format": self.s.weights_format},
             "epochs": progress["history"],
@@ -400,6 +432,7 @@ class Trainer:
             "train_seconds": train_s, "val_seconds": val_s, "training_time_seconds": train_s + val_s,
             "images_per_second": iterations * self.s.batch_size / max(train_s, 1e-9),
             "compile_seconds": progress["compile_seconds"],
+            "image_cache_build_seconds": self.image_cache_build_seconds,
             "peak_memory_mb": peak_memory_mb(self.device), "device": device_name(self.device),
             "device_type": self.device.type, "world_size": self.ranks.world,
             "gpus": self.ranks.world if self.device.type == "cuda" else 0,
