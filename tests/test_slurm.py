@@ -162,14 +162,21 @@ def cancel_leftover_jobs(workdir: Path) -> None:
 
 
 def make_workdir(root: Path, city: Path, training: dict, pretrainings: list[str], **extra) -> Path:
-    """A workflow directory with its own copy of the city and a config of resnet18 runs."""
+    """A workflow directory with its own copy of the city and a config of resnet18 runs.
+
+    Its weights registry is the shipped one without the pinned digest of ResNet-18's ImageNet
+    weights: the tests write their own file (random weights) in place of the download.
+    """
     workdir = root / "work"
     workdir.mkdir()
     shutil.copytree(city, workdir / "data")
+    registry = yaml.safe_load(WEIGHTS_REGISTRY.read_text(encoding="utf-8"))
+    registry["resnet18"]["imagenet"]["sha256"] = None
+    (workdir / "weights.yaml").write_text(yaml.safe_dump(registry), encoding="utf-8")
     config = {
         "datasets_root": str(workdir / "data"),
         "test_sets": TEST_SETS,
-        "weights": {"registry": str(WEIGHTS_REGISTRY), "dir": "weights"},
+        "weights": {"registry": str(workdir / "weights.yaml"), "dir": "weights"},
         "device": "cpu",
         "training": training,
         "evaluation": {"batch_size": 16, "num_workers": 0},
@@ -316,25 +323,6 @@ def test_a_training_stopped_at_its_time_limit_requeues_itself_and_bad_input_fail
 # ---------------------------------------------------------------- the real package
 
 
-def contract_commands_missing() -> str | None:
-    """Why the real `geoloc` cannot run the workflow yet: the commands of contracts C2, C6, C7."""
-    checks = {("cache-images", "--cache-dir"): "C7 cache-images", ("evaluate", "--out-dir"): "C2 evaluate",
-              ("train", "--threads"): "C6 --threads"}
-    for (command, option), contract in checks.items():
-        helped = subprocess.run(["geoloc", command, "--help"], capture_output=True, text=True,
-                                env=job_environment(), timeout=120)
-        if option not in helped.stdout:
-            return f"geoloc has no {contract} yet (`geoloc {command} --help` lacks {option})"
-    return None
-
-
-@pytest.fixture(scope="module")
-def real_geoloc():
-    missing = contract_commands_missing()
-    if missing:
-        pytest.skip(missing)
-
-
 @dataclass
 class FailAndRecover:
     workdir: Path
@@ -345,7 +333,7 @@ class FailAndRecover:
 
 
 @pytest.fixture(scope="module")
-def fail_and_recover(real_geoloc, tmp_path_factory, tiny_city) -> FailAndRecover:
+def fail_and_recover(tmp_path_factory, tiny_city) -> FailAndRecover:
     workdir = make_workdir(tmp_path_factory.mktemp("slurm"), tiny_city, TRAINING, ["none", "imagenet"])
     weights = workdir / WEIGHTS_FILE
     weights.parent.mkdir()
@@ -432,7 +420,7 @@ def checkpoint_iterations(folder: Path) -> list[int]:
     return [int(m.group(1)) for p in folder.glob("ckpt-*.pt") if (m := re.fullmatch(r"ckpt-(\d+)\.pt", p.name))]
 
 
-def test_training_signalled_before_its_time_limit_requeues_its_job_and_resumes(real_geoloc, tmp_path, tiny_city):
+def test_training_signalled_before_its_time_limit_requeues_its_job_and_resumes(tmp_path, tiny_city):
     # `scancel --signal=USR1` is what SLURM does before a time limit with the workflow's
     # --signal=USR1@<margin>, without waiting minutes for one. Training writes a checkpoint and
     # exits 3; the job requeues itself and, started again (SLURM waits about two minutes before
@@ -466,7 +454,7 @@ def test_training_signalled_before_its_time_limit_requeues_its_job_and_resumes(r
     assert summary["resumed_from_iteration"] == interrupted_at
 
 
-def test_training_stops_before_a_short_time_limit_by_itself_and_requeues(real_geoloc, tmp_path, tiny_city):
+def test_training_stops_before_a_short_time_limit_by_itself_and_requeues(tmp_path, tiny_city):
     """A 2-minute job and a 1-minute margin: training checkpoints and stops before the limit kills
     it (its own clock and SLURM's USR1 both come at the margin; the clock alone is the train
     stream's test), and its job is requeued. A training far longer than the job is stopped by the

@@ -171,10 +171,11 @@ def test_a_run_on_several_gpus_starts_one_process_per_gpu_with_srun_in_slurm_and
     env = {k: v for k, v in os.environ.items() if k != "SLURM_JOB_ID"}
     env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
     local = subprocess.run(ranks, env=env, capture_output=True, text=True, check=True)
-    assert local.stdout.split() == ["geoloc", "train", "--nproc", "6"]
+    # geoloc train --nproc shares its --threads among the processes it starts: 4 each
+    assert local.stdout.split() == ["geoloc", "train", "--threads", "24", "--nproc", "6"]
     in_job = subprocess.run(ranks, env={**env, "SLURM_JOB_ID": "7"}, capture_output=True, text=True, check=True)
     assert in_job.stdout.split() == ["srun", "--nodes=3", "--ntasks=6", "--ntasks-per-node=2", "--cpus-per-task=4",
-                                     "--kill-on-bad-exit=1", "echo", "geoloc", "train"]
+                                     "--kill-on-bad-exit=1", "echo", "geoloc", "train", "--threads", "4"]
 
 
 def test_workflow_scripts_are_valid_shell():
@@ -350,6 +351,46 @@ def test_bad_config_values_are_named_by_key(change, message):
     assert schema_error(config).startswith(message)
 
 
+def command_refuses(command: str, *argv: str) -> bool:
+    """Whether `geoloc <command> <argv>` stops at its command line (exit code 2)."""
+    from geoloc.cli import build_parser
+
+    try:
+        build_parser(command).parse_args([command, *argv])
+    except SystemExit as stop:
+        assert stop.code == 2
+        return True
+    return False
+
+
+SEEDS = [-1, 0, 2**63 - 1, 2**63, 2**64 - 1, 2**64]
+
+
+def test_grid_seeds_are_refused_by_the_schema_exactly_where_train_and_the_baseline_refuse_them(tmp_path, capsys):
+    def refused_by_schema(seed):
+        return schema_error({"datasets_root": "/d", "grid": [{**BLOCK, "seeds": [seed]}],
+                             "reference": f"resnet18-none-fp32-s{seed}"}) != ""
+
+    train = ["--train-dir", "t", "--val-dir", "v", "--out-dir", "o", "--checkpoint-dir", "c", "--run-name", "r"]
+    baseline = ["--untrained", "--test-set", f"sf_xs={tmp_path}", "--out-dir", "o"]
+    refused = [seed for seed in SEEDS if refused_by_schema(seed)]
+    assert refused == [-1, 2**64]  # torch.manual_seed takes 0 to 2**64 - 1
+    assert [seed for seed in SEEDS if command_refuses("train", "--seed", str(seed), *train)] == refused
+    assert [seed for seed in SEEDS if command_refuses("evaluate", "--seed", str(seed), *baseline)] == refused
+    assert "argument --seed" in capsys.readouterr().err
+
+
+def test_the_synthetic_citys_seed_is_refused_by_the_schema_exactly_where_synth_refuses_it(capsys):
+    def refused_by_schema(seed):
+        return schema_error({"datasets_root": "/d", "grid": [BLOCK], "reference": "resnet18-none-fp32-s0",
+                             "synthetic": {"enabled": True, "seed": seed}}) != ""
+
+    refused = [seed for seed in SEEDS if refused_by_schema(seed)]
+    assert refused == [-1, 2**63, 2**64 - 1, 2**64]  # synthetic.json's numbers read back as int64
+    assert [seed for seed in SEEDS if command_refuses("synth", "out", "--size", "tiny", "--seed", str(seed))] == refused
+    assert "argument --seed" in capsys.readouterr().err
+
+
 def test_missing_datasets_root_says_what_to_set():
     error = schema_error({"grid": [BLOCK], "reference": "resnet18-none-fp32-s0"})
     assert error.startswith("config key datasets_root is required: folder holding sf_xs/")
@@ -430,6 +471,12 @@ def test_gpu_type_gres_sites_and_runs_on_several_gpus_ask_slurm_accordingly(tmp_
     # what the grid alone rules out
     ({"grid": [{**BLOCK, "tag": "g", "training": {"groups_num": 9, "N": 2}}]},
      "config key grid[0].training.groups_num: 9 is more than the N*N*L = 8 groups"),
+    ({"grid": [{**BLOCK, "tag": "t", "training": {"trainable_blocks": 7}}]},
+     "config key grid[0].training.trainable_blocks: 7 is more than the 6 blocks of resnet18"),
+    ({"grid": [{**BLOCK, "backbones": ["timm:vit_tiny_patch16_224"]}], "training": {"image_size": 50},
+      "reference": "timm_vit_tiny_patch16_224-none-fp32-s0"},
+     "config key training.image_size: timm model vit_tiny_patch16_224 cannot take 50x50 images: Input height (50) "
+     "should be divisible by patch size (16)"),
     ({"resources": {"train": {"runtime": 10}}}, "config key training.stop_margin_minutes: 10 minutes leave no time"),
 ])
 def test_bad_config_fails_before_any_job_with_the_key_named(tmp_path, change, message):
@@ -546,6 +593,50 @@ def test_every_setting_reaches_its_command_and_only_results_reach_the_settings_p
     train_settings = next(p for p in snakemake_params(tmp_path, "train") if "--lr" in p)
     assert "--device" not in train_settings and "--num-workers" not in train_settings
     assert str(tiny_city) not in train_settings and "--threads" not in train_settings
+
+
+@pytest.fixture(scope="module")
+def every_rule_run(tmp_path_factory, tiny_city) -> list[list[str]]:
+    """Every rule once with the fake geoloc: the synthetic city, a download, a run from scratch
+    (fp32), a pretrained run (amp), a run on two GPUs, their baselines; the calls it recorded."""
+    workdir = tmp_path_factory.mktemp("every-rule")
+    source = workdir / "resnet18.pth"
+    source.write_bytes(b"weights")
+    write_yaml(workdir / "weights.yaml", {"resnet18": {"imagenet": {
+        "url": source.as_uri(), "sha256": None, "size": None, "format": "torchvision"}}})
+    config = small_config(workdir / "data", "results", synthetic={"enabled": True, "size": "tiny"},
+                          weights={"registry": str(workdir / "weights.yaml"), "dir": "weights"},
+                          grid=[BLOCK, {**BLOCK, "pretrainings": ["imagenet"], "precisions": ["amp"]},
+                                {**BLOCK, "tag": "ddp", "training": {"gpus_per_run": 2}}],
+                          training={"image_size": 32}, evaluation={"autocast": True},
+                          resources={"train": {"threads": 3}, "evaluate": {"threads": 2},
+                                     "cache_images": {"threads": 2}})
+    env, calls = fake_geoloc_env(workdir, FAKE_GEOLOC_CITY=str(tiny_city))
+    done = snakemake(workdir, "--cores", "4", "--configfile", str(write_yaml(workdir / "c.yaml", config)), env=env)
+    assert done.returncode == 0, done.stderr
+    return recorded_calls(calls)
+
+
+def test_every_geoloc_command_gets_the_threads_of_its_rule(every_rule_run):
+    """Contract C6: without --threads a command would take every CPU it may run on."""
+    threads = sorted((args[0], args[args.index("--run-name") + 1] if "--run-name" in args else "",
+                      flags(args, "--threads")) for args in every_rule_run)
+    assert threads == sorted([
+        ("synth", "", ["4"]), ("fetch-weights", "", ["1"]), ("cache-images", "", ["2"]),
+        ("train", "resnet18-none-fp32-s0", ["3"]), ("train", "resnet18-imagenet-amp-s0", ["3"]),
+        # 2 GPUs x 3 threads, within the 4 cores Snakemake has: --nproc 2 gives each process 2
+        ("train", "resnet18-none-fp32-s0-ddp", ["4"]),
+        *[("evaluate", "", ["2"])] * 5,  # three runs, two baselines
+        ("aggregate", "", ["1"]), ("report", "", ["1"])])
+    [ddp] = [args for args in every_rule_run if "resnet18-none-fp32-s0-ddp" in args and args[0] == "train"]
+    assert ddp[-4:] == ["--threads", "4", "--nproc", "2"]
+
+
+def test_evaluation_autocast_reaches_only_the_evaluations_of_runs_trained_with_amp(every_rule_run):
+    autocast = {(flag(args, "--out-dir").split("/")[2], "--autocast" in args)
+                for args in every_rule_run if args[0] == "evaluate"}
+    assert autocast == {("resnet18-none-fp32-s0", False), ("resnet18-imagenet-amp-s0", True),
+                        ("resnet18-none-fp32-s0-ddp", False), ("resnet18-none", False), ("resnet18-imagenet", False)}
 
 
 def snakemake_params(workdir: Path, rule: str) -> list[str]:
@@ -684,6 +775,10 @@ def test_an_evaluation_setting_re_evaluates_without_retraining(finished_workflow
         "evaluate": 2, "baseline": 2, "aggregate": 1, **SHOWN}
 
 
+def test_evaluation_autocast_re_evaluates_neither_fp32_runs_nor_baselines(finished_workflow):
+    assert finished_workflow.changed("evaluation", "autocast", value=True) == SHOWN
+
+
 def test_other_weights_retrain_the_pretrained_run_and_its_baseline(finished_workflow):
     weights = finished_workflow.workdir / "weights" / "resnet18-imagenet.pth"
     before = weights.read_bytes(), weights.stat()
@@ -740,14 +835,17 @@ def test_the_same_datasets_elsewhere_rerun_only_the_datasets_rule(finished_workf
 
 
 def module_snakefile(workdir: Path, config_name: str) -> Path:
-    """A project of a user's own that uses the workflow as a Snakemake module."""
+    """A project of a user's own that uses the workflow as a Snakemake module, as README.md says
+    (Snakemake runs the onsuccess handler of the main Snakefile only: it calls the module's)."""
     snakefile = workdir / "Snakefile"
     snakefile.write_text(
         f'configfile: "{config_name}"\n\n\n'
         "module geoloc:\n"
         f'    snakefile: "{SNAKEFILE}"\n'
         "    config: config\n\n\n"
-        "use rule * from geoloc\n", encoding="utf-8")
+        "use rule * from geoloc\n\n\n"
+        "onsuccess:\n"
+        "    geoloc.onsuccess()\n", encoding="utf-8")
     return snakefile
 
 
@@ -775,23 +873,8 @@ def test_the_workflow_runs_as_a_module_from_another_folder_with_its_own_resource
 # ---------------------------------------------------------------- the real package, end to end
 
 
-def contract_commands_missing() -> str | None:
-    """Why the real `geoloc` cannot run the workflow yet: the commands of contracts C2, C6, C7."""
-    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"}
-    checks = {("cache-images", "--cache-dir"): "C7 cache-images", ("evaluate", "--out-dir"): "C2 evaluate",
-              ("train", "--threads"): "C6 --threads"}
-    for (command, option), contract in checks.items():
-        helped = subprocess.run(["geoloc", command, "--help"], capture_output=True, text=True, env=env, timeout=120)
-        if option not in helped.stdout:
-            return f"geoloc has no {contract} yet (`geoloc {command} --help` lacks {option})"
-    return None
-
-
 @pytest.mark.slow
 def test_tiny_city_end_to_end_as_a_module_then_a_deleted_model_retrains_only_its_run(tmp_path):
-    missing = contract_commands_missing()
-    if missing:
-        pytest.skip(missing)
     config = {
         "datasets_root": "results/data",
         "synthetic": {"enabled": True, "size": "tiny", "seed": 0},

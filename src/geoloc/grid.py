@@ -19,6 +19,7 @@ from geoloc.errors import GeolocError
 from geoloc.model.backbones import TIMM_PREFIX
 
 NO_PRETRAINING = "none"  # random initialisation: never has a weights entry
+BASELINE_PRECISION = "fp32"  # a baseline is the untrained network, evaluated in fp32 (contract C2)
 
 
 class ConfigError(GeolocError):
@@ -279,6 +280,13 @@ def baselines_of(runs: Iterable[Run]) -> dict[str, Baseline]:
         baselines.setdefault(key, Baseline(key, run.backbone, run.pretraining, run.weights_id,
                                            run.training["fc_output_dim"], run.seed))
     return baselines
+
+
+def evaluated_under_autocast(precision: str, autocast: bool) -> bool:
+    """Whether the test descriptors of a model trained in `precision` are computed under
+    autocast, given config `evaluation.autocast`: only a model trained with amp is (model.pt
+    does not record its precision, so the workflow says it); fp32 runs and baselines stay fp32."""
+    return autocast and precision == "amp"
 
 
 @dataclass(frozen=True)

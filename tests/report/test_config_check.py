@@ -90,16 +90,17 @@ def test_settings_only_one_side_has_are_not_compared(tree, tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
-    ("key", "value", "fragment"),
+    ("key", "value", "run", "fragment"),
     [
-        ("k", 10, "evaluation.k is 10 in"),
-        ("resize", [480, 640], "evaluation.resize is [480, 640] in"),
-        ("autocast", True, "evaluation.autocast is true in"),
+        ("k", 10, REFERENCE, "evaluation.k is 10 in"),
+        ("resize", [480, 640], REFERENCE, "evaluation.resize is [480, 640] in"),
+        # autocast applies to runs trained with amp only: the fp32 reference still matches
+        ("autocast", True, RUNS[1].name, "evaluation.autocast is true in"),
     ],
 )
-def test_a_changed_evaluation_setting_names_the_recall_csv(tree, tmp_path, capsys, key, value, fragment):
+def test_a_changed_evaluation_setting_names_the_recall_csv(tree, tmp_path, capsys, key, value, run, fragment):
     edit_config(tree, lambda config: config["evaluation"].update({key: value}))
-    assert_refused(tree, tmp_path, capsys, f"run {REFERENCE}: {fragment}", "in recalls/sf_xs.csv", "another config")
+    assert_refused(tree, tmp_path, capsys, f"run {run}: {fragment}", "in recalls/sf_xs.csv", "another config")
 
 
 def test_the_positive_threshold_is_checked_in_training_and_in_evaluation(tree, tmp_path, capsys):
@@ -125,6 +126,21 @@ def test_a_resized_evaluation_matches_a_config_that_asks_for_it(tree, tmp_path, 
         set_recall_cell(folder / "recalls" / "sf_xs.csv", "resize", "480x640")
     tree.aggregate()
     assert report(tree, tmp_path, capsys)[:2] == (0, [])
+
+
+def test_evaluation_autocast_matches_the_runs_trained_with_amp_and_nothing_else(tree, tmp_path, capsys):
+    # The workflow evaluates only amp-trained runs under autocast; fp32 runs and baselines stay fp32.
+    edit_config(tree, lambda config: config["evaluation"].update(autocast=True))
+    amp = [folder for folder in tree.folders if folder.name == RUNS[1].name]
+    set_recall_cell(amp[0] / "recalls" / "sf_xs.csv", "autocast", "1")
+    tree.aggregate()
+    code, errors, out = report(tree, tmp_path, capsys)
+    assert (code, errors) == (0, [])
+    out.unlink()
+    (tmp_path / "conclusions.txt").unlink()
+    set_recall_cell(tree.folders[0] / "recalls" / "sf_xs.csv", "autocast", "1")  # the fp32 reference
+    tree.aggregate()
+    assert_refused(tree, tmp_path, capsys, f"run {REFERENCE}: evaluation.autocast is false in")
 
 
 def test_a_model_retrained_after_its_evaluation_is_refused(tree, tmp_path, capsys):

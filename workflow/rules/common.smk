@@ -59,15 +59,11 @@ def is_timm_model(name: str) -> bool:
 
 
 def blocks_of(backbone: str) -> int | None:
-    # C12: StudyBackbone.blocks comes with the datamodel stream; read defensively until then.
-    entry = backbones.STUDY_BACKBONES.get(backbone)
-    return getattr(entry, "blocks", None)
-
-
-def input_size_problem(backbone: str, image_size: int) -> str | None:
-    # C12 as above: geoloc.model.backbones.input_size_problem, where it exists.
-    check = getattr(backbones, "input_size_problem", None)
-    return None if check is None else check(backbone, image_size)
+    """The blocks `trainable_blocks` counts. None for a timm model: its blocks are its feature
+    stages, known only once it is built, so `geoloc train` refuses too many there."""
+    if backbone.startswith(backbones.TIMM_PREFIX):
+        return None
+    return backbones.STUDY_BACKBONES[backbone].blocks
 
 
 def load_study(config: dict) -> grid.Study:
@@ -88,7 +84,7 @@ def load_study(config: dict) -> grid.Study:
                 lookup, Path(workflow_file(config["weights"]["registry"]))
             ),
             blocks_of=blocks_of,
-            input_size_problem=input_size_problem,
+            input_size_problem=backbones.input_size_problem,
         )
     except GeolocError as error:
         raise WorkflowError(str(error)) from None
@@ -283,7 +279,8 @@ def train_runtime(wildcards, input, output, threads) -> str:
             "--max-bad-images": settings["max_bad_images"],
             "--compile": settings["compile"],
             "--stop-margin-seconds": 60 * settings["stop_margin_minutes"],
-            "--threads": max(1, threads // ranks(run)[0]),
+            # A run on several GPUs gets its threads per process from ranks.sh.
+            "--threads": threads if ranks(run) == (1, 1) else None,
         }
     )
     if copy_to and settings["image_cache"]:
@@ -387,17 +384,24 @@ def slurm_extra_of(rule: str):
 # ---------------------------------------------------------------- evaluate and baselines
 
 
-def evaluation_settings(wildcards) -> str:
-    """What changes recalls beside the model: a params trigger."""
+def evaluation_options(precision: str) -> str:
+    """What changes the recalls of a model trained in `precision`, beside the model itself."""
     evaluation = config["evaluation"]
     return quoted(
         {
             "--k": evaluation["k"],
             "--positive-dist-threshold": evaluation["positive_dist_threshold"],
             "--resize": evaluation["resize"],
-            "--autocast": evaluation["autocast"],
+            "--autocast": grid.evaluated_under_autocast(
+                precision, evaluation["autocast"]
+            ),
         }
     )
+
+
+def evaluation_settings(wildcards) -> str:
+    """What changes a run's recalls beside its model: a params trigger."""
+    return evaluation_options(RUNS[wildcards.run].precision)
 
 
 def evaluation_runtime(output, threads) -> str:
@@ -443,7 +447,7 @@ def baseline_settings(wildcards) -> str:
             "--seed": baseline.seed,
         }
     )
-    return f"{network} {evaluation_settings(wildcards)}"
+    return f"{network} {evaluation_options(grid.BASELINE_PRECISION)}"
 
 
 def baseline_runtime(wildcards, input, output, threads) -> str:

@@ -52,7 +52,7 @@ rule fetch_weights:
     params:
         arguments=fetch_arguments,
     shell:
-        "geoloc fetch-weights {params.arguments} > {log:q} 2>&1"
+        "geoloc fetch-weights {params.arguments} --threads {threads} > {log:q} 2>&1"
 
 
 # Decodes every training image once at one size into image_cache.dir, before the first

@@ -25,7 +25,8 @@ rule aggregate:
     params:
         folders=result_folders,
     shell:
-        "geoloc aggregate --out {output:q} {params.folders} > {log:q} 2>&1"
+        "geoloc aggregate --out {output:q} {params.folders} --threads {threads}"
+        " > {log:q} 2>&1"
 
 
 rule effective_config:
@@ -72,4 +73,4 @@ rule report:
         settings=report_arguments,
     shell:
         "geoloc report --recalls {input.recalls:q} --config {input.config:q} {params.settings}"
-        " --out {output.report:q} > {log:q} 2>&1"
+        " --out {output.report:q} --threads {threads} > {log:q} 2>&1"

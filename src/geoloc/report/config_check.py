@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from geoloc.errors import GeolocError
-from geoloc.grid import Run, expand_grid
+from geoloc.grid import BASELINE_PRECISION, Run, evaluated_under_autocast, expand_grid
 from geoloc.report.study import BASELINE, Study, baseline_name
 
 REQUIRED_KEYS = ("grid", "training", "evaluation", "reference", "evaluation.positive_dist_threshold")
@@ -129,7 +129,11 @@ def _settings(run: Run, config: Mapping[str, Any]) -> dict[str, tuple[str, Any]]
 
 
 def _check_evaluation(name: str, row: Any, plan: Plan) -> None:
-    evaluation = plan.config["evaluation"]
+    evaluation = dict(plan.config["evaluation"])
+    if "autocast" in evaluation:  # it applies to runs trained with amp only (the workflow's rule)
+        run = plan.runs.get(name)  # None for a baseline
+        precision = run.precision if run else BASELINE_PRECISION
+        evaluation["autocast"] = evaluated_under_autocast(precision, evaluation["autocast"])
     for key, written_as in EVALUATION_KEYS.items():
         if key in evaluation and not _same(getattr(row, key), written_as(evaluation[key])):
             raise GeolocError(
