@@ -19,14 +19,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from test_slurm import (  # noqa: F401 (fixtures: the cluster check, the contract commands' check)
+from test_slurm import (  # noqa: F401 (slurm_cluster: the fixture that checks the cluster)
     SCRATCH_RUN,
     TRAINING,
     Invocation,
     cancel_leftover_jobs,
     job_environment,
     make_workdir,
-    real_geoloc,
     sbatch_calls,
     slurm_cluster,
     slurm_jobs,
@@ -59,7 +58,7 @@ class Finished:
 
 
 @pytest.fixture(scope="module")
-def finished(real_geoloc, tmp_path_factory, tiny_city) -> Finished:
+def finished(tmp_path_factory, tiny_city) -> Finished:
     workdir = make_workdir(
         tmp_path_factory.mktemp("slurm-train"), tiny_city, LONG_TRAINING, ["none"],
         grid=[{"backbones": ["resnet18"], "pretrainings": ["none"], "precisions": ["fp32"], "seeds": [0]},
