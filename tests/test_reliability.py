@@ -471,7 +471,7 @@ def test_workflow_killed_in_training_and_interrupted_in_evaluation_ends_as_an_un
     # Killed again as soon as the evaluation has started. (SIGKILL, not Ctrl-C: a SIGINT that
     # lands while the job's shell is still starting the command can be lost, and the run ends.)
     interrupt_when(command, env, tmp_path / "interrupted.log",
-                   lambda: (results / "logs" / "evaluate" / run / "sf_xs.log").exists(), signal.SIGKILL)
+                   lambda: (results / "logs" / "evaluate" / f"{run}.log").exists(), signal.SIGKILL)
     assert (results / "runs" / run / "model.pt").exists()
     assert not (results / "runs" / run / "recalls" / "sf_xs.csv").exists()
     assert not (results / "runs" / run / "recalls" / "sf_xs.queries.csv").exists()

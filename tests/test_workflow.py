@@ -538,7 +538,7 @@ def test_paths_with_shell_metacharacters_reach_every_command_intact(tmp_path, ti
     assert flags(called["evaluate"], "--test-set") == [f"sf_xs={root}/sf_xs/test"]
     assert flag(called["evaluate"], "--out-dir") == f"{results}/runs/{run}/recalls"
     assert called["aggregate"] == ["--out", f"{results}/recalls.csv", f"{results}/runs/{run}",
-                                   f"{results}/baselines/resnet18-none"]
+                                   f"{results}/baselines/resnet18-none", "--threads", "1"]
     assert flag(called["report"], "--runs-dir") == f"{results}/runs"
     assert flag(called["report"], "--expected") == run
     assert (results / "report.html").read_text() == "report"
