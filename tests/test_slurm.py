@@ -55,11 +55,18 @@ def _cluster_problem() -> str | None:
     """Why the SLURM tests cannot run here, or None."""
     if shutil.which("sinfo") is None or shutil.which("sacct") is None:
         return "no SLURM client on this machine; start the test cluster with tests/slurm/start.sh"
-    sinfo = subprocess.run(["sinfo", "-h", "-N", "-o", "%T"], capture_output=True, text=True, timeout=30)
-    if sinfo.returncode != 0:
-        return f"SLURM does not answer ({_last_line(sinfo.stderr)}); run tests/slurm/start.sh"
-    if "idle" not in sinfo.stdout.split():
-        return f"no idle SLURM node (node states: {sinfo.stdout.split()}); run tests/slurm/start.sh"
+    # A node still cleaning up after the previous module's last job is "completing" for a while.
+    deadline = time.monotonic() + 60
+    while True:
+        sinfo = subprocess.run(["sinfo", "-h", "-N", "-o", "%T"], capture_output=True, text=True, timeout=30)
+        if sinfo.returncode != 0:
+            return f"SLURM does not answer ({_last_line(sinfo.stderr)}); run tests/slurm/start.sh"
+        states = sinfo.stdout.split()
+        if "idle" in states:
+            break
+        if not any(state.startswith("completing") for state in states) or time.monotonic() > deadline:
+            return f"no idle SLURM node (node states: {states}); run tests/slurm/start.sh"
+        time.sleep(1)
     sacct = subprocess.run(["sacct", "-n", "-X", "-j", "1"], capture_output=True, text=True, timeout=30)
     if sacct.returncode != 0:
         return f"SLURM accounting does not answer ({_last_line(sacct.stderr)}); run tests/slurm/start.sh"
@@ -133,20 +140,30 @@ def snakemake(workdir: Path, *args: str, env: dict | None = None, profile: bool 
     return Invocation(done.returncode, done.stdout)
 
 
+def held_after_requeue(workdir: Path) -> dict[str, str]:
+    """{rule_<rule>_wildcards_<values>: job id} of the jobs from `workdir` that SLURM requeued and
+    now holds (it holds a requeued job about two minutes before it may start again; accounting
+    shows the requeue only once it has started again)."""
+    queue = subprocess.run(["squeue", "-h", "-t", "PENDING", "-o", "%i|%Z|%r|%k"], capture_output=True, text=True,
+                           check=True, timeout=30).stdout
+    return {comment: job_id for job_id, job_workdir, reason, comment in (line.split("|") for line in queue.splitlines())
+            if reason == "BeginTime" and Path(job_workdir) == workdir.resolve()}
+
+
+def start_now(job_id: str, *changes: str) -> None:
+    """Start a held job at once (users wait for SLURM's hold; the tests need not), with `changes`."""
+    subprocess.run(["scontrol", "update", f"JobId={job_id}", *changes, "StartTime=now"], check=True, timeout=30)
+
+
 @contextlib.contextmanager
 def requeued_jobs_released(workdir: Path):
-    """SLURM holds a requeued job about two minutes before it may start again. Users wait; the
-    tests need not: while inside, each job of `workdir` held so is started at once."""
+    """While inside, each requeued job of `workdir` is started again at once."""
     done = threading.Event()
 
     def release() -> None:
         while not done.wait(0.5):
-            queue = subprocess.run(["squeue", "-h", "-t", "PENDING", "-o", "%i|%Z|%r"], capture_output=True,
-                                   text=True, timeout=30).stdout
-            for line in queue.splitlines():
-                job_id, job_workdir, reason = line.split("|")
-                if reason == "BeginTime" and Path(job_workdir) == workdir.resolve():
-                    subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], timeout=30)
+            for job_id in held_after_requeue(workdir).values():
+                start_now(job_id)
 
     thread = threading.Thread(target=release, daemon=True)
     thread.start()
@@ -155,6 +172,32 @@ def requeued_jobs_released(workdir: Path):
     finally:
         done.set()
         thread.join()
+
+
+@contextlib.contextmanager
+def workflow_in_background(workdir: Path, log_path: Path, *args: str):
+    """Snakemake on `workdir` in the background, its output in `log_path`; killed, and its jobs
+    cancelled, if it still runs at the end."""
+    with log_path.open("w") as log:
+        process = subprocess.Popen(snakemake_command(workdir, *args), cwd=workdir, env=job_environment(),
+                                   stdout=log, stderr=subprocess.STDOUT)
+        try:
+            yield process
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+            cancel_leftover_jobs(workdir)
+
+
+def queued_jobs(workdir: Path, rule: str | None = None) -> list[str]:
+    """Ids of the pending or running jobs from `workdir` (of `rule` only, if given), as squeue
+    lists them."""
+    queue = subprocess.run(["squeue", "-h", "-o", "%i|%Z|%k"], capture_output=True, text=True, check=True,
+                           timeout=30).stdout
+    return [job_id for job_id, job_workdir, comment in (line.split("|") for line in queue.splitlines())
+            if Path(job_workdir) == workdir.resolve()
+            and rule in (None, comment.removeprefix("rule_").split("_wildcards_")[0])]
 
 
 def slurm_jobs(*, workdir: Path | None = None, run_id: str | None = None) -> list[SlurmJob]:
@@ -179,10 +222,7 @@ def slurm_jobs(*, workdir: Path | None = None, run_id: str | None = None) -> lis
 
 def cancel_leftover_jobs(workdir: Path) -> None:
     """Cancel jobs of `workdir` that a failed or timed-out test left on the cluster."""
-    queue = subprocess.run(["squeue", "-h", "-o", "%i|%Z"], capture_output=True, text=True, check=True,
-                           timeout=30).stdout
-    leftover = [job_id for job_id, job_workdir in (line.split("|") for line in queue.splitlines())
-                if Path(job_workdir) == workdir.resolve()]
+    leftover = queued_jobs(workdir)
     if leftover:
         subprocess.run(["scancel", *leftover], check=True, timeout=30)
 
@@ -456,28 +496,19 @@ def test_training_signalled_before_its_time_limit_requeues_its_job_and_resumes(t
     target = f"results/runs/{SCRATCH_RUN}/model.pt"
     checkpoints = workdir / "results" / "checkpoints" / SCRATCH_RUN
     first_log = tmp_path / "first.log"
-    with first_log.open("w") as log:
-        first = subprocess.Popen(snakemake_command(workdir, target), cwd=workdir, env=job_environment(),
-                                 stdout=log, stderr=subprocess.STDOUT)
-        try:
-            # Signal once the first checkpoint is written: the job is then mid-run.
-            checkpointed = max(wait_for(lambda: checkpoint_iterations(checkpoints), "checkpoint", 300, 0.05))
-            [train] = wait_for(lambda: [j for j in slurm_jobs(workdir=workdir) if j.rule == "train"],
-                               "training job", 30, 0.2)
-            subprocess.run(["scancel", "--signal=USR1", train.job_id], check=True, timeout=30)
-            wait_for(lambda: any(job.restarts for job in slurm_jobs(workdir=workdir)), "requeued training", 120, 0.5)
-            interrupted_at = max(checkpoint_iterations(checkpoints))  # before the job starts again
-            # ... which it may, held by SLURM for about two minutes, at once.
-            subprocess.run(["scontrol", "update", f"JobId={train.job_id}", "StartTime=now"], check=True, timeout=30)
-            first.wait(timeout=SNAKEMAKE_TIMEOUT_S)
-        finally:
-            if first.poll() is None:
-                first.kill()
-                first.wait()
-            cancel_leftover_jobs(workdir)
+    with workflow_in_background(workdir, first_log, target) as first:
+        # Signal once the first checkpoint is written: the job is then mid-run.
+        checkpointed = max(wait_for(lambda: checkpoint_iterations(checkpoints), "checkpoint", 300, 0.05))
+        # squeue, not sacct: accounting may learn of a running job only seconds later
+        [train_job] = wait_for(lambda: queued_jobs(workdir, "train"), "training job", 30, 0.2)
+        subprocess.run(["scancel", "--signal=USR1", train_job], check=True, timeout=30)
+        wait_for(lambda: train_job in held_after_requeue(workdir).values(), "requeued training", 120, 0.5)
+        interrupted_at = max(checkpoint_iterations(checkpoints))  # before the job starts again
+        start_now(train_job)
+        first.wait(timeout=SNAKEMAKE_TIMEOUT_S)
     assert first.returncode == 0, first_log.read_text()
     [requeued] = [job for job in slurm_jobs(workdir=workdir) if job.rule == "train"]
-    assert (requeued.job_id, requeued.state, requeued.restarts) == (train.job_id, "COMPLETED", 1)
+    assert (requeued.job_id, requeued.state, requeued.restarts) == (train_job, "COMPLETED", 1)
     assert checkpointed <= interrupted_at < TOTAL_SIGNALLED_ITERATIONS
     summary = json.loads((workdir / "results" / "runs" / SCRATCH_RUN / "train.json").read_text())
     assert summary["resumed_from_iteration"] == interrupted_at
