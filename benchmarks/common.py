@@ -25,7 +25,7 @@ from PIL import Image
 
 from geoloc.atomic import atomic_write_text
 from geoloc.data.synthetic.write import generate_city
-from geoloc.device import autocast, resolve_device
+from geoloc.device import autocast, channels_last, resolve_device
 from geoloc.model.losses import build_classifier
 from geoloc.train.guard import GuardedStep, adam
 
@@ -120,7 +120,7 @@ class ComputeOnlyStep:
 
     def __init__(self, model: torch.nn.Module, model_opt: torch.optim.Optimizer, n_classes: int, *,
                  batch_size: int, image_size: int, precision: str, device: torch.device,
-                 loss: str = "cosface", classifier_lr: float = 0.01) -> None:
+                 loss: str = "cosface", classifier_lr: float = 0.01, layout_channels_last: bool | None = None) -> None:
         self.model, self.model_opt, self.precision, self.device = model, model_opt, precision, device
         self.classifier = build_classifier(loss, model.fc_output_dim, n_classes).to(device)
         self.classifier_opt = adam(self.classifier.parameters(), classifier_lr, device)
@@ -128,7 +128,8 @@ class ComputeOnlyStep:
         self.criterion = torch.nn.CrossEntropyLoss()
         generator = torch.Generator().manual_seed(0)
         self.images = torch.rand(batch_size, 3, image_size, image_size, generator=generator).to(device)
-        if device.type == "cuda":
+        # The trainer's layout (geoloc.device.channels_last) unless told otherwise.
+        if channels_last(device, precision) if layout_channels_last is None else layout_channels_last:
             self.images = self.images.contiguous(memory_format=torch.channels_last)
         self.labels = torch.randint(0, n_classes, (batch_size,), generator=generator).to(device)
 

@@ -29,6 +29,7 @@ import torch
 from common import (ComputeOnlyStep, add_common_arguments, machine, print_table, settings_of, setup,
                     synchronize, write_json)
 
+from geoloc.device import channels_last
 from geoloc.model.cost import gflops_per_image, inference_latency_ms
 from geoloc.model.network import BACKBONES, build_model, count_parameters
 
@@ -72,8 +73,8 @@ def measure(backbone: str, args: argparse.Namespace, device: torch.device) -> di
     torch.set_num_threads(args.threads)  # a spawned process starts with torch's default
     baseline_mb = _peak_rss_mb()
     model = build_model(backbone).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)  # as geoloc.train.trainer does on CUDA
+    if channels_last(device, args.precision):  # as geoloc.train.trainer does
+        model = model.to(memory_format=torch.channels_last)
     total, trainable = count_parameters(model)
     row = {"backbone": backbone, "params_m": total / 1e6, "trainable_m": trainable / 1e6,
            "gflops_512": gflops_per_image(model, STUDY_SIZE), "gflops": gflops_per_image(model, args.image_size),

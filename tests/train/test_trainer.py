@@ -89,12 +89,31 @@ def test_resumed_run_ends_exactly_like_an_uninterrupted_one(tiny_city, tmp_path,
         [e["val_recalls"] for e in straight.summary(straight.fit())["epochs"]]
 
 
-def test_amp_trains_on_cpu_with_bfloat16(tiny_city, tmp_path):
+def test_amp_trains_on_cpu_with_bfloat16_in_channels_last(tiny_city, tmp_path, monkeypatch):
     settings = TrainSettings(**{**SETTINGS.__dict__, "precision": "amp", "epochs": 1})
     trainer = make_trainer(tiny_city, tmp_path, settings)
+    seen = []
+    forward = trainer.train_model.forward
+
+    def recording(x):
+        seen.append((x.is_contiguous(memory_format=torch.channels_last), torch.get_autocast_dtype("cpu"),
+                     torch.is_autocast_enabled("cpu")))
+        return forward(x)
+
+    monkeypatch.setattr(trainer.train_model, "forward", recording)
     summary = trainer.summary(trainer.fit())
     assert summary["hyperparameters"]["precision"] == "amp"
     assert summary["epochs"][0]["loss"] > 0 and summary["best_val_r1"] is not None
+    # bf16 convolutions take oneDNN's channels-last path on a CPU (geoloc.device.channels_last);
+    # validation embeds in fp32 (autocast off), as CosPlace tests.
+    training = [call for call in seen if call[2]]
+    assert training and set(training) == {(True, torch.bfloat16, True)}
+
+
+def test_fp32_training_on_cpu_keeps_contiguous_tensors(tiny_city, tmp_path):
+    trainer = make_trainer(tiny_city, tmp_path, TrainSettings(**{**SETTINGS.__dict__, "epochs": 1}))
+    conv = next(m for m in trainer.model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous() and not conv.weight.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_non_finite_loss_stops_training_and_keeps_last_good_checkpoint(tiny_city, tmp_path, monkeypatch):

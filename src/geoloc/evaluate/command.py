@@ -22,7 +22,7 @@ import torch
 
 from geoloc.arguments import integer, number
 from geoloc.data.datasets import TestSet
-from geoloc.device import DEVICES, resolve_device
+from geoloc.device import DEVICES, channels_last, resolve_device
 from geoloc.errors import GeolocError
 from geoloc.evaluate.baseline import baseline_summary, build_baseline
 from geoloc.evaluate.batches import upright_size
@@ -156,7 +156,7 @@ def _model(args: argparse.Namespace, seed: int, device: torch.device) -> tuple[t
     else:
         model = load_model(args.model, map_location=device)
         model_sha256 = sha256_file(args.model)
-    if device.type == "cuda":
+    if channels_last(device, "amp" if args.autocast else "fp32"):
         model = model.to(memory_format=torch.channels_last)
     return model, model_sha256
 

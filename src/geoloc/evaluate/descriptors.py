@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from geoloc.data.images import read_image
 from geoloc.device import autocast as device_autocast
+from geoloc.device import channels_last
 from geoloc.errors import GeolocError
 from geoloc.evaluate.batches import equal_size_batches, image_sizes, leave_stop_signals_to_the_main_process
 
@@ -76,14 +77,15 @@ def compute_descriptors(
     was_training = model.training
     model.eval()
     outputs = []
+    precision = "amp" if autocast else "fp32"
+    layout = torch.channels_last if channels_last(device, precision) else torch.contiguous_format
     try:
-        with torch.inference_mode(), device_autocast(device, "amp" if autocast else "fp32"):
+        with torch.inference_mode(), device_autocast(device, precision):
             for images, errors in loader:
                 if failed := next((error for error in errors if error), None):
                     raise GeolocError(failed)
                 images = images.to(device, non_blocking=True)
-                if device.type == "cuda":
-                    images = images.contiguous(memory_format=torch.channels_last)
+                images = images.contiguous(memory_format=layout)
                 # Kept on the device until the end: no host synchronisation per batch.
                 outputs.append(F.normalize(model(images.float().div_(255.0)).float(), dim=1))
     finally:

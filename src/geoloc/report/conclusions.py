@@ -99,6 +99,11 @@ class PairedTests:
         adjusted = p if self._adjusted is None else self._adjusted[key]
         return Difference(value, low, high, p, adjusted)
 
+    def tested(self) -> list[tuple[Variant, Variant, tuple[str, ...], Difference]]:
+        """Every testable difference of the corrected family: (a, b, test sets, a minus b)."""
+        return [(a, b, test_sets, self.difference(a, b, list(test_sets)))
+                for (a, b, test_sets), result in self._tested.items() if result is not None]
+
     def correct(self) -> None:
         """Holm-Bonferroni over every testable difference asked for so far; the family is then closed."""
         keys = [key for key, result in self._tested.items() if result is not None]

@@ -32,7 +32,7 @@ from geoloc.data.datasets import TestSet, TrainGroupDataset
 from geoloc.data.groups import build_groups
 from geoloc.data.image_cache import ImageCache
 from geoloc.data.listing import Listing
-from geoloc.device import autocast, resolve_device
+from geoloc.device import autocast, channels_last, resolve_device
 from geoloc.errors import GeolocError
 from geoloc.evaluate.evaluation import checked_positives, evaluate_model
 from geoloc.model.cost import gflops_per_image
@@ -165,7 +165,8 @@ class Trainer:
         if ranks.world > 1:
             model = sync_batchnorm(model, self.device)
         self.model = model.to(self.device)
-        if self.device.type == "cuda":
+        self.channels_last = channels_last(self.device, settings.precision)
+        if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.classifiers = [build_classifier(settings.loss, settings.fc_output_dim, len(ds)) for ds in self.datasets]
         trainable = [p for p in self.model.parameters() if p.requires_grad]
@@ -292,7 +293,7 @@ class Trainer:
                 labels = labels.to(device, non_blocking=True)
                 aug_gen = torch.Generator(device=device).manual_seed(seed_for(s.seed, epoch, progress["iteration"], 1))
                 x = augment_batch(images, s.image_size, aug_gen, rows=(start_row, s.batch_size))
-                if device.type == "cuda":
+                if self.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 with autocast(device, s.precision):
                     loss = self.criterion(classifier_step(self.train_model(x), labels), labels)
