@@ -108,7 +108,7 @@ def channels_last(device: torch.device, precision: str) -> bool:
 
     On CUDA always (the tensor cores' layout). On a CPU only under amp: a CPU without native
     bf16 computes a contiguous bf16 convolution with a slow reference kernel, and channels-last
-    takes oneDNN's path instead (ResNet-18 training at 64 px 4x faster, MobileNetV3-Small 2.9x:
+    takes oneDNN's path instead (ResNet-18 training at 64 px 3.4x faster, MobileNetV3-Small 2.3x:
     benchmarks/cpu_amp.py), while fp32 convolutions gain nothing from it.
     """
     return device.type == "cuda" or precision == "amp"
