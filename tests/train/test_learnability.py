@@ -30,7 +30,7 @@ def r1(model, city, test):
 
 
 @pytest.mark.slow
-def test_three_minutes_of_cpu_training_beat_the_untrained_network(tmp_path):
+def test_700_iterations_of_cpu_training_beat_the_untrained_network(tmp_path):
     city = tmp_path / "city"
     generate_city(city, seed=0, size="demo")
     trainer = Trainer(SETTINGS, RunInfo("r", "resnet18", "none", "fp32", 0, None),
