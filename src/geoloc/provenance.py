@@ -6,7 +6,9 @@ same strings, so the report can tell which results came from the same hardware.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
+import json
 import platform
 import resource
 from datetime import datetime, timezone
@@ -52,3 +54,9 @@ def peak_memory_mb(device: torch.device) -> float:
 
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def fingerprint_of(settings: dict) -> dict:
+    """train.json's (and baseline.json's) `fingerprint`: the settings that make the result and
+    the sha256 of their sorted JSON, which the report compares."""
+    return {"sha256": hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest(), "settings": settings}

@@ -8,8 +8,6 @@ a baseline is the first state of every run of its (backbone, pretraining, seed).
 
 from __future__ import annotations
 
-import hashlib
-import json
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -20,7 +18,7 @@ from geoloc.grid import backbone_slug
 from geoloc.model.cost import gflops_per_image
 from geoloc.model.network import GeoLocNet, backbone_spec, build_model, count_parameters
 from geoloc.model.weights import sha256_file
-from geoloc.provenance import device_name, package_versions
+from geoloc.provenance import device_name, fingerprint_of, package_versions
 
 
 def baseline_name(backbone: str, pretraining: str) -> str:
@@ -51,8 +49,7 @@ def baseline_summary(model: GeoLocNet, *, pretraining: str, seed: int, weights: 
     return {
         "run": {"name": baseline_name(model.backbone_name, pretraining), "backbone": model.backbone_name,
                 "pretraining": pretraining, "precision": "fp32", "seed": seed, "tag": None, "kind": "baseline"},
-        "fingerprint": {"sha256": hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest(),
-                        "settings": settings},
+        "fingerprint": fingerprint_of(settings),
         "hyperparameters": settings,
         "weights": None if weights is None else {
             "path": str(weights), "sha256": weights_sha256,

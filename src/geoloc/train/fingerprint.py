@@ -1,4 +1,4 @@
-"""Digests of what a training's result depends on: its settings and the images it trains on.
+"""The digest of the images a training trains on (its settings' digest: geoloc.provenance).
 
 The checkpoint refuses to resume, and the report refuses to show, results whose digests differ
 from the run's (geoloc.train.checkpoint, geoloc.report.config_check).
@@ -7,9 +7,7 @@ from the run's (geoloc.train.checkpoint, geoloc.report.config_check).
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterable, Iterator
-from typing import Any
 
 import numpy as np
 
@@ -17,11 +15,6 @@ from geoloc.data.groups import ClassGroup
 
 # Names gathered per numpy call: a few MB of indices, whatever the training set's size.
 _CHUNK = 1 << 15
-
-
-def settings_sha256(settings: dict[str, Any]) -> str:
-    """sha256 of `settings` as sorted JSON (train.json's `fingerprint.sha256`)."""
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 
 def trained_images_sha256(groups: Iterable[ClassGroup]) -> str:

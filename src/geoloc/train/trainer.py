@@ -39,13 +39,13 @@ from geoloc.model.cost import gflops_per_image
 from geoloc.model.losses import build_classifier
 from geoloc.model.network import build_model, count_parameters
 from geoloc.model.weights import verify_weights
-from geoloc.provenance import device_name, now, package_versions, peak_memory_mb
+from geoloc.provenance import device_name, fingerprint_of, now, package_versions, peak_memory_mb
 from geoloc.train import checkpoint as ckpt
 from geoloc.train.augment import augment_batch
 from geoloc.train.batchnorm import sync_batchnorm
 from geoloc.train.distributed import Ranks
 from geoloc.train.events import TrainingEvents
-from geoloc.train.fingerprint import settings_sha256, trained_images_sha256
+from geoloc.train.fingerprint import trained_images_sha256
 from geoloc.train.guard import GuardedStep, StepWindow, adam
 from geoloc.train.loader import batches, training_loader
 from geoloc.train.sampler import GroupBatchSampler, seed_for
@@ -423,7 +423,7 @@ class Trainer:
         fingerprint = self.fingerprint()
         return {
             "run": dataclasses.asdict(self.run),
-            "fingerprint": {"sha256": settings_sha256(fingerprint), "settings": fingerprint},
+            "fingerprint": fingerprint_of(fingerprint),
             "hyperparameters": {**dataclasses.asdict(self.s), "checkpoint_every": self.checkpoint_every,
                                 "num_workers": self.num_workers, "max_bad_steps": self.max_bad_steps},
             "weights": None if self.weights is None else {
