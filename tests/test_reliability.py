@@ -2,8 +2,9 @@
 
 Each case must end in one clear message naming the problem (a file, a field, a count) as the
 last line of stderr, its exit code (2 bad input; 3 a stop signal, 130 Ctrl-C, both after a
-checkpoint in training; 1 a bug, traceback kept), and no output under a final name. The protections themselves are unit-tested next to
-their modules (test_atomic, train/test_checkpoint, data/test_datasets, train/test_trainer, test_workflow); here they
+checkpoint in training; 1 a bug, traceback kept), and no output under a final name. The
+protections themselves are unit-tested next to their modules (test_atomic, train/test_checkpoint,
+data/test_datasets, train/test_trainer, workflow/); here they
 are tried where they can still go wrong: in data loader workers, between a command's two
 output files, and with Snakemake itself killed in the middle of a job.
 """
@@ -24,6 +25,7 @@ import pytest
 import torch
 import yaml
 from PIL import Image
+from support.workflow import snakemake_command, venv_env
 
 from geoloc import atomic
 from geoloc.cli import main
@@ -32,8 +34,6 @@ from geoloc.errors import GeolocError
 from geoloc.model import network as models
 from geoloc.train.checkpoint import save_checkpoint
 
-REPO = Path(__file__).resolve().parents[1]
-VENV_BIN = Path(sys.executable).parent
 
 # Five database places 100 m apart, and three queries, each a few metres from one of them.
 DATABASE_UTM = [(1000.0 + 100.0 * i, 5000.0) for i in range(5)]
@@ -390,10 +390,9 @@ def test_swapped_validation_set_stops_training_before_the_first_iteration(tiny_c
 # ---------------------------------------------------------------- the workflow, interrupted
 
 
-def snakemake_command(workdir: Path, config: Path, *args: str) -> list[str]:
+def workflow_command(workdir: Path, config: Path, *args: str) -> list[str]:
     # --configfile last: it takes every word after it.
-    return [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "workflow" / "Snakefile"),
-            "--directory", str(workdir), *args, "--cores", "1", "--resources", "gpu=1", "--configfile", str(config)]
+    return snakemake_command(workdir, *args, "--cores", "1", "--resources", "gpu=1", "--configfile", str(config))
 
 
 def run_to_the_end(command: list[str], env: dict) -> None:
@@ -455,18 +454,18 @@ def test_workflow_killed_in_training_and_interrupted_in_evaluation_ends_as_an_un
         "reference": run,
         "report": {"published": None},
     }))
-    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"}
+    env = venv_env()
     straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
-    run_to_the_end(snakemake_command(straight, config, "results/recalls.csv"), env)
+    run_to_the_end(workflow_command(straight, config, "results/recalls.csv"), env)
 
-    command = snakemake_command(interrupted, config, "results/recalls.csv")
+    command = workflow_command(interrupted, config, "results/recalls.csv")
     results = interrupted / "results"
     # SIGKILL once training has written its first periodic checkpoint: nothing can clean up,
     # and Snakemake's lock stays behind (the user runs --unlock, as Snakemake tells them).
     interrupt_when(command, env, tmp_path / "killed.log",
                    lambda: any((results / "checkpoints" / run).glob("ckpt-*.pt")), signal.SIGKILL)
     assert not (results / "runs" / run / "model.pt").exists()
-    subprocess.run(snakemake_command(interrupted, config, "--unlock"), env=env, check=True,
+    subprocess.run(workflow_command(interrupted, config, "--unlock"), env=env, check=True,
                    capture_output=True, timeout=300)
     # Killed again as soon as the evaluation has started. (SIGKILL, not Ctrl-C: a SIGINT that
     # lands while the job's shell is still starting the command can be lost, and the run ends.)
@@ -475,7 +474,7 @@ def test_workflow_killed_in_training_and_interrupted_in_evaluation_ends_as_an_un
     assert (results / "runs" / run / "model.pt").exists()
     assert not (results / "runs" / run / "recalls" / "sf_xs.csv").exists()
     assert not (results / "runs" / run / "recalls" / "sf_xs.queries.csv").exists()
-    subprocess.run(snakemake_command(interrupted, config, "--unlock"), env=env, check=True,
+    subprocess.run(workflow_command(interrupted, config, "--unlock"), env=env, check=True,
                    capture_output=True, timeout=300)
     run_to_the_end(command, env)
 
@@ -586,7 +585,8 @@ def test_what_a_killed_run_left_is_removed_by_the_next_run(tiny_city, tmp_path):
 
     assert not any(path.exists() for path in leftovers)
     assert files_under(tmp_path / "run") == sorted(
-        ["model.pt", "train.json", *(str(Path("tensorboard") / p.name) for p in (tmp_path / "run" / "tensorboard").iterdir())])
+        ["model.pt", "train.json",
+         *(str(Path("tensorboard") / p.name) for p in (tmp_path / "run" / "tensorboard").iterdir())])
     models.load_model(tmp_path / "run" / "model.pt")  # the new one
 
 

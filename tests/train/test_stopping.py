@@ -1,6 +1,6 @@
 """Training stops by itself before a SLURM job's time limit: the time left as squeue tells it,
 and the checkpoint and exit code 3 of a run that reaches its deadline (a fake squeue here; the
-real one in tests/test_slurm_train.py)."""
+real one in tests/slurm/test_slurm_train.py)."""
 
 import logging
 import os

@@ -162,7 +162,7 @@ def test_undecodable_images_beyond_max_bad_images_stop_the_training_and_within_i
 
 
 def test_every_option_the_workflows_train_rule_passes_is_accepted(tmp_path, tiny_city):
-    from test_workflow import BLOCK, calls_of, fake_geoloc_env, small_config, snakemake, write_yaml
+    from support.workflow import BLOCK, calls_of, fake_geoloc_env, small_config, snakemake, write_yaml
 
     weights = tmp_path / "weights" / "resnet18-imagenet.pth"
     weights.parent.mkdir()

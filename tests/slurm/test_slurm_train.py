@@ -19,14 +19,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from test_slurm import (  # noqa: F401 (slurm_cluster: the fixture that checks the cluster)
+from support.slurm import (
     SCRATCH_RUN,
     TRAINING,
     Invocation,
     held_after_requeue,
     make_workdir,
     sbatch_calls,
-    slurm_cluster,
     slurm_jobs,
     start_now,
     wait_for,

@@ -1,7 +1,7 @@
 """The workflow on a real SLURM cluster, through the shipped profile `profiles/slurm` or none.
 
 Needs the single-node cluster of `tests/slurm/start.sh` (these tests skip, with the reason,
-without one). The first tests run the workflow with the fake `geoloc` of tests/fake_geoloc.py and
+without one: conftest.py). The first tests run the workflow with the fake `geoloc` of tests/fake_geoloc.py and
 assert what reached sbatch (resources, GPU type, --gres, tasks of a run on two GPUs, job arrays)
 and how a training that stopped at its time limit (exit 3) requeues its own job while bad input
 (exit 2) fails once. The others run the real package on a copy of the tiny synthetic city with
@@ -11,248 +11,41 @@ weights. Only test-only settings are added on the command line: fast status poll
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import re
-import shutil
 import subprocess
-import sys
-import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import yaml
+from support.slurm import (
+    SCRATCH_RUN,
+    SNAKEMAKE_TIMEOUT_S,
+    TEST_SETS,
+    TRAINING,
+    Invocation,
+    SlurmJob,
+    held_after_requeue,
+    make_workdir,
+    queued_jobs,
+    requeued_jobs_released,
+    sbatch_calls,
+    slurm_jobs,
+    snakemake,
+    start_now,
+    wait_for,
+    workflow_in_background,
+)
+from support.workflow import calls_with_env, fake_geoloc_env, write_yaml
 
 pytestmark = pytest.mark.slurm
 
-REPO = Path(__file__).resolve().parents[1]
-SNAKEFILE = REPO / "workflow" / "Snakefile"
-PROFILE = REPO / "profiles" / "slurm"
-WEIGHTS_REGISTRY = REPO / "resources" / "weights.yaml"
-
-SCRATCH_RUN = "resnet18-none-fp32-s0"
 PRETRAINED_RUN = "resnet18-imagenet-fp32-s0"  # its weights file is broken at first
 WEIGHTS_FILE = "weights/resnet18-imagenet.pth"  # config weights.dir is "weights"
-TEST_SETS = ["sf_xs"]
-TRAINING = {
-    "epochs": 1, "iterations_per_epoch": 4, "batch_size": 4, "image_size": 32, "lr": 1e-3,
-    "M": 10, "alpha": 45, "N": 2, "L": 1, "min_images_per_class": 3, "groups_num": 1,
-    "fc_output_dim": 16, "num_workers": 0, "checkpoint_every": 100,
-}
 # Signalled right after its first checkpoint (iteration 2); the 38 iterations left outlast the
 # signal's delivery on a fast machine and stay short when resumed on a slow one.
 SIGNALLED_TRAINING = {**TRAINING, "iterations_per_epoch": 120, "checkpoint_every": 2}
 TOTAL_SIGNALLED_ITERATIONS = SIGNALLED_TRAINING["epochs"] * SIGNALLED_TRAINING["iterations_per_epoch"]
-TEST_ONLY_ARGS = ["--slurm-init-seconds-before-status-checks", "1"]
-FAKE_GEOLOC = Path(__file__).resolve().parent / "fake_geoloc.py"
-SNAKEMAKE_TIMEOUT_S = 400
-
-
-def _cluster_problem() -> str | None:
-    """Why the SLURM tests cannot run here, or None."""
-    if shutil.which("sinfo") is None or shutil.which("sacct") is None:
-        return "no SLURM client on this machine; start the test cluster with tests/slurm/start.sh"
-    # A node still cleaning up after the previous module's last job is "completing" for a while.
-    deadline = time.monotonic() + 60
-    while True:
-        sinfo = subprocess.run(["sinfo", "-h", "-N", "-o", "%T"], capture_output=True, text=True, timeout=30)
-        if sinfo.returncode != 0:
-            return f"SLURM does not answer ({_last_line(sinfo.stderr)}); run tests/slurm/start.sh"
-        states = sinfo.stdout.split()
-        if "idle" in states:
-            break
-        if not any(state.startswith("completing") for state in states) or time.monotonic() > deadline:
-            return f"no idle SLURM node (node states: {states}); run tests/slurm/start.sh"
-        time.sleep(1)
-    sacct = subprocess.run(["sacct", "-n", "-X", "-j", "1"], capture_output=True, text=True, timeout=30)
-    if sacct.returncode != 0:
-        return f"SLURM accounting does not answer ({_last_line(sacct.stderr)}); run tests/slurm/start.sh"
-    return None
-
-
-def _last_line(text: str) -> str:
-    lines = text.strip().splitlines()
-    return lines[-1] if lines else "no message"
-
-
-def _workflow_problem() -> str | None:
-    for path in (SNAKEFILE, PROFILE / "config.yaml", WEIGHTS_REGISTRY):
-        if not path.is_file():
-            return f"{path.relative_to(REPO)} is not written yet"
-    return None
-
-
-# Session scope: checked before the session-scoped tiny_city is generated for nothing.
-@pytest.fixture(scope="session", autouse=True)
-def slurm_cluster():
-    problem = _workflow_problem() or _cluster_problem()
-    if problem:
-        pytest.skip(problem)
-
-
-@dataclass
-class Invocation:
-    returncode: int
-    log: str  # Snakemake's stdout and stderr
-
-    @property
-    def slurm_run_id(self) -> str:
-        """The plugin's run id: the SLURM job name of every job this invocation submitted."""
-        match = re.search(r"SLURM run ID: (\S+)", self.log)
-        assert match, f"not a SLURM executor run:\n{self.log}"
-        return match.group(1)
-
-
-@dataclass(frozen=True)
-class SlurmJob:
-    job_id: str
-    rule: str
-    wildcards: str
-    state: str
-    requested: str  # sacct ReqTRES, e.g. "billing=1,cpu=1,gres/gpu=1,mem=1G,node=1"
-    restarts: int = 0  # times SLURM requeued it (sacct lists each run; this is the last)
-
-
-def snakemake_command(workdir: Path, *args: str, profile: bool = True) -> list[str]:
-    """The workflow in `workdir`, with its config.yaml, through profiles/slurm (or no profile)."""
-    site = ["--profile", str(PROFILE)] if profile else ["--executor", "slurm", "--jobs", "10"]
-    return [
-        sys.executable, "-m", "snakemake", "--snakefile", str(SNAKEFILE), "--directory", str(workdir),
-        *site, "--configfile", str(workdir / "config.yaml"), *TEST_ONLY_ARGS, *args,
-    ]
-
-
-def job_environment(**variables: str) -> dict[str, str]:
-    # Jobs inherit this environment (sbatch --export=ALL): they find `geoloc` in the virtualenv.
-    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", **variables}
-
-
-def snakemake(workdir: Path, *args: str, env: dict | None = None, profile: bool = True) -> Invocation:
-    try:
-        done = subprocess.run(snakemake_command(workdir, *args, profile=profile), cwd=workdir,
-                              env=env or job_environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True, timeout=SNAKEMAKE_TIMEOUT_S)
-    finally:
-        cancel_leftover_jobs(workdir)
-    return Invocation(done.returncode, done.stdout)
-
-
-def held_after_requeue(workdir: Path) -> dict[str, str]:
-    """{rule_<rule>_wildcards_<values>: job id} of the jobs from `workdir` that SLURM requeued and
-    now holds (it holds a requeued job about two minutes before it may start again; accounting
-    shows the requeue only once it has started again)."""
-    queue = subprocess.run(["squeue", "-h", "-t", "PENDING", "-o", "%i|%Z|%r|%k"], capture_output=True, text=True,
-                           check=True, timeout=30).stdout
-    return {comment: job_id for job_id, job_workdir, reason, comment in (line.split("|") for line in queue.splitlines())
-            if reason == "BeginTime" and Path(job_workdir) == workdir.resolve()}
-
-
-def start_now(job_id: str, *changes: str) -> None:
-    """Start a held job at once (users wait for SLURM's hold; the tests need not), with `changes`."""
-    subprocess.run(["scontrol", "update", f"JobId={job_id}", *changes, "StartTime=now"], check=True, timeout=30)
-
-
-@contextlib.contextmanager
-def requeued_jobs_released(workdir: Path):
-    """While inside, each requeued job of `workdir` is started again at once."""
-    done = threading.Event()
-
-    def release() -> None:
-        while not done.wait(0.5):
-            for job_id in held_after_requeue(workdir).values():
-                start_now(job_id)
-
-    thread = threading.Thread(target=release, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        done.set()
-        thread.join()
-
-
-@contextlib.contextmanager
-def workflow_in_background(workdir: Path, log_path: Path, *args: str):
-    """Snakemake on `workdir` in the background, its output in `log_path`; killed, and its jobs
-    cancelled, if it still runs at the end."""
-    with log_path.open("w") as log:
-        process = subprocess.Popen(snakemake_command(workdir, *args), cwd=workdir, env=job_environment(),
-                                   stdout=log, stderr=subprocess.STDOUT)
-        try:
-            yield process
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-            cancel_leftover_jobs(workdir)
-
-
-def queued_jobs(workdir: Path, rule: str | None = None) -> list[str]:
-    """Ids of the pending or running jobs from `workdir` (of `rule` only, if given), as squeue
-    lists them."""
-    queue = subprocess.run(["squeue", "-h", "-o", "%i|%Z|%k"], capture_output=True, text=True, check=True,
-                           timeout=30).stdout
-    return [job_id for job_id, job_workdir, comment in (line.split("|") for line in queue.splitlines())
-            if Path(job_workdir) == workdir.resolve()
-            and rule in (None, comment.removeprefix("rule_").split("_wildcards_")[0])]
-
-
-def slurm_jobs(*, workdir: Path | None = None, run_id: str | None = None) -> list[SlurmJob]:
-    """Jobs SLURM accounting knows, of one workflow directory or one Snakemake invocation."""
-    # -D: every run of a requeued job, oldest first
-    command = ["sacct", "-X", "-D", "-n", "-P", "-S", "now-6hours", "-o",
-               "JobIDRaw,JobName,WorkDir,Comment,State,ReqTRES"]
-    output = subprocess.run(command, capture_output=True, text=True, check=True, timeout=30).stdout
-    jobs: dict[str, SlurmJob] = {}
-    for line in output.splitlines():
-        job_id, name, job_workdir, comment, state, requested = line.split("|")
-        if workdir is not None and Path(job_workdir) != workdir.resolve():
-            continue
-        if run_id is not None and name != run_id:
-            continue
-        # The plugin writes rule and wildcards into the comment: rule_<rule>[_wildcards_<values>].
-        rule, _, wildcards = comment.removeprefix("rule_").partition("_wildcards_")
-        restarts = jobs[job_id].restarts + 1 if job_id in jobs else 0
-        jobs[job_id] = SlurmJob(job_id, rule, wildcards, state.split()[0], requested, restarts)
-    return list(jobs.values())
-
-
-def cancel_leftover_jobs(workdir: Path) -> None:
-    """Cancel jobs of `workdir` that a failed or timed-out test left on the cluster."""
-    leftover = queued_jobs(workdir)
-    if leftover:
-        subprocess.run(["scancel", *leftover], check=True, timeout=30)
-
-
-def make_workdir(root: Path, city: Path, training: dict, pretrainings: list[str], **extra) -> Path:
-    """A workflow directory with its own copy of the city and a config of resnet18 runs.
-
-    Its weights registry is the shipped one without the pinned digest of ResNet-18's ImageNet
-    weights: the tests write their own file (random weights) in place of the download.
-    """
-    workdir = root / "work"
-    workdir.mkdir()
-    shutil.copytree(city, workdir / "data")
-    registry = yaml.safe_load(WEIGHTS_REGISTRY.read_text(encoding="utf-8"))
-    registry["resnet18"]["imagenet"]["sha256"] = None
-    (workdir / "weights.yaml").write_text(yaml.safe_dump(registry), encoding="utf-8")
-    config = {
-        "datasets_root": str(workdir / "data"),
-        "test_sets": TEST_SETS,
-        "weights": {"registry": str(workdir / "weights.yaml"), "dir": "weights"},
-        "device": "cpu",
-        "training": training,
-        "evaluation": {"batch_size": 16, "num_workers": 0},
-        "grid": [{"backbones": ["resnet18"], "pretrainings": pretrainings, "precisions": ["fp32"], "seeds": [0]}],
-        "reference": SCRATCH_RUN,
-        "report": {"published": None},
-        **extra,
-    }
-    (workdir / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
-    return workdir
 
 
 def write_resnet18_weights(path: Path) -> None:
@@ -274,17 +67,6 @@ def reported_logs(invocation: Invocation, rule: str, workdir: Path) -> dict[Path
 
 # ---------------------------------------------------------------- what reaches sbatch (fake geoloc)
 
-SBATCH = re.compile(r"(?:sbatch call|Submitting array job with sbatch call): (sbatch .*)$", re.MULTILINE)
-
-
-def sbatch_calls(log: str) -> dict[str, str]:
-    """The sbatch command line of every submission, by the job comment the plugin gives it."""
-    calls = {}
-    for call in SBATCH.findall(log):
-        comment = re.search(r"--comment (\S+)", call).group(1)
-        calls[comment.removeprefix("rule_")] = call
-    return calls
-
 
 def fake_config(city: Path, grid: list[dict], **resources) -> dict:
     """Small jobs on the tiny city; `resources` adds to config `resources`."""
@@ -303,19 +85,13 @@ def fake_workdir(root: Path, config: dict) -> tuple[Path, dict, Path]:
     """A workflow directory whose jobs run tests/fake_geoloc.py as `geoloc`, and its calls file."""
     workdir = root / "work"
     workdir.mkdir()
-    bin_dir = root / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "geoloc").write_text(f'#!/bin/sh\nexec {sys.executable} {FAKE_GEOLOC} "$@"\n')
-    (bin_dir / "geoloc").chmod(0o755)
-    calls = root / "calls.jsonl"
-    env = job_environment(FAKE_GEOLOC_CALLS=str(calls))
-    env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
-    (workdir / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    env, calls = fake_geoloc_env(root)
+    write_yaml(workdir / "config.yaml", config)
     return workdir, env, calls
 
 
 def fake_calls(calls: Path, command: str) -> list[dict]:
-    return [call for call in map(json.loads, calls.read_text().splitlines()) if call["args"][0] == command]
+    return [call for call in calls_with_env(calls) if call["args"][0] == command]
 
 
 def run_of(call: dict) -> str:
@@ -471,16 +247,6 @@ def test_rerunning_the_failed_target_reruns_only_that_job(fail_and_recover):
     assert "localrule" not in rerun.log
     summary = json.loads((fail_and_recover.workdir / "results" / "runs" / PRETRAINED_RUN / "train.json").read_text())
     assert summary["weights"]["path"] == WEIGHTS_FILE
-
-
-def wait_for(condition, what: str, timeout_s: float, interval_s: float):
-    """Poll `condition()` until it returns something truthy, and return that."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if found := condition():
-            return found
-        time.sleep(interval_s)
-    raise AssertionError(f"no {what} after {timeout_s} s")
 
 
 def checkpoint_iterations(folder: Path) -> list[int]:
