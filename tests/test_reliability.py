@@ -25,7 +25,6 @@ import pytest
 import torch
 import yaml
 from PIL import Image
-from support.workflow import snakemake_command, venv_env
 
 from geoloc import atomic
 from geoloc.cli import main
@@ -34,6 +33,7 @@ from geoloc.errors import GeolocError
 from geoloc.model import network as models
 from geoloc.train.checkpoint import save_checkpoint
 
+from support.workflow import snakemake_command, venv_env
 
 # Five database places 100 m apart, and three queries, each a few metres from one of them.
 DATABASE_UTM = [(1000.0 + 100.0 * i, 5000.0) for i in range(5)]

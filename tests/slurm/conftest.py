@@ -1,6 +1,7 @@
 """The tests here need the SLURM test cluster of start.sh; without it they skip (CI fails them)."""
 
 import pytest
+
 from support.slurm import cluster_problem
 
 

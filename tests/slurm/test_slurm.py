@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
 from support.slurm import (
     SCRATCH_RUN,
     SNAKEMAKE_TIMEOUT_S,

@@ -19,6 +19,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from support.slurm import (
     SCRATCH_RUN,
     TRAINING,

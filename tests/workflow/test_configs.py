@@ -4,6 +4,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from geoloc import grid
+
 from support.workflow import (
     BLOCK,
     DEMO_CONFIG,
@@ -12,8 +15,6 @@ from support.workflow import (
     WEIGHTS_REGISTRY,
     schema_error,
 )
-
-from geoloc import grid
 
 STUDY_RUNS = [
     "resnet18-imagenet-fp32-s0", "resnet18-places365-fp32-s0", "resnet18-gldv2-fp32-s0",

@@ -4,6 +4,7 @@ import json
 import re
 
 import pytest
+
 from support.workflow import (
     job_counts,
     module_snakefile,

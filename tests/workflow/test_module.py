@@ -2,6 +2,7 @@
 
 
 import yaml
+
 from support.workflow import (
     BLOCK,
     REPO,

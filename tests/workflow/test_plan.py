@@ -4,6 +4,7 @@ import re
 from pathlib import Path
 
 import pytest
+
 from support.workflow import (
     BLOCK,
     STUDY_CONFIG,
@@ -94,8 +95,8 @@ def test_gpu_type_gres_sites_and_runs_on_several_gpus_ask_slurm_accordingly(tmp_
      "config key grid[0].training.trainable_blocks: 7 is more than the 6 blocks of resnet18"),
     ({"grid": [{**BLOCK, "backbones": ["timm:vit_tiny_patch16_224"]}], "training": {"image_size": 50},
       "reference": "timm_vit_tiny_patch16_224-none-fp32-s0"},
-     "config key training.image_size: timm model vit_tiny_patch16_224 cannot take 50x50 images: Input height (50) "
-     "should be divisible by patch size (16)"),
+     "config key training.image_size: timm model vit_tiny_patch16_224 cannot take 50x50 images: "
+     "Input height (50) should be divisible by patch size (16)"),
     ({"resources": {"train": {"runtime": 10}}}, "config key training.stop_margin_minutes: 10 minutes leave no time"),
 ])
 def test_bad_config_fails_before_any_job_with_the_key_named(tmp_path, change, message):

@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+
 from support.workflow import (
     BLOCK,
     fake_geoloc_env,

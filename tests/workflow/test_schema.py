@@ -3,12 +3,12 @@
 import dataclasses
 import re
 
+from geoloc import grid
+
 from support.workflow import (
     REPO,
     load_schema,
 )
-
-from geoloc import grid
 
 
 def leaf_annotations(node: dict, root: dict, path: str = "") -> dict[str, str | None]:

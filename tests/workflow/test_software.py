@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import yaml
+
 from support.workflow import (
     REPO,
     dataset_layout,
