@@ -33,7 +33,7 @@ from support.slurm import (
     workflow_in_background,
 )
 
-pytestmark = pytest.mark.slurm
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 DDP_RUN = f"{SCRATCH_RUN}-ddp"
 RUNS = (SCRATCH_RUN, DDP_RUN)
