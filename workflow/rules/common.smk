@@ -1,16 +1,17 @@
-# Config validation, the run table, wildcard constraints, and the helpers the rules call.
-# Every value that reaches a shell command is quoted here (shlex) or with {...:q} in the rule.
+# Config validation, the run table, wildcard constraints, input functions and resources. Every
+# job's command line comes from geoloc.jobs (JOBS), which quotes each value (shlex); paths the
+# rules write themselves are quoted with {...:q}.
 #
 # Reruns follow results. Snakemake compares each job's non-derived params (functions of the
 # wildcards only) with its last run, and the paths of its inputs; params computed from
 # input/output/threads are "derived" and never compared. So each rule has a `settings` param,
 # a function of the wildcards holding exactly the settings that change its result (the keys
 # the schema marks `changes: model`, or `recalls` for evaluations), and a `runtime` param,
-# derived on purpose, carrying paths and runtime knobs (device, loader workers, checkpoint
-# interval, cache locations, batch size, threads): a new value of those reruns nothing.
+# derived on purpose (a function of input/output/threads), carrying paths and runtime knobs
+# (device, loader workers, checkpoint interval, cache locations, batch size, threads): a new
+# value of those reruns nothing.
 import os
 import re
-import shlex
 import signal
 from functools import partial
 from pathlib import Path
@@ -20,9 +21,10 @@ import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from geoloc import grid
+from geoloc import grid, jobs
 from geoloc.atomic import atomic_write_text
 from geoloc.errors import GeolocError
+from geoloc.jobs import ranks
 from geoloc.model import backbones
 from geoloc.model.weights import lookup
 
@@ -41,8 +43,6 @@ SCHEMA_FILE = WORKFLOW_DIR / "schemas" / "config.schema.yaml"
 # that script from the conda prefix, which says nothing about where the workflow is.
 os.environ.update(GEOLOC_SOURCE=str(REPO))
 SCHEMA = yaml.safe_load(SCHEMA_FILE.read_text(encoding="utf-8"))
-# The training settings that change a run's model, from the schema (the one place that says so).
-MODEL_TRAINING_KEYS = grid.keys_that_change(SCHEMA, "training", "model")
 
 
 def workflow_file(path: str) -> str:
@@ -96,11 +96,19 @@ RUNS = STUDY.runs
 BASELINES = STUDY.baselines
 TEST_SETS = config["test_sets"]
 RESULTS = config["results"]
-IMAGE_CACHE_DIR = config["image_cache"]["dir"] or f"{RESULTS}/cache/images"
-# The image sizes some run reads from the decoded-image cache (rule cache_images builds those).
-CACHED_SIZES = {
-    run.training["image_size"] for run in RUNS.values() if run.training["image_cache"]
-}
+# Every job's command line (geoloc.jobs); the rules pass its parts as params `settings` and `runtime`.
+JOBS = jobs.Jobs(
+    config,
+    STUDY,
+    registry=WEIGHTS_REGISTRY,
+    train_dirs={
+        "sf_xs": (
+            f"{config['datasets_root']}/sf_xs/train",
+            f"{config['datasets_root']}/sf_xs/val",
+        )
+    },
+    test_dirs={name: f"{config['datasets_root']}/{name}/test" for name in TEST_SETS},
+)
 
 
 pathvars:
@@ -122,47 +130,7 @@ wildcard_constraints:
     ),
 
 
-def quoted(arguments: dict) -> str:
-    """`--key value` pairs for a command line, each shell-quoted.
-
-    None leaves the flag out; True gives the bare flag; a list gives one value per word.
-    """
-    words = []
-    for flag, value in arguments.items():
-        if value is None or value is False:
-            continue
-        if value is True:
-            words.append(flag)
-        elif isinstance(value, list):
-            words += [flag, *map(str, value)]
-        else:
-            words += [flag, str(value)]
-    return shlex.join(words)
-
-
-def node_path(text: str) -> str:
-    """A path for the job's shell, quoted, where a leading `$VAR` is expanded on the node.
-
-    `image_cache.copy_to` names node-local scratch, which is often only known inside the job
-    (`$TMPDIR`); the schema allows nothing else a shell would act on.
-    """
-    match = re.fullmatch(r"\$([A-Za-z_][A-Za-z0-9_]*)(.*)", text)
-    if not match:
-        return shlex.quote(text)
-    rest = shlex.quote(match.group(2)) if match.group(2) else ""
-    return f'"${match.group(1)}"{rest}'
-
-
-# ---------------------------------------------------------------- data
-
-
-def synth_arguments(wildcards) -> str:
-    return quoted(
-        {
-            "--seed": config["synthetic"]["seed"],
-            "--size": config["synthetic"]["size"],
-        }
-    )
+# ---------------------------------------------------------------- inputs
 
 
 def synthetic_datasets(wildcards) -> str | list:
@@ -176,126 +144,25 @@ def datasets_root(wildcards) -> str:
     return config["datasets_root"]
 
 
-def fetch_arguments(wildcards, output) -> str:
-    # Derived from output on purpose: the registry's path is no reason to download again.
-    weights = STUDY.weights[f"{wildcards.backbone}-{wildcards.pretraining}"]
-    return quoted(
-        {
-            "--registry": WEIGHTS_REGISTRY,
-            "--backbone": weights.backbone,
-            "--pretraining": weights.pretraining,
-            "--out": output[0],
-        }
-    )
-
-
-# ---------------------------------------------------------------- image cache
-
-
-def cache_images_command(wildcards, output, threads) -> str:
-    # Derived on purpose: paths and runtime knobs; and whether a run caches this size decides
-    # only if the job builds (a cache turned on later is built by its first training).
-    size = int(wildcards.size)
-    if size not in CACHED_SIZES:
-        return f"echo no run caches its images at {size} px"
-    options = quoted(
-        {
-            "--train-dir": f"{config['datasets_root']}/sf_xs/train",
-            "--image-size": size,
-            "--cache-dir": IMAGE_CACHE_DIR,
-            "--num-workers": max(0, threads - 1),
-            "--threads": threads,
-        }
-    )
-    return f"geoloc cache-images {options}"
-
-
 def image_cache_marker(wildcards):
     """What a training waits for: the image cache of its size (see rule cache_images)."""
     size = RUNS[wildcards.run].training["image_size"]
     return ancient(f"<results>/markers/image-cache-{size}px")
 
 
-# ---------------------------------------------------------------- train
+def weights_of(table: dict, key: str):
+    """The input function of a run's or baseline's pretrained weights; nothing for random init."""
+
+    def weights(wildcards) -> str | list:
+        weights_id = table[wildcards[key]].weights_id
+        return [] if weights_id is None else f"<weights>/{weights_id}.pth"
+
+    return weights
 
 
-def train_weights(wildcards) -> str | list:
-    """The run's pretrained weights file; nothing for random initialisation."""
-    weights_id = RUNS[wildcards.run].weights_id
-    return [] if weights_id is None else f"<weights>/{weights_id}.pth"
-
-
-def option_of(key: str) -> str:
-    return f"--{key.replace('_', '-')}"
-
-
-def train_settings(wildcards) -> str:
-    """Exactly what makes the run's model: a params trigger."""
-    run = RUNS[wildcards.run]
-    weights = STUDY.weights.get(run.weights_id)
-    return quoted(
-        {
-            "--backbone": run.backbone,
-            "--pretraining": run.pretraining,
-            "--tag": run.tag,
-            "--weights-format": weights.format if weights else None,
-            "--precision": run.precision,
-            "--seed": run.seed,
-            **{option_of(key): run.training[key] for key in MODEL_TRAINING_KEYS},
-            "--positive-dist-threshold": config["evaluation"][
-                "positive_dist_threshold"
-            ],
-        }
-    )
-
-
-def ranks(run: grid.Run) -> tuple[int, int]:
-    """(training processes per node, nodes) of one run."""
-    return run.training["gpus_per_run"], run.training["nodes_per_run"]
-
-
-def train_runtime(wildcards, input, output, threads) -> str:
-    # Derived from input/output on purpose (see the top of this file): paths and runtime
-    # knobs must never retrain a run.
-    run = RUNS[wildcards.run]
-    settings = run.training
-    weights = STUDY.weights.get(run.weights_id)
-    copy_to = config["image_cache"]["copy_to"]
-    words = quoted(
-        {
-            "--run-name": run.name,
-            "--train-dir": f"{config['datasets_root']}/sf_xs/train",
-            "--val-dir": f"{config['datasets_root']}/sf_xs/val",
-            "--weights": input.weights if weights else "none",
-            "--weights-sha256": weights.sha256 if weights else None,
-            "--out-dir": Path(output.model).parent,
-            "--checkpoint-dir": f"{RESULTS}/checkpoints/{wildcards.run}",
-            "--cache-dir": f"{RESULTS}/cache",
-            "--image-cache": IMAGE_CACHE_DIR if settings["image_cache"] else None,
-            "--device": config["device"],
-            "--num-workers": settings["num_workers"],
-            "--checkpoint-every": settings["checkpoint_every"],
-            "--max-bad-steps": settings["max_bad_steps"],
-            "--max-bad-images": settings["max_bad_images"],
-            "--compile": settings["compile"],
-            "--stop-margin-seconds": 60 * settings["stop_margin_minutes"],
-            # A run on several GPUs gets its threads per process from ranks.sh.
-            "--threads": threads if ranks(run) == (1, 1) else None,
-        }
-    )
-    if copy_to and settings["image_cache"]:
-        words = f"{words} --image-cache-copy-to {node_path(copy_to)}"
-    return words
-
-
-def train_launch(wildcards, threads) -> str:
-    """How `geoloc train` starts: once, or once per rank (workflow/scripts/ranks.sh)."""
-    per_node, nodes = ranks(RUNS[wildcards.run])
-    requeue = f"bash {shlex.quote(str(SCRIPTS / 'requeue-on-stop.sh'))} {config['resources']['requeues']}"
-    if per_node * nodes == 1:
-        return requeue
-    launcher = shlex.quote(str(SCRIPTS / "ranks.sh"))
-    return f"{requeue} bash {launcher} {per_node} {nodes} {max(1, threads // per_node)}"
+def published_results(wildcards) -> str | list:
+    published = config["report"]["published"]
+    return [] if published is None else workflow_file(published)
 
 
 # ---------------------------------------------------------------- resources
@@ -381,111 +248,12 @@ def slurm_extra_of(rule: str):
     return lambda wildcards: extra or None
 
 
-# ---------------------------------------------------------------- evaluate and baselines
-
-
-def evaluation_options(precision: str) -> str:
-    """What changes the recalls of a model trained in `precision`, beside the model itself."""
-    evaluation = config["evaluation"]
-    return quoted(
-        {
-            "--k": evaluation["k"],
-            "--positive-dist-threshold": evaluation["positive_dist_threshold"],
-            "--resize": evaluation["resize"],
-            "--autocast": grid.evaluated_under_autocast(
-                precision, evaluation["autocast"]
-            ),
-        }
-    )
-
-
-def evaluation_settings(wildcards) -> str:
-    """What changes a run's recalls beside its model: a params trigger."""
-    return evaluation_options(RUNS[wildcards.run].precision)
-
-
-def evaluation_runtime(output, threads) -> str:
-    # Derived (output, threads): paths and runtime knobs, never a reason to re-evaluate.
-    evaluation = config["evaluation"]
-    test_sets = [
-        word
-        for name in TEST_SETS
-        for word in ("--test-set", f"{name}={config['datasets_root']}/{name}/test")
-    ]
-    options = quoted(
-        {
-            "--out-dir": Path(output.recalls[0]).parent,
-            "--batch-size": evaluation["batch_size"],
-            "--num-workers": evaluation["num_workers"],
-            "--device": config["device"],
-            "--threads": threads,
-        }
-    )
-    return f"{options} {shlex.join(test_sets)}"
-
-
-def evaluate_runtime(wildcards, output, threads) -> str:
-    return evaluation_runtime(output, threads)
-
-
-def baseline_weights(wildcards) -> str | list:
-    weights_id = BASELINES[wildcards.baseline].weights_id
-    return [] if weights_id is None else f"<weights>/{weights_id}.pth"
-
-
-def baseline_settings(wildcards) -> str:
-    """What makes the untrained network and its recalls: a params trigger."""
-    baseline = BASELINES[wildcards.baseline]
-    weights = STUDY.weights.get(baseline.weights_id)
-    network = quoted(
-        {
-            "--untrained": True,
-            "--backbone": baseline.backbone,
-            "--pretraining": baseline.pretraining,
-            "--weights-format": weights.format if weights else None,
-            "--fc-output-dim": baseline.fc_output_dim,
-            "--seed": baseline.seed,
-        }
-    )
-    return f"{network} {evaluation_options(grid.BASELINE_PRECISION)}"
-
-
-def baseline_runtime(wildcards, input, output, threads) -> str:
-    weights = input.weights if BASELINES[wildcards.baseline].weights_id else None
-    paths = quoted({"--weights": weights, "--summary-out": output.summary})
-    return f"{paths} {evaluation_runtime(output, threads)}"
-
-
 # ---------------------------------------------------------------- aggregate and report
-
-
-def result_folders(wildcards, input) -> str:
-    """The folder of every run and baseline, from their summary inputs."""
-    summaries = [*input.train, *input.baselines]
-    return shlex.join(str(Path(path).parent) for path in summaries)
 
 
 def config_as_yaml(wildcards) -> str:
     """The config as validated, defaults filled in, for the report to show."""
     return yaml.safe_dump(config, sort_keys=False)
-
-
-def published_results(wildcards) -> str | list:
-    published = config["report"]["published"]
-    return [] if published is None else workflow_file(published)
-
-
-def report_arguments(wildcards, input, output) -> str:
-    words = ["--runs-dir", str(Path(input.train[0]).parent.parent)]
-    words += ["--templates", str(WORKFLOW_DIR / "report")]
-    words += [
-        "--positive-dist-threshold",
-        str(config["evaluation"]["positive_dist_threshold"]),
-    ]
-    words += ["--published", input.published] if input.published else []
-    words += ["--conclusions-out", output.conclusions]
-    words += ["--reference", config["reference"], "--expected", *RUNS]
-    return shlex.join(words)
 
 
 def print_conclusion() -> None:

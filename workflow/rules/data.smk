@@ -14,7 +14,7 @@ if config["synthetic"]["enabled"]:
             "../envs/geoloc.yaml"
         threads: 4
         params:
-            settings=synth_arguments,
+            settings=lambda wildcards: JOBS.synth_settings(),
         shell:
             "geoloc synth {output:q} {params.settings} --workers {threads}"
             " --threads {threads} > {log:q} 2>&1"
@@ -49,10 +49,13 @@ rule fetch_weights:
     localrule: True
     conda:
         "../envs/geoloc.yaml"
+    # All runtime, derived from output on purpose: the registry's path is no reason to download again.
     params:
-        arguments=fetch_arguments,
+        runtime=lambda wildcards, output: JOBS.fetch_runtime(
+            wildcards.backbone, wildcards.pretraining, output[0]
+        ),
     shell:
-        "geoloc fetch-weights {params.arguments} --threads {threads} > {log:q} 2>&1"
+        "geoloc fetch-weights {params.runtime} --threads {threads} > {log:q} 2>&1"
 
 
 # Decodes every training image once at one size into image_cache.dir, before the first
@@ -79,6 +82,8 @@ rule cache_images:
         cpus_per_task=job_resources("cache_images")["threads"],
         slurm_extra=slurm_extra_of("cache_images"),
     params:
-        command=cache_images_command,
+        runtime=lambda wildcards, threads: JOBS.cache_images_runtime(
+            int(wildcards.size), threads
+        ),
     shell:
-        "{params.command} > {log:q} 2>&1 && touch {output:q}"
+        "({params.runtime}) > {log:q} 2>&1 && touch {output:q}"

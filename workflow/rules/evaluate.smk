@@ -29,8 +29,10 @@ rule evaluate:
         gres=gres,
         slurm_extra=slurm_extra_of("evaluate"),
     params:
-        settings=evaluation_settings,
-        runtime=evaluate_runtime,
+        settings=lambda wildcards: JOBS.evaluate_settings(wildcards.run),
+        runtime=lambda wildcards, output, threads: JOBS.evaluate_runtime(
+            output.recalls, threads
+        ),
     shell:
         "geoloc evaluate --model {input.model:q} {params.settings} {params.runtime}"
         " > {log:q} 2>&1"
@@ -39,7 +41,7 @@ rule evaluate:
 rule baseline:
     input:
         data=synthetic_datasets,
-        weights=baseline_weights,
+        weights=weights_of(BASELINES, "baseline"),
     output:
         summary="<results>/baselines/{baseline}/baseline.json",
         recalls=expand(
@@ -67,7 +69,9 @@ rule baseline:
         gres=gres,
         slurm_extra=slurm_extra_of("evaluate"),
     params:
-        settings=baseline_settings,
-        runtime=baseline_runtime,
+        settings=lambda wildcards: JOBS.baseline_settings(wildcards.baseline),
+        runtime=lambda wildcards, input, output, threads: JOBS.baseline_runtime(
+            wildcards.baseline, input.weights, output.summary, output.recalls, threads
+        ),
     shell:
         "geoloc evaluate {params.settings} {params.runtime} > {log:q} 2>&1"

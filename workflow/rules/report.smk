@@ -23,9 +23,11 @@ rule aggregate:
     conda:
         "../envs/geoloc.yaml"
     params:
-        folders=result_folders,
+        runtime=lambda wildcards, input: JOBS.aggregate_runtime(
+            [*input.train, *input.baselines]
+        ),
     shell:
-        "geoloc aggregate --out {output:q} {params.folders} --threads {threads}"
+        "geoloc aggregate --out {output:q} {params.runtime} --threads {threads}"
         " > {log:q} 2>&1"
 
 
@@ -70,7 +72,11 @@ rule report:
     conda:
         "../envs/geoloc.yaml"
     params:
-        settings=report_arguments,
+        settings=lambda wildcards: JOBS.report_settings(),
+        runtime=lambda wildcards, input, output: JOBS.report_runtime(
+            input.train, input.published, output.conclusions, WORKFLOW_DIR / "report"
+        ),
     shell:
-        "geoloc report --recalls {input.recalls:q} --config {input.config:q} {params.settings}"
+        "geoloc report --recalls {input.recalls:q} --config {input.config:q}"
+        " {params.runtime} {params.settings}"
         " --out {output.report:q} --threads {threads} > {log:q} 2>&1"

@@ -6,7 +6,7 @@ rule train:
         data=synthetic_datasets,
         # ancient: a rebuilt cache holds the same images, never a reason to retrain.
         cache=image_cache_marker,
-        weights=train_weights,
+        weights=weights_of(RUNS, "run"),
     output:
         model="<results>/runs/{run}/model.pt",
         summary="<results>/runs/{run}/train.json",
@@ -34,8 +34,12 @@ rule train:
         mpi=multi_rank("mpi"),
         slurm_extra=train_slurm_extra,
     params:
-        settings=train_settings,
-        runtime=train_runtime,
-        launch=train_launch,
+        settings=lambda wildcards: JOBS.train_settings(wildcards.run),
+        runtime=lambda wildcards, input, output, threads: JOBS.train_runtime(
+            wildcards.run, input.weights, output.model, threads
+        ),
+        launch=lambda wildcards, threads: JOBS.train_launch(
+            wildcards.run, SCRIPTS, threads
+        ),
     shell:
         "{params.launch} geoloc train {params.settings} {params.runtime} > {log:q} 2>&1"

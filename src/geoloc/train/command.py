@@ -13,25 +13,22 @@ import json
 import logging
 from pathlib import Path
 
-from geoloc.arguments import integer, number
+from geoloc.arguments import integer
 from geoloc.atomic import atomic_outputs, remove_stale_temporaries
-from geoloc.device import PRECISIONS, cpu_budget, resolve_device
+from geoloc.device import cpu_budget, resolve_device
 from geoloc.errors import GeolocError
-from geoloc.model.losses import LOSSES
 from geoloc.model.network import save_model
 from geoloc.model.weights import sha256_file
 from geoloc.train import checkpoint as ckpt
 from geoloc.train import distributed
-from geoloc.train.settings import RunInfo, TrainSettings
+from geoloc.train.settings import (EVALUATION, RUN, TRAINING, RunInfo, TrainSettings, fields_from, option_of,
+                                   parser_options)
 from geoloc.train.stopping import Deadline, slurm_deadline
 from geoloc.train.trainer import Trainer
 
 log = logging.getLogger(__name__)
 
 OUTPUTS = ("model.pt", "train.json")
-# The schema's bounds of each setting (workflow/schemas/config.schema.yaml).
-_BOUNDS = {"image_size": {"minimum": 32}, "alpha": {"minimum": 1, "maximum": 360}, "trainable_blocks": {"minimum": 0}}
-_SEED = integer(minimum=0, maximum=2**64 - 1)  # torch.manual_seed takes no more
 
 
 def _folder(text: str) -> Path:
@@ -43,7 +40,6 @@ def _folder(text: str) -> Path:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    d = TrainSettings()
     io = parser.add_argument_group("data and outputs")
     io.add_argument("--train-dir", type=Path, required=True, help="e.g. DATASETS/sf_xs/train")
     io.add_argument("--val-dir", type=Path, required=True, help="e.g. DATASETS/sf_xs/val")
@@ -59,16 +55,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                     help="training images that may be undecodable and skipped (needs --image-cache)")
     run = parser.add_argument_group("run")
     run.add_argument("--run-name", required=True)
-    run.add_argument("--backbone", default=d.backbone)
     run.add_argument("--pretraining", default="none", help="label of the weights source")
     run.add_argument("--tag", default=None)
     run.add_argument("--weights", default="none", help="pretrained weights file, or 'none'")
-    run.add_argument("--weights-format", default=None)
     run.add_argument("--weights-sha256", default=None,
                      help="the registry's pinned sha256 of --weights (or its first 8+ hex digits): another "
                           "file is refused before training starts")
-    run.add_argument("--precision", choices=PRECISIONS, default=d.precision)
-    run.add_argument("--seed", type=_SEED, default=d.seed)
     run.add_argument("--device", default="auto", help="auto, cpu or cuda")
     run.add_argument("--num-workers", type=integer(minimum=0), default=4, help="image decoding processes")
     run.add_argument("--checkpoint-every", type=integer(minimum=1), default=500,
@@ -83,20 +75,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="torch.compile the network (its compile time is reported apart, as compile_seconds)")
     run.add_argument("--nproc", type=integer(minimum=1), default=1,
                      help="training processes to start on this machine (one per GPU; gloo on CPUs)")
-    hp = parser.add_argument_group("hyperparameters (defaults: the study's)")
-    for field in dataclasses.fields(TrainSettings):
-        if field.name in ("backbone", "weights_format", "precision", "seed"):
-            continue
-        kind = field.type.split(" ")[0]
-        if kind == "int":
-            value_type = integer(**_BOUNDS.get(field.name, {"minimum": 1}))
-        elif kind == "float":
-            value_type = number(exclusive_minimum=0)
-        else:
-            value_type = str
-        hp.add_argument(f"--{field.name.replace('_', '-')}", dest=field.name, type=value_type,
-                        default=getattr(d, field.name),
-                        **({"choices": LOSSES} if field.name == "loss" else {}))
+    for source, title in ((RUN, "the run's model"), (TRAINING, "hyperparameters (defaults: the study's)"),
+                          (EVALUATION, "validation")):
+        group = parser.add_argument_group(title)
+        for field in fields_from(source):
+            group.add_argument(option_of(field.name), **parser_options(field))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -104,9 +87,7 @@ def run(args: argparse.Namespace) -> int:
     if launched is None and args.nproc > 1:
         argv = distributed.strip_option(distributed.strip_option(args.argv, "--nproc"), "--threads")
         return distributed.launch_local(args.nproc, argv, max(1, cpu_budget(args.threads) // args.nproc))
-    settings = TrainSettings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainSettings)
-                                if f.name not in ("weights_format",)},
-                             weights_format=args.weights_format)
+    settings = TrainSettings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainSettings)})
     weights = None if args.weights in ("none", "", None) else Path(args.weights)
     if weights is not None and not weights.is_file():
         raise GeolocError(f"weights file {weights} does not exist (run the fetch_weights rule first)")
