@@ -1,8 +1,12 @@
 """The dataset catalog: the shipped entries, a config's overrides, both folder layouts, and the
 checks a study runs before any job (missing folders, counts that differ from the published ones)."""
 
+import dataclasses
+import json
+import runpy
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -16,7 +20,9 @@ from geoloc.data.catalog import (
 from geoloc.data.listing import image_names
 from geoloc.errors import GeolocError
 
-SHIPPED = Path(__file__).resolve().parents[2] / "resources" / "datasets.yaml"
+REPO = Path(__file__).resolve().parents[2]
+SHIPPED = REPO / "resources" / "datasets.yaml"
+SCRIPT = REPO / "workflow" / "scripts" / "datasets.py"
 BUILT_IN = ("sf_xs", "tokyo_xs", "tokyo_night", "sf_xl", "pitts30k", "pitts250k", "msls_val", "tokyo247",
             "nordland", "st_lucia", "amstertime", "sped", "eynsham")
 
@@ -150,3 +156,46 @@ def test_training_on_a_set_not_named_sf_xs_needs_only_its_own_folders(downloader
     check_training_set(catalog["mycity"], downloader_city)
     with pytest.raises(GeolocError, match=r"^dataset sf_xs: train folder .* does not exist"):
         check_training_set(catalog["sf_xs"], downloader_city)
+
+
+def run_datasets_script(root, test_sets, training, out):
+    """workflow/scripts/datasets.py as the rule `datasets` runs it: params of catalog entries."""
+    params = SimpleNamespace(root=str(root),
+                             test_sets={name: dataclasses.asdict(entry) for name, entry in test_sets.items()},
+                             training={name: dataclasses.asdict(entry) for name, entry in training.items()})
+    snakemake = SimpleNamespace(params=params, output=[str(out)], log=[str(out.with_suffix(".log"))])
+    runpy.run_path(str(SCRIPT), init_globals={"snakemake": snakemake}, run_name="__main__")
+    return json.loads(out.read_text(encoding="utf-8"))
+
+
+def test_datasets_json_records_the_sets_in_use_with_their_protocol(downloader_city, tmp_path):
+    catalog = load_catalog(SHIPPED, {"mycity": {"label": "My City", "test": "mycity/test", "train": "mycity/train",
+                                                "val": "mycity/val", "positive_dist_threshold": 40}})
+    test = downloader_city / "mycity" / "images" / "test"
+
+    recorded = run_datasets_script(downloader_city, {name: catalog[name] for name in ("mycity", "tokyo_xs")},
+                                   {"mycity": catalog["mycity"]}, tmp_path / "datasets.json")
+
+    assert recorded["root"] == str(downloader_city.resolve())
+    assert recorded["images"] == {
+        folder: len(image_names(downloader_city / folder))
+        for folder in ("mycity/images/train", "mycity/images/val/database", "mycity/images/val/queries",
+                       "mycity/images/test/database", "mycity/images/test/queries",
+                       "tokyo_xs/images/test/database", "tokyo_xs/images/test/queries")}
+    assert recorded["test_sets"]["mycity"] == {**describe(catalog["mycity"], downloader_city),
+                                               "positive_dist_threshold": 40.0, "label": "My City",
+                                               **counts(test)}
+    assert recorded["test_sets"]["tokyo_xs"]["label"] == "Tokyo-XS"
+    assert recorded["training"] == {"mycity": {"label": "My City", "train": "mycity/images/train",
+                                               "val": "mycity/images/val"}}
+    # An evaluation-only study records no training set and needs none.
+    assert run_datasets_script(downloader_city, {"tokyo_xs": catalog["tokyo_xs"]}, {},
+                               tmp_path / "eval-only.json")["training"] == {}
+
+
+def test_datasets_script_ends_with_one_error_line_for_a_missing_folder(downloader_city, tmp_path):
+    with pytest.raises(SystemExit, match=r"^datasets: error: dataset pitts30k: test folder .* does not exist"):
+        run_datasets_script(downloader_city, {"pitts30k": load_catalog(SHIPPED)["pitts30k"]}, {},
+                            tmp_path / "datasets.json")
+    assert not (tmp_path / "datasets.json").exists()
+    assert (tmp_path / "datasets.log").read_text(encoding="utf-8").startswith("datasets: error: dataset pitts30k")

@@ -213,3 +213,30 @@ def describe(entry: DatasetEntry, root: Path) -> dict:
         "queries": counts["queries"],
         "queries_file": None if entry.queries is None else str(resolve_file(root, entry.queries)),
     }
+
+
+def record(root: Path, test_sets: Mapping[str, DatasetEntry], training: Mapping[str, DatasetEntry]) -> dict:
+    """results/datasets.json: the root, every folder's image count, each test set's protocol
+    (`describe`) and each training set's folders. Folders under `root` are named relative to it."""
+    root = Path(root)
+    folders: list[Path] = []
+    for entry in training.values():
+        folders += [_existing(entry, "train", root), *(_existing(entry, "val", root) / part for part in _COUNT_KEYS)]
+    for entry in test_sets.values():
+        folders += [_existing(entry, "test", root) / part for part in _COUNT_KEYS]
+    images = {_relative(folder, root): len(image_names(folder)) for folder in dict.fromkeys(folders)}
+    return {
+        "root": str(root.resolve()),
+        "images": images,
+        "test_sets": {name: describe(entry, root) for name, entry in test_sets.items()},
+        "training": {name: {"label": entry.label, "train": _relative(_existing(entry, "train", root), root),
+                            "val": _relative(_existing(entry, "val", root), root)}
+                     for name, entry in training.items()},
+    }
+
+
+def _relative(folder: Path, root: Path) -> str:
+    try:
+        return folder.relative_to(root).as_posix()
+    except ValueError:
+        return str(folder)
