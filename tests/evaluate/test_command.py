@@ -392,6 +392,21 @@ def test_untrained_command_writes_baseline_json_and_every_pair(tmp_path, capsys)
     assert (row["kind"], row["model_sha256"]) == ("baseline", "")
 
 
+def test_a_patch_14_vit_baseline_is_evaluated_on_images_no_multiple_of_14(tmp_path, capsys):
+    # DINOv2's ViT-S/14 (random weights) on 50 x 37 px images: each resized to 56 x 42.
+    make_test_set(tmp_path / "set", size=(50, 37))
+    summary_out = tmp_path / "baseline" / "baseline.json"
+
+    code, err = evaluate(capsys, "--untrained", "--backbone", "timm:vit_small_patch14_dinov2", "--pretraining",
+                         "none", "--fc-output-dim", "8", "--summary-out", summary_out,
+                         "--test-set", f"t={tmp_path / 'set'}", "--out-dir", tmp_path / "out")
+
+    assert code == 0, err
+    (row,) = read_csv(tmp_path / "out" / "t.csv")
+    assert (row["n_queries"], row["n_database"]) == ("3", "5")
+    assert json.loads(summary_out.read_text())["gflops_per_image"] > 0  # counted at 42 x 56
+
+
 def test_untrained_baseline_evaluates_as_the_same_network_saved_and_loaded(tmp_path, capsys):
     make_test_set(tmp_path / "set")
     torch.manual_seed(0)

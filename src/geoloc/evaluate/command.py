@@ -27,9 +27,11 @@ from geoloc.device import DEVICES, channels_last, resolve_device
 from geoloc.errors import GeolocError
 from geoloc.evaluate.baseline import baseline_summary, build_baseline
 from geoloc.evaluate.batches import upright_size
+from geoloc.evaluate.descriptors import nearest_multiple
 from geoloc.evaluate.evaluation import Embedding, checked_k, checked_positives, embed, score
 from geoloc.evaluate.writing import Provenance, recall_row, write_all_or_none, write_queries, write_recalls
 from geoloc.grid import NO_PRETRAINING
+from geoloc.model.backbones import input_size_multiple
 from geoloc.model.network import load_model
 from geoloc.model.weights import FORMATS, sha256_file
 from geoloc.provenance import device_name
@@ -160,7 +162,8 @@ def run(args: argparse.Namespace) -> int:
         first_image = next(iter(test_sets.values())).database_paths[0]
         summary = baseline_summary(model, pretraining=args.pretraining, seed=seed, weights=args.weights,
                                    weights_format=args.weights_format, device=device,
-                                   image_size=resize or upright_size(first_image))
+                                   image_size=nearest_multiple(resize or upright_size(first_image),
+                                                               input_size_multiple(model)))
         text = json.dumps(summary, indent=2) + "\n"
         summary_files.append((args.summary_out, lambda handle: handle.write(text)))
     # Renamed last to first: the per-query files, then the recall CSVs, then baseline.json.
