@@ -15,7 +15,7 @@ from PIL import Image
 
 from geoloc import atomic
 from geoloc.cli import main
-from geoloc.data.names import format_image_name
+from geoloc.data.names import format_image_name, parse_image_name
 from geoloc.evaluate import command, evaluation
 from geoloc.evaluate.baseline import build_baseline
 from geoloc.evaluate.result_files import RECALL_COLUMNS
@@ -162,6 +162,76 @@ def test_recall_csv_records_the_model_and_the_protocol(tmp_path, capsys, model_f
               "kind": "trained", "test_set": "t", "test_dir": str(tmp_path / "set")}
     assert native == {**native, **common, "positive_dist_threshold": "25.0", "resize": "", "autocast": "0"}
     assert resized == {**resized, **common, "positive_dist_threshold": "30.5", "resize": "24x32", "autocast": "1"}
+
+
+@pytest.fixture(scope="module")
+def downloader_tokyo(tiny_city, tmp_path_factory):
+    """Part of the tiny city's Tokyo-XS as VPR-datasets-downloader lays a set out (tokyo/images/test):
+    20 or more database images, 4 queries with a database image within 20 m and 2 without."""
+    source = tiny_city / "tokyo_xs" / "test"
+    database, queries = (sorted((source / part).iterdir()) for part in ("database", "queries"))
+    distances = np.linalg.norm(utm_of(queries)[:, None] - utm_of(database)[None], axis=2)
+    near = np.flatnonzero((distances <= 20).any(axis=1))[:4]
+    kept = sorted(set(np.flatnonzero((distances[near] <= 20).any(axis=0))) | set(range(20)))
+    far = np.flatnonzero((distances[:, kept] > 20).all(axis=1))[:2]
+    assert len(near) == 4 and len(far) == 2
+    folder = tmp_path_factory.mktemp("downloader") / "tokyo" / "images" / "test"
+    for part, paths in (("database", [database[i] for i in kept]), ("queries", [queries[i] for i in (*near, *far)])):
+        (folder / part).mkdir(parents=True)
+        for path in paths:
+            shutil.copy2(path, folder / part / path.name)
+    return folder
+
+
+def utm_of(paths):
+    return np.array([(meta.utm_east, meta.utm_north) for meta in map(parse_image_name, paths)])
+
+
+def test_each_set_is_scored_and_recorded_at_its_own_threshold(downloader_tokyo, tmp_path, capsys, model_file):
+    # The city lies within 100 km: every database image is a positive of every query, so recall@1
+    # is 100 whatever the model; at 20 m, two queries have no positive.
+    code, err = evaluate(capsys, "--model", model_file, "--test-set", f"whole={downloader_tokyo}",
+                         "--test-set", f"near={downloader_tokyo}", "--set-threshold", "whole=100000",
+                         "--positive-dist-threshold", "20", "--k", "20", "--out-dir", tmp_path / "out")
+
+    assert code == 0, err
+    (whole,), (near,) = read_csv(tmp_path / "out" / "whole.csv"), read_csv(tmp_path / "out" / "near.csv")
+    assert (whole["r1"], whole["n_queries_without_positive"], whole["positive_dist_threshold"]) == (
+        "100.0000", "0", "100000.0")
+    assert (near["positive_dist_threshold"], near["n_queries_without_positive"]) == ("20.0", "2")
+
+
+def test_a_queries_file_keeps_only_its_queries(downloader_tokyo, tmp_path, capsys, model_file):
+    queries = sorted(path.name for path in (downloader_tokyo / "queries").iterdir())
+    subset = tmp_path / "subset.txt"
+    subset.write_text("\n".join(queries[1::3]) + "\n", encoding="utf-8")
+
+    code, err = evaluate(capsys, "--model", model_file, "--test-set", f"all={downloader_tokyo}",
+                         "--test-set", f"some={downloader_tokyo}", "--set-queries", f"some={subset}",
+                         "--k", "20", "--out-dir", tmp_path / "out")
+
+    assert code == 0, err
+    (all_row,), (some,) = read_csv(tmp_path / "out" / "all.csv"), read_csv(tmp_path / "out" / "some.csv")
+    assert (int(all_row["n_queries"]), int(some["n_queries"])) == (len(queries), len(queries[1::3]))
+    assert some["n_database"] == all_row["n_database"]
+    assert [row["query"] for row in read_csv(tmp_path / "out" / "some.queries.csv")] == [
+        f"queries/{name}" for name in queries[1::3]]
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--set-threshold", "other=30"], "--set-threshold other=...: 'other' is not a --test-set name (t)"),
+    (["--set-threshold", "t=30", "--set-threshold", "t=40"], "--set-threshold: test set 't' is given twice"),
+    (["--set-threshold", "t=0"], "argument --set-threshold: 0 is less than or equal to the minimum of 0"),
+    (["--set-threshold", "t"], "argument --set-threshold: 't' is not NAME=METRES"),
+    (["--set-queries", "t=missing.txt"], "cannot read the queries file missing.txt"),
+])
+def test_bad_per_set_flags_are_refused_before_anything_is_embedded(tmp_path, capsys, model_file, embedded,
+                                                                   flags, message):
+    make_test_set(tmp_path / "set")
+    code, err = evaluate(capsys, "--model", model_file, "--test-set", f"t={tmp_path / 'set'}",
+                         "--out-dir", tmp_path / "out", *flags)
+    assert_refused(code, err, message)
+    assert embedded == [] and not (tmp_path / "out").exists()
 
 
 def test_per_query_rows_agree_with_the_recall_row(tmp_path, capsys, model_file):
@@ -320,6 +390,21 @@ def test_untrained_command_writes_baseline_json_and_every_pair(tmp_path, capsys)
     assert len(summary["fingerprint"]["sha256"]) == 64
     (row,) = read_csv(out / "a.csv")
     assert (row["kind"], row["model_sha256"]) == ("baseline", "")
+
+
+def test_a_patch_14_vit_baseline_is_evaluated_on_images_no_multiple_of_14(tmp_path, capsys):
+    # DINOv2's ViT-S/14 (random weights) on 50 x 37 px images: each resized to 56 x 42.
+    make_test_set(tmp_path / "set", size=(50, 37))
+    summary_out = tmp_path / "baseline" / "baseline.json"
+
+    code, err = evaluate(capsys, "--untrained", "--backbone", "timm:vit_small_patch14_dinov2", "--pretraining",
+                         "none", "--fc-output-dim", "8", "--summary-out", summary_out,
+                         "--test-set", f"t={tmp_path / 'set'}", "--out-dir", tmp_path / "out")
+
+    assert code == 0, err
+    (row,) = read_csv(tmp_path / "out" / "t.csv")
+    assert (row["n_queries"], row["n_database"]) == ("3", "5")
+    assert json.loads(summary_out.read_text())["gflops_per_image"] > 0  # counted at 42 x 56
 
 
 def test_untrained_baseline_evaluates_as_the_same_network_saved_and_loaded(tmp_path, capsys):

@@ -14,6 +14,7 @@ from geoloc.data.images import read_image
 from geoloc.errors import GeolocError
 from geoloc.evaluate.batches import equal_size_batches, image_sizes, upright_size
 from geoloc.evaluate.descriptors import compute_descriptors
+from geoloc.model.backbones import input_size_multiple
 from geoloc.model.network import build_model
 
 # (width, height) of the queries: landscape, portrait and square, as the issue's example.
@@ -197,3 +198,40 @@ def test_stop_signals_to_the_loader_workers_are_left_to_the_main_process(tmp_pat
 
     assert signalled.value == 2 * len(paths)  # every header and every image, read after the signals
     np.testing.assert_allclose(result[-1], alone(small_network, paths[-1]), atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def tiny_vit14():
+    """A one-block DINOv2-style ViT with 14 px patches (timm, random weights), cut as geoloc cuts it."""
+    import timm
+
+    from geoloc.model.network import GeoLocNet
+    from geoloc.model.timm_backbone import TimmBackbone
+
+    torch.manual_seed(0)
+    full = timm.create_model("vit_small_patch14_dinov2", pretrained=False, img_size=28, depth=1, embed_dim=24,
+                             num_heads=2, dynamic_img_size=True)
+    spec = TimmBackbone("vit_small_patch14_dinov2")
+    body = spec.truncate(full)
+    return GeoLocNet("timm:vit_small_patch14_dinov2", body, spec.output_channels(body), 8, 1).eval()
+
+
+def test_a_patch_14_vit_embeds_images_of_any_size_at_the_nearest_multiple_of_14(tmp_path, tiny_vit14):
+    paths = noise_images(tmp_path, [(50, 37), (37, 50), (56, 42), (50, 37)])
+    model = Recording(tiny_vit14)
+
+    descriptors = compute_descriptors(model, paths, batch_size=4, device="cpu")
+
+    assert input_size_multiple(model) == 14
+    assert descriptors.shape == (4, 8) and np.isfinite(descriptors).all()
+    # 50 x 37 px (W x H) becomes 56 x 42: each side to its nearest multiple of 14.
+    assert sorted(model.shapes) == [(1, 3, 56, 42), (3, 3, 42, 56)]
+    np.testing.assert_allclose(descriptors[0], alone(tiny_vit14, paths[0], (42, 56)), atol=1e-5)
+    np.testing.assert_allclose(descriptors[2], alone(tiny_vit14, paths[2]), atol=1e-5)  # a multiple: as stored
+    resized = compute_descriptors(model, paths[:1], batch_size=1, device="cpu", resize=(30, 30))
+    assert model.shapes[-1] == (1, 3, 28, 28)
+    np.testing.assert_allclose(resized[0], alone(tiny_vit14, paths[0], (28, 28)), atol=1e-5)
+
+
+def test_a_network_that_takes_any_size_is_given_images_as_stored(small_network):
+    assert input_size_multiple(small_network) == 1

@@ -1,6 +1,6 @@
 """Datasets: the classes of one training group, and the test (or validation) sets.
 
-One loader serves the real datasets (SF-XS, Tokyo-XS, Tokyo-Night) and the synthetic city:
+One loader serves the real datasets (any set of the catalog, geoloc.data.catalog) and the synthetic city:
 they share the folder layout and the image names of `geoloc.data.names`, which carry the
 UTM coordinates (and, for training, the heading) of every image.
 """
@@ -13,10 +13,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from geoloc.data.catalog import keep_queries, read_query_names
 from geoloc.data.groups import ClassGroup
 from geoloc.data.image_cache import ImageCache
 from geoloc.data.images import read_image
-from geoloc.data.listing import list_images
+from geoloc.data.listing import image_names, list_images
 from geoloc.data.names import parse_image_name
 from geoloc.errors import GeolocError
 
@@ -77,16 +78,24 @@ def _without_bad_images(classes: ClassGroup, cache: ImageCache) -> tuple[ClassGr
 
 
 class TestSet:
-    """A test (or validation) set: `database/` and `queries/` image folders with UTM positions."""
+    """A test (or validation) set: `database/` and `queries/` image folders with UTM positions.
+
+    `queries_file` (a protocol's subset: one query file name per line) keeps only the queries it lists.
+    """
 
     __test__ = False  # not a pytest test class despite its name
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, queries_file: Path | None = None) -> None:
         self.folder = Path(folder)
         if not self.folder.is_dir():
             raise GeolocError(f"test set folder {self.folder} does not exist or is not a folder")
         self.database_paths = list_images(self.folder / "database")
-        self.queries_paths = list_images(self.folder / "queries")
+        if queries_file is None:
+            self.queries_paths = list_images(self.folder / "queries")
+        else:
+            names = image_names(self.folder / "queries")
+            kept = keep_queries(names, read_query_names(queries_file), queries_file, self.folder / "queries")
+            self.queries_paths = [self.folder / "queries" / name for name in kept]
         self.database_utm = _utm_positions(self.database_paths)
         self.queries_utm = _utm_positions(self.queries_paths)
 

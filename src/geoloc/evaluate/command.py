@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -26,9 +27,11 @@ from geoloc.device import DEVICES, channels_last, resolve_device
 from geoloc.errors import GeolocError
 from geoloc.evaluate.baseline import baseline_summary, build_baseline
 from geoloc.evaluate.batches import upright_size
+from geoloc.evaluate.descriptors import nearest_multiple
 from geoloc.evaluate.evaluation import Embedding, checked_k, checked_positives, embed, score
 from geoloc.evaluate.writing import Provenance, recall_row, write_all_or_none, write_queries, write_recalls
 from geoloc.grid import NO_PRETRAINING
+from geoloc.model.backbones import input_size_multiple
 from geoloc.model.network import load_model
 from geoloc.model.weights import FORMATS, sha256_file
 from geoloc.provenance import device_name
@@ -57,6 +60,18 @@ def test_set_argument(text: str) -> tuple[str, Path]:
 
 
 test_set_argument.__test__ = False  # not a pytest test despite its name
+
+
+def _named(kind: Callable[[str], object], metavar: str) -> Callable[[str], tuple[str, object]]:
+    """An argparse type: NAME=VALUE, VALUE read by `kind`."""
+
+    def parse(text: str) -> tuple[str, object]:
+        name, equals, value = text.partition("=")
+        if not equals or not name or not value:
+            raise argparse.ArgumentTypeError(f"{text!r} is not NAME={metavar}")
+        return name, kind(value)
+
+    return parse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -89,6 +104,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           help="neighbours retrieved per query (at most the database size)")
     protocol.add_argument("--positive-dist-threshold", type=number(exclusive_minimum=0), default=25.0,
                           help="metres (UTM) within which a database image is a correct match")
+    protocol.add_argument("--set-threshold", dest="set_thresholds", action="append", default=[],
+                          type=_named(number(exclusive_minimum=0), "METRES"), metavar="NAME=METRES",
+                          help="test set NAME's threshold (default: --positive-dist-threshold); repeatable")
+    protocol.add_argument("--set-queries", dest="set_queries", action="append", default=[],
+                          type=_named(Path, "FILE"), metavar="NAME=FILE",
+                          help="keep only the queries FILE lists (one file name a line) in test set NAME; repeatable")
     runtime = parser.add_argument_group("runtime (does not change the recalls)")
     runtime.add_argument("--batch-size", type=integer(minimum=1), default=32, help="images of one size per batch")
     runtime.add_argument("--num-workers", type=integer(minimum=0), default=0, help="image decoding processes")
@@ -99,20 +120,23 @@ def run(args: argparse.Namespace) -> int:
     _check_model_flags(args)
     _check_outputs(args)
     device = resolve_device(args.device)
-    test_sets = {name: TestSet(folder) for name, folder in args.test_sets}
-    threshold = float(args.positive_dist_threshold)  # one spelling in messages and CSVs: 25.0
+    queries_files = _per_set(args, "--set-queries", args.set_queries)
+    test_sets = {name: TestSet(folder, queries_files.get(name)) for name, folder in args.test_sets}
+    # One spelling in messages and CSVs: 25.0
+    thresholds = {name: float(args.positive_dist_threshold) for name in test_sets}
+    thresholds |= {name: float(value) for name, value in _per_set(args, "--set-threshold", args.set_thresholds).items()}
     positives = {}
     for name, test_set in test_sets.items():
-        positives[name] = checked_positives(test_set, threshold)
+        positives[name] = checked_positives(test_set, thresholds[name])
         checked_k(test_set, args.k)
         _check_file_names(test_set)
 
     seed = _DEFAULT_SEED if args.seed is None else args.seed
     model, model_sha256 = _model(args, seed, device)
     resize = tuple(args.resize) if args.resize else None
-    provenance = Provenance(model_sha256=model_sha256, k=args.k, positive_dist_threshold=threshold,
-                            resize=resize, autocast=args.autocast, device=device_name(device),
-                            kind="baseline" if args.untrained else "trained")
+    provenance = functools.partial(Provenance, model_sha256=model_sha256, k=args.k,  # the threshold: per set
+                                   resize=resize, autocast=args.autocast, device=device_name(device),
+                                   kind="baseline" if args.untrained else "trained")
     embed_images = functools.partial(embed, model, batch_size=args.batch_size, device=device,
                                      num_workers=args.num_workers, resize=resize, autocast=args.autocast)
 
@@ -128,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
             log.info("%s: its database is an earlier test set's; embedded once", name)
         result = score(test_set, positives[name], database, embed_images(test_set.queries_paths), args.k)
         log.info("%s: %s", name, ", ".join(f"R@{n} {value:.1f}" for n, value in result.recalls.items()))
-        row = recall_row(result, name, folder, provenance)
+        row = recall_row(result, name, folder, provenance(positive_dist_threshold=thresholds[name]))
         recall_files.append((args.out_dir / f"{name}.csv", functools.partial(write_recalls, row=row)))
         query_files.append((args.out_dir / f"{name}.queries.csv",
                             functools.partial(write_queries, result=result, test_set=test_set)))
@@ -138,12 +162,26 @@ def run(args: argparse.Namespace) -> int:
         first_image = next(iter(test_sets.values())).database_paths[0]
         summary = baseline_summary(model, pretraining=args.pretraining, seed=seed, weights=args.weights,
                                    weights_format=args.weights_format, device=device,
-                                   image_size=resize or upright_size(first_image))
+                                   image_size=nearest_multiple(resize or upright_size(first_image),
+                                                               input_size_multiple(model)))
         text = json.dumps(summary, indent=2) + "\n"
         summary_files.append((args.summary_out, lambda handle: handle.write(text)))
     # Renamed last to first: the per-query files, then the recall CSVs, then baseline.json.
     write_all_or_none(summary_files + recall_files + query_files)
     return 0
+
+
+def _per_set(args: argparse.Namespace, flag: str, given: list[tuple[str, object]]) -> dict[str, object]:
+    """`given` NAME=VALUE pairs as a dict; GeolocError for a name given twice or not a --test-set."""
+    names = [name for name, _ in args.test_sets]
+    values: dict[str, object] = {}
+    for name, value in given:
+        if name not in names:
+            raise GeolocError(f"{flag} {name}=...: {name!r} is not a --test-set name ({', '.join(names)})")
+        if name in values:
+            raise GeolocError(f"{flag}: test set {name!r} is given twice")
+        values[name] = value
+    return values
 
 
 def _model(args: argparse.Namespace, seed: int, device: torch.device) -> tuple[torch.nn.Module, str]:

@@ -7,6 +7,7 @@ parses it, for every job; importing torch there would add seconds to each.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 TIMM_PREFIX = "timm:"  # any timm model is a backbone too: `timm:<model_name>`
@@ -66,3 +67,17 @@ def input_size_problem(backbone: str, image_size: int) -> str | None:
     if image_size < entry.min_image_size:
         return f"backbone {backbone} needs images of at least {entry.min_image_size} px, not {image_size}"
     return None
+
+
+def input_size_multiple(model) -> int:
+    """What a network's input height and width must be multiples of: the patch size of a vision
+    transformer whose patch embedding does not pad (timm's PatchEmbed), else 1.
+
+    Duck-typed on `model.modules()` (no torch import here).
+    """
+    multiple = 1
+    for module in model.modules():
+        patch = getattr(module, "patch_size", None)
+        if patch and hasattr(module, "proj") and not getattr(module, "dynamic_img_pad", False):
+            multiple = math.lcm(multiple, *((patch,) if isinstance(patch, int) else patch))
+    return multiple

@@ -35,6 +35,7 @@ from geoloc.data.listing import Listing
 from geoloc.device import autocast, channels_last, resolve_device
 from geoloc.errors import GeolocError
 from geoloc.evaluate.evaluation import checked_positives, evaluate_model
+from geoloc.model.backbones import input_size_multiple
 from geoloc.model.cost import gflops_per_image
 from geoloc.model.losses import build_classifier
 from geoloc.model.network import build_model, count_parameters
@@ -439,6 +440,8 @@ class Trainer:
             "gpus": self.ranks.world if self.device.type == "cuda" else 0,
             "params": total, "trainable_params": trainable,
             "gflops_per_image": gflops_per_image(self.model, self.s.image_size),
+            # Validation (and evaluation) resize each image to the nearest multiple of this (a ViT's patch).
+            "eval_size_multiple": input_size_multiple(self.model),
             "resumed_from_iteration": progress["resumed_from_iteration"],
             "versions": package_versions(), "started_at": progress["started_at"], "finished_at": now(),
         }
