@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -18,20 +19,36 @@ RECALL_HEADER = (
     "test_set,n_queries,n_database,n_queries_without_positive,r1,r5,r10,r20,descriptor_seconds,"
     "search_seconds,latency_ms_per_image,test_dir,model_sha256,k,positive_dist_threshold,resize,autocast,device,kind"
 )
-MODEL_SHA256 = "cd" * 32
+MODEL_BYTES = b"a model.pt"
+MODEL_SHA256 = hashlib.sha256(MODEL_BYTES).hexdigest()
+N_QUERIES = 200  # every recall of these tests is a whole number of queries out of 200
+
+
+def query_ranks(r1: float) -> list[int]:
+    """First correct ranks of N_QUERIES queries giving recall@1 `r1` and R@5/10/20 of 60/70/80."""
+    counts = {1: round(r1 * N_QUERIES / 100), 5: 120, 10: 140, 20: 160}
+    ranks, done = [], 0
+    for rank, reached in counts.items():
+        ranks += [rank] * (reached - done)
+        done = reached
+    return ranks + [0] * (N_QUERIES - done)
 
 
 def write_recalls(run_dir: Path, recalls: dict[str, float], *, kind: str, model_sha256: str) -> None:
-    """recalls/<test>.csv and .queries.csv per test set, as `geoloc evaluate` writes them (C2, C13)."""
+    """recalls/<test>.csv and .queries.csv per test set, as `geoloc evaluate` writes them (C2, C13):
+    the summary is what the per-query file gives (two queries without a positive)."""
     (run_dir / "recalls").mkdir(parents=True, exist_ok=True)
     for test_set, r1 in recalls.items():
         (run_dir / "recalls" / f"{test_set}.csv").write_text(
-            f"{RECALL_HEADER}\n{test_set},105,12771,2,{r1},60.0,70.0,80.0,3.0,0.2,1.25,data/{test_set}/test,"
+            f"{RECALL_HEADER}\n{test_set},{N_QUERIES},12771,2,{r1},60.0,70.0,80.0,3.0,0.2,1.25,data/{test_set}/test,"
             f"{model_sha256},20,25.0,,0,NVIDIA A100,{kind}\n",
             encoding="utf-8",
         )
+        ranks = query_ranks(r1)
+        lines = [f'queries/{i}.jpg,{rank},{int(i < N_QUERIES - 2)},"[""database/b.jpg""]",[3.0]'
+                 for i, rank in enumerate(ranks)]
         (run_dir / "recalls" / f"{test_set}.queries.csv").write_text(
-            'query,first_correct_rank,has_positive,predictions,distances_m\nqueries/a.jpg,1,1,"[""database/b.jpg""]",[3.0]\n',
+            "query,first_correct_rank,has_positive,predictions,distances_m\n" + "\n".join(lines) + "\n",
             encoding="utf-8",
         )
 
@@ -78,6 +95,7 @@ def write_run(
         "world_size": 2,
     }
     (run_dir / "train.json").write_text(json.dumps(train), encoding="utf-8")
+    (run_dir / "model.pt").write_bytes(MODEL_BYTES)
     write_recalls(run_dir, recalls or {}, kind="trained", model_sha256=MODEL_SHA256)
     return run_dir
 
@@ -142,7 +160,7 @@ def test_one_row_per_run_and_test_set_joining_train_json_and_recalls(tmp_path):
     first = rows[0]
     assert (first["tag"], first["seed"], first["loss"], first["weights_sha256"]) == ("", "3", "cosface", "ab" * 32)
     assert (first["training_time_seconds"], first["peak_memory_mb"], first["gflops_per_image"]) == ("130.5", "", "")
-    assert (first["n_queries"], first["latency_ms_per_image"], first["test_dir"]) == ("105", "1.25", "data/sf_xs/test")
+    assert (first["n_queries"], first["latency_ms_per_image"], first["test_dir"]) == ("200", "1.25", "data/sf_xs/test")
     assert rows[2]["tag"] == "long" and rows[2]["weights_sha256"] == ""
     # What made the numbers: training hardware and digests from train.json, evaluation settings
     # and the evaluated model's digest from the recall CSV (whose device is the evaluation's).
@@ -155,7 +173,7 @@ def test_one_row_per_run_and_test_set_joining_train_json_and_recalls(tmp_path):
     )
     assert (first["eval_device"], first["model_sha256"], first["fingerprint_sha256"]) == (
         "NVIDIA A100",
-        "cd" * 32,
+        MODEL_SHA256,
         "ef" * 32,
     )
     assert (first["k"], first["positive_dist_threshold"], first["resize"], first["autocast"]) == ("20", "25.0", "", "0")
@@ -241,3 +259,44 @@ def test_recall_csv_without_a_column_names_the_column(tmp_path):
 def test_run_not_evaluated_yet_contributes_no_rows(tmp_path):
     rows = aggregate_runs([write_run(tmp_path, "trained-only"), write_run(tmp_path, "done", recalls={"sf_xs": 1.0})])
     assert [row["run"] for row in rows] == ["done"]
+
+
+def test_a_hand_edited_recall_is_refused_naming_the_file_and_the_way_out(tmp_path):
+    run = write_run(tmp_path, "run-a", recalls={"sf_xs": 25.0})
+    path = run / "recalls" / "sf_xs.csv"
+    path.write_text(path.read_text().replace(",25.0,", ",93.75,"))
+    with pytest.raises(GeolocError, match=r"sf_xs.csv: r1 is 93.75 but its per-query file sf_xs.queries.csv gives "
+                                          r"25.0000 .*: delete .*run-a/recalls and rerun the workflow"):
+        aggregate_runs([run])
+
+
+def test_a_summary_with_other_query_counts_than_its_per_query_file_is_refused(tmp_path):
+    run = write_baseline(tmp_path, "resnet18", "imagenet", {"sf_xs": 20.0})
+    path = run / "recalls" / "sf_xs.csv"
+    path.write_text(path.read_text().replace(f",{N_QUERIES},12771,2,", f",{N_QUERIES},12771,0,"))
+    with pytest.raises(GeolocError, match=r"n_queries_without_positive is 0 but .* gives 2.0000"):
+        aggregate_runs([run])
+
+
+def test_a_deleted_per_query_file_is_refused(tmp_path):
+    run = write_run(tmp_path, "run-a", recalls={"sf_xs": 25.0})
+    (run / "recalls" / "sf_xs.queries.csv").unlink()
+    with pytest.raises(GeolocError, match=r"sf_xs.queries.csv: missing, so .*sf_xs.csv cannot be checked: delete"):
+        aggregate_runs([run])
+
+
+def test_recalls_of_a_model_other_than_train_json_records_are_refused(tmp_path):
+    run = write_run(tmp_path, "run-a", recalls={"sf_xs": 25.0})
+    path = run / "recalls" / "sf_xs.csv"
+    path.write_text(path.read_text().replace(MODEL_SHA256, "ab" * 32))
+    with pytest.raises(GeolocError, match=r"sf_xs.csv: evaluated a model with sha256 abababababab\.\.\., not the "
+                                          r".*: delete .*run-a/recalls and rerun the workflow \(it re-evaluates"):
+        aggregate_runs([run])
+
+
+def test_a_model_changed_after_training_is_refused_naming_both_files_to_delete(tmp_path):
+    run = write_run(tmp_path, "run-a", recalls={"sf_xs": 25.0})
+    (run / "model.pt").write_bytes(b"flipped bytes")
+    with pytest.raises(GeolocError, match=r"model.pt: its sha256 .* is not the model_sha256 .*: delete "
+                                          r".*run-a/model.pt and .*run-a/train.json and rerun the workflow"):
+        aggregate_runs([run])

@@ -33,8 +33,8 @@ from geoloc.evaluate.writing import Provenance, recall_row, write_all_or_none, w
 from geoloc.grid import NO_PRETRAINING
 from geoloc.model.backbones import input_size_multiple
 from geoloc.model.network import load_model
-from geoloc.model.weights import FORMATS, sha256_file
-from geoloc.provenance import device_name
+from geoloc.model.weights import FORMATS
+from geoloc.provenance import checked_model, device_name
 
 log = logging.getLogger(__name__)
 
@@ -192,8 +192,8 @@ def _model(args: argparse.Namespace, seed: int, device: torch.device) -> tuple[t
                                weights_format=args.weights_format).to(device)
         model_sha256 = ""
     else:
+        model_sha256 = checked_model(args.model)  # before a changed file is unpickled
         model = load_model(args.model, map_location=device)
-        model_sha256 = sha256_file(args.model)
     if channels_last(device, "amp" if args.autocast else "fp32"):
         model = model.to(memory_format=torch.channels_last)
     return model, model_sha256

@@ -3,6 +3,11 @@ one tidy recalls table.
 
 One row per run (or baseline, column `kind`) x test set. The report, and anyone with pandas, reads this one file instead
 of walking the run folders. `read_recalls` is the one reader of that table.
+
+Nothing edited or mixed up passes: each recall CSV's counts and recalls are recomputed from its
+per-query file (`NAME.queries.csv`), a trained run's recall CSVs must have evaluated the model
+its train.json recorded, and that model.pt must still be that file. Each refusal names the file
+to delete so that the workflow makes it again.
 """
 
 from __future__ import annotations
@@ -15,11 +20,13 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from geoloc.atomic import atomic_open
 from geoloc.errors import GeolocError
 from geoloc.evaluate.result_files import RECALL_COLUMNS
+from geoloc.provenance import checked_model
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +64,9 @@ SUMMARY_FILES = {"trained": "train.json", "baseline": "baseline.json"}
 NOT_COPIED = ("fingerprint", "model_sha256")
 # A recall CSV's `device` is where it was evaluated; the table's `device` is where it was trained.
 RENAMED_RECALL_COLUMNS = {"device": "eval_device"}
+RECALL_KS = (1, 5, 10, 20)  # the r1..r20 columns
+# Recalls are written with 4 decimals: a recomputed one may differ by half the last digit.
+_TOLERANCE = 0.00051
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -93,7 +103,51 @@ def read_run(run_dir: Path) -> list[dict[str, Any]]:
     recall_files = sorted(
         path for path in (run_dir / "recalls").glob("*.csv") if not path.name.endswith(".queries.csv")
     )
-    return [_row(summary, path, read_recall_csv(path)) for path in recall_files]
+    if recall_files and (run_dir / "model.pt").exists():  # a run folder copied without it has nothing to compare
+        checked_model(run_dir / "model.pt")
+    rows = []
+    for path in recall_files:
+        recall = read_recall_csv(path)
+        check_against_queries(path, recall)
+        if summary["run"]["kind"] == "trained" and recall["model_sha256"] != summary["model_sha256"]:
+            raise GeolocError(
+                f"{path}: evaluated a model with sha256 {recall['model_sha256'][:12] or 'none'}..., not the "
+                f"{str(summary['model_sha256'])[:12]}... of {run_dir / 'train.json'} (the model was retrained "
+                f"after its evaluation): delete {path.parent} and rerun the workflow (it re-evaluates the run)"
+            )
+        rows.append(_row(summary, path, recall))
+    return rows
+
+
+def check_against_queries(path: Path, recall: dict[str, str]) -> None:
+    """The counts and recalls of a recall CSV are those its per-query file gives (a hand-edited
+    or stale summary is refused, naming the way out)."""
+    queries = path.with_name(path.name.removesuffix(".csv") + ".queries.csv")
+    way_out = f"delete {path.parent} and rerun the workflow (it re-evaluates {path.parent.parent.name})"
+    try:
+        table = pd.read_csv(queries, usecols=["first_correct_rank", "has_positive"], dtype=str, keep_default_na=False)
+    except FileNotFoundError:
+        raise GeolocError(f"{queries}: missing, so {path} cannot be checked: {way_out}") from None
+    except (OSError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise GeolocError(f"{queries}: not a readable per-query CSV ({exc}): {way_out}") from exc
+    ranks = pd.to_numeric(table["first_correct_rank"], errors="coerce").to_numpy()
+    if len(ranks) == 0 or np.isnan(ranks).any() or (ranks < 0).any():
+        raise GeolocError(f"{queries}: column first_correct_rank must hold ranks >= 0, one per query: {way_out}")
+    found = {
+        "n_queries": float(len(ranks)),
+        "n_queries_without_positive": float((table["has_positive"] == "0").sum()),
+        **{f"r{k}": 100.0 * np.count_nonzero((ranks > 0) & (ranks <= k)) / len(ranks) for k in RECALL_KS},
+    }
+    for column, value in found.items():
+        try:
+            written = float(recall[column])
+        except ValueError:
+            written = math.nan
+        if not abs(written - value) <= _TOLERANCE:
+            raise GeolocError(
+                f"{path}: {column} is {recall[column]} but its per-query file {queries.name} gives {value:.4f} "
+                f"(edited by hand, or from another evaluation): {way_out}"
+            )
 
 
 def read_summary(run_dir: Path) -> dict[str, Any]:
@@ -118,19 +172,25 @@ def read_train_json(path: Path) -> dict[str, Any]:
         raise GeolocError(f"{path}: no 'run' object")
     for key in RUN_KEYS:
         if key not in train["run"]:
-            raise GeolocError(f"{path}: key run.{key} is missing (written by an older geoloc? rerun the workflow)")
+            raise GeolocError(f"{path}: key run.{key} is missing (written by an older geoloc?): {_remake(path)}")
     kind = train["run"]["kind"]
     if SUMMARY_FILES.get(kind) != path.name:
         expected = ", ".join(f"{file} has {name!r}" for name, file in SUMMARY_FILES.items())
         raise GeolocError(f"{path}: run.kind is {kind!r}; {expected}")
     for key in SUMMARY_KEYS + (TRAIN_KEYS if kind == "trained" else ()):
         if key not in train:
-            raise GeolocError(f"{path}: key {key} is missing (written by an older geoloc? rerun the workflow)")
+            raise GeolocError(f"{path}: key {key} is missing (written by an older geoloc?): {_remake(path)}")
     if kind == "trained":
         fingerprint = train["fingerprint"]
         if not (isinstance(fingerprint, dict) and isinstance(fingerprint.get("settings"), dict)):
             raise GeolocError(f"{path}: key fingerprint must hold sha256 and a settings object")
     return train
+
+
+def _remake(summary: Path) -> str:
+    """How to have a summary file made again: delete its folder, which the workflow remakes."""
+    remakes = "retrains" if summary.name == "train.json" else "remakes"
+    return f"delete {summary.parent} and rerun the workflow (it {remakes} it)"
 
 
 def read_recall_csv(path: Path) -> dict[str, str]:

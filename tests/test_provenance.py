@@ -1,0 +1,35 @@
+"""What results record about what made them, and the checks that compare it (geoloc.provenance)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+
+from geoloc.errors import GeolocError
+from geoloc.provenance import checked_model
+
+
+def write_run(folder, model: bytes, recorded: bytes) -> None:
+    folder.mkdir()
+    (folder / "model.pt").write_bytes(model)
+    summary = {"model_sha256": hashlib.sha256(recorded).hexdigest()}
+    (folder / "train.json").write_text(json.dumps(summary), encoding="utf-8")
+
+
+def test_the_model_train_json_records_passes_with_its_digest(tmp_path):
+    write_run(tmp_path / "run", b"weights", b"weights")
+    assert checked_model(tmp_path / "run" / "model.pt") == hashlib.sha256(b"weights").hexdigest()
+
+
+def test_a_model_with_flipped_bytes_is_refused_naming_both_files_to_delete(tmp_path):
+    write_run(tmp_path / "run", b"weightz", b"weights")
+    with pytest.raises(GeolocError, match=r"run/model.pt: its sha256 .* is not the model_sha256 .* that .*run/train.json "
+                                          r"records .*: delete .*run/model.pt and .*run/train.json and rerun the workflow"):
+        checked_model(tmp_path / "run" / "model.pt")
+
+
+def test_a_model_without_train_json_beside_it_has_nothing_to_compare(tmp_path):
+    (tmp_path / "model.pt").write_bytes(b"weights")
+    assert checked_model(tmp_path / "model.pt") == hashlib.sha256(b"weights").hexdigest()
