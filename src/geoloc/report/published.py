@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from geoloc.errors import GeolocError
-from geoloc.report.study import KS, Study, Variant
+from geoloc.report.study import KS, Results, Variant
 
 # test set -> (queries, database images) of the datasets the study used.
 PUBLISHED_TEST_SETS = {"sf_xs": (1000, 27191), "tokyo_xs": (315, 12771), "tokyo_night": (105, 12771)}
@@ -48,12 +48,12 @@ def read_published(path: Path) -> pd.DataFrame:
     return table
 
 
-def is_published_test_set(study: Study, test_set: str) -> bool:
+def is_published_test_set(study: Results, test_set: str) -> bool:
     sizes = {(cell.n_queries, cell.n_database) for (_, t), cell in study.cells.items() if t == test_set}
     return sizes == {PUBLISHED_TEST_SETS.get(test_set)}
 
 
-def compare_with_published(study: Study, published: pd.DataFrame) -> dict[str, list[PublishedRow]]:
+def compare_with_published(study: Results, published: pd.DataFrame) -> dict[str, list[PublishedRow]]:
     """Per real test set, each variant that the study also published (same loss), side by side."""
     comparison = {}
     for test_set in study.test_sets:
@@ -77,7 +77,7 @@ def compare_with_published(study: Study, published: pd.DataFrame) -> dict[str, l
     return comparison
 
 
-def _match(study: Study, published: pd.DataFrame, variant: Variant, test_set: str) -> pd.Series | None:
+def _match(study: Results, published: pd.DataFrame, variant: Variant, test_set: str) -> pd.Series | None:
     if variant.tag:  # a tagged variant changes something the study did not
         return None
     runs = study.table[study.table["run"].isin(study.runs[variant])]
