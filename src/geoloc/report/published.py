@@ -54,10 +54,12 @@ def is_published_test_set(study: Results, test_set: str) -> bool:
 
 
 def compare_with_published(study: Results, published: pd.DataFrame) -> dict[str, list[PublishedRow]]:
-    """Per real test set, each variant that the study also published (same loss), side by side."""
+    """Per real test set that the published table has, each variant that the study also published
+    (same loss, nothing else changed), side by side."""
     comparison = {}
+    published_sets = set(published["test_set"])
     for test_set in study.test_sets:
-        if not is_published_test_set(study, test_set):
+        if test_set not in published_sets or not is_published_test_set(study, test_set):
             continue
         rows = []
         for variant in study.variants:
@@ -78,7 +80,12 @@ def compare_with_published(study: Results, published: pd.DataFrame) -> dict[str,
 
 
 def _match(study: Results, published: pd.DataFrame, variant: Variant, test_set: str) -> pd.Series | None:
-    if variant.tag:  # a tagged variant changes something the study did not
+    # The study's runs are the reference's settings (the loss is matched below); a variant that
+    # changes another setting, or a tag that tells apart equal settings, is not one of them.
+    study_settings = dict(study.reference.settings) if study.reference else {}
+    if any(key != "loss" and study_settings.get(key) != value for key, value in variant.settings):
+        return None
+    if variant.tag and "tag" in study.factors:
         return None
     runs = study.table[study.table["run"].isin(study.runs[variant])]
     loss = runs["loss"].iloc[0]
