@@ -338,7 +338,8 @@ def test_sections_come_in_the_issue_order_with_their_tables(demo_report):
     # a superset of the reference's queries: 2 it alone finds + 1 shared success + 1 shared failure);
     # provenance: runs and package versions (no run started from pretrained weights)
     assert page.tables == {"recalls": 2, "cost": 1, "retrievals": 8, "uncertainty": 2, "provenance": 2}
-    assert demo_report.count("<svg") == 3
+    # recall vs training time, recall vs memory, recall@k, validation curves
+    assert demo_report.count("<svg") == 4
 
 
 def test_conclusions_name_the_clear_winner_and_no_amp_recall_effect(demo_report):
@@ -414,7 +415,8 @@ def test_baselines_sit_beside_their_trained_runs_in_tables_and_plots(demo_report
     # 3 of 12 found untrained: 25.0, 8.3 points below the reference; never marked best.
     assert '<td>25.0 <span class="delta">(\u22128.3)</span></td>' in baseline_row and "best" not in baseline_row
     plots = demo_report.split('<section id="plots">')[1].split("</section>")[0]
-    assert plots.count("EfficientNetV2-S (ImageNet, untrained)") == 2  # legends of recall vs time and recall@k
+    # legends of recall vs time, recall vs memory and recall@k
+    assert plots.count("EfficientNetV2-S (ImageNet, untrained)") == 3
 
 
 def test_uncertainty_says_one_seed_covers_only_the_queries(demo_report):
