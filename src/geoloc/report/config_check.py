@@ -141,8 +141,10 @@ def _settings(run: Run, config: Mapping[str, Any]) -> dict[str, tuple[str, Any]]
 def _check_evaluation(name: str, row: Any, plan: Plan, keys: tuple[str, ...], threshold: float | None) -> None:
     """`threshold`: the test set's own positive threshold (datasets.json), if it has one."""
     evaluation = dict(plan.config["evaluation"])
+    source = {key: f"evaluation.{key} is {{}} in {plan.path}" for key in keys}
     if threshold is not None:
         evaluation["positive_dist_threshold"] = threshold
+        source["positive_dist_threshold"] = f"test set {row.test_set}'s positive_dist_threshold is {{}} in datasets.json"
     if "autocast" in evaluation:  # it applies to runs trained with amp only (the workflow's rule)
         run = plan.runs.get(name)  # None for a baseline
         precision = run.precision if run else BASELINE_PRECISION
@@ -151,7 +153,7 @@ def _check_evaluation(name: str, row: Any, plan: Plan, keys: tuple[str, ...], th
         written_as = EVALUATION_KEYS[key]
         if key in evaluation and not _same(getattr(row, key), written_as(evaluation[key])):
             raise GeolocError(
-                f"{_what(row)} {name}: evaluation.{key} is {_show(evaluation[key])} in {plan.path} but "
+                f"{_what(row)} {name}: {source[key].format(_show(evaluation[key]))} but "
                 f"{_show(getattr(row, key))} in recalls/{row.test_set}.csv; these recalls come from another "
                 "config: rerun the workflow with this one"
             )

@@ -142,7 +142,7 @@ def setting_label(key: str, value: Any) -> str:
     if key == "aggregator":
         return level_text(key, value)
     if key == "dataset":
-        return f"trained on {level_text(key, value)}"
+        return f"training set {level_text(key, value)}"
     return f"{key} {level_text(key, value)}"
 
 
