@@ -27,7 +27,7 @@ from geoloc.report.conclusions import (
     training_gain,
     training_speed,
 )
-from geoloc.report.study import Variant, build_study
+from geoloc.report.study import Variant, build_study, diverged_because
 
 REFERENCE = "resnet18-imagenet-fp32-s0"
 
@@ -608,3 +608,11 @@ def test_a_claim_significant_alone_is_not_significant_among_many():
 
 def test_a_conclusion_is_one_line_of_text_whatever_its_names_hold():
     assert Conclusion("Data", "run a\nb  c").line == "Data. run a b c"
+
+
+def test_train_json_tells_a_diverged_run():
+    learnt = {"epochs": [{"epoch": 0, "loss": 9.1, "val_recalls": {"r1": 40.0}}], "best_val_r1": 40.0}
+    assert diverged_because(learnt) is None
+    assert diverged_because({**learnt, "non_finite_steps": 3}) == "3 steps with a non-finite loss skipped"
+    nan_recall = {"epochs": [{"epoch": 0, "loss": 9.1, "val_recalls": {"r1": math.nan}}], "best_val_r1": None}
+    assert diverged_because(nan_recall) == "non-finite validation R@1 in epoch 0"

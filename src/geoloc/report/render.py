@@ -61,7 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the workflow's <results>/config.yaml: every result is checked against it, and it is shown",
     )
     parser.add_argument(
-        "--reference", metavar="RUN", help="run the others are compared with (default: the config's reference)"
+        "--reference",
+        metavar="RUN",
+        help="run the others are compared with (default: the config's reference, else the first run of the grid)",
     )
     parser.add_argument(
         "--expected", nargs="+", metavar="RUN", help="every run of the grid (default: the config's grid)"

@@ -400,7 +400,8 @@ def diverged_because(summary: Mapping[str, Any] | None) -> str | None:
         r1 = (epoch.get("val_recalls") or {}).get("r1")
         if r1 is not None and not math.isfinite(float(r1)):
             return f"non-finite validation R@1 in epoch {epoch.get('epoch')}"
-    skipped = summary.get("skipped_steps") or summary.get("non_finite_steps")
+    # The non-finite guard's count of skipped steps, where the trainer records it.
+    skipped = summary.get("non_finite_steps")
     if isinstance(skipped, (int, float)) and skipped > 0:
         return f"{int(skipped)} steps with a non-finite loss skipped"
     best = summary.get("best_val_r1", 0.0)
