@@ -27,6 +27,7 @@ from geoloc.report.conclusions import (
     training_gain,
     training_speed,
 )
+from geoloc.report.plots import sweep_plots
 from geoloc.report.study import Variant, build_study, diverged_because
 
 REFERENCE = "resnet18-imagenet-fp32-s0"
@@ -492,6 +493,34 @@ def test_factors_are_what_varies_and_each_is_compared_with_the_rest_equal():
         "Best backbone overall (mean R@1 over SF-XS), with lr 1e-05",
         "Best backbone overall (mean R@1 over SF-XS), with lr 3e-05",
     ]
+    # The swept numeric key gets a plot: R@1 against lr, one line per backbone.
+    [figure] = sweep_plots(study).values()
+    assert "R@1 against lr" in figure and ">ResNet-18<" in figure and ">EfficientNet-B0<" in figure
+
+
+def test_aggregators_are_a_factor_with_their_descriptor_memory():
+    def run(backbone, aggregator, found, dim):
+        settings = {"aggregator": aggregator, "descriptor_dim": dim}
+        return spec(backbone, sf=ranks_with(found, 400), settings=settings)
+
+    study = make_study(
+        {
+            REFERENCE: run("resnet18", "gem", 100, 512),
+            "resnet18-imagenet-fp32-s0-netvlad": run("resnet18", "netvlad", 200, 4096),
+            "resnet50-imagenet-fp32-s0": run("resnet50", "gem", 150, 512),
+        }
+    )
+    assert study.factors == ["backbone", "aggregator"]  # the descriptor dimension follows the aggregator
+    netvlad = study.variants[1]
+    assert netvlad.label == "ResNet-18 (ImageNet, FP32, NetVLAD)"
+    assert study.costs(netvlad)["descriptor_dim"] == 4096
+    assert study.costs(netvlad)["memory_mb_per_million"] == 4096 * 4  # float32, one million images
+    [aggregator] = conclude(factor_effects, study)
+    assert aggregator.topic == "Aggregator NetVLAD vs GeM"
+    assert aggregator.text.startswith("With all other factors equal, overall (mean R@1 over SF-XS): ResNet-18: +25.0")
+    # Backbones are compared with GeM only: ResNet-18 with NetVLAD is not a candidate.
+    [best] = [c for c in conclude(best_backbone, study) if "overall" in c.topic]
+    assert best.topic == "Best backbone overall (mean R@1 over SF-XS), with GeM" and best.winner.backbone == "resnet50"
 
 
 def test_tagged_variants_are_levels_of_a_tag_not_backbones():

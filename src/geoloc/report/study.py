@@ -31,6 +31,7 @@ from geoloc.report.bootstrap import interval, recall_samples
 from geoloc.report.labels import (
     SUBSET_OF,
     TEST_SETS,
+    aggregator_label,
     backbone_label,
     precision_label,
     pretraining_label,
@@ -51,9 +52,10 @@ TRAINED, BASELINE, PUBLISHED = "trained", "baseline", "published"
 # The run's own keys that are factors (train.json `run`); the seed is the repeat.
 RUN_FACTORS = ("backbone", "pretraining", "precision", "tag")
 # train.json `hyperparameters` that are never factors: runtime knobs (they change no result), the
-# run's own keys, and the weights format (it follows the pretraining).
+# run's own keys, and what follows from other settings (weights format, descriptor dimension).
 NOT_FACTORS = frozenset(
-    {"checkpoint_every", "num_workers", "max_bad_steps", "weights_format", "backbone", "precision", "seed"}
+    {"checkpoint_every", "num_workers", "max_bad_steps", "weights_format", "backbone", "precision", "seed",
+     "descriptor_dim"}
 )
 # Hyperparameters a baseline records that tell two baselines of one backbone and pretraining apart.
 BASELINE_FACTORS = ("aggregator",)
@@ -79,6 +81,8 @@ def level_text(factor: str, value: Any) -> str:
         return precision_label(value)
     if factor == "tag":
         return value or "(no tag)"
+    if factor == "aggregator":
+        return aggregator_label(value)
     if isinstance(value, float):
         return f"{value:g}"
     return "default" if value is None else str(value)
