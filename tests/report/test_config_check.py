@@ -199,3 +199,18 @@ def test_a_null_setting_accepts_the_default_the_trainer_resolved(tree, tmp_path,
     (tmp_path / "conclusions.txt").unlink()
     edit_config(tree, lambda config: config["training"].update(trainable_blocks=3))
     assert_refused(tree, tmp_path, capsys, "training.trainable_blocks is 3 in", "but 2 in its train.json")
+
+
+def test_a_test_sets_own_threshold_from_datasets_json_is_the_one_checked(tree, tmp_path, capsys):
+    datasets = tmp_path / "datasets.json"
+    entry = {"label": "SF-XS", "positive_dist_threshold": 50.0, "subset_of": None, "source": "", "database": 8,
+             "queries": 6, "queries_file": None}
+    datasets.write_text(json.dumps({"root": "", "images": {}, "test_sets": {"sf_xs": entry}, "training": {}}))
+    out = tmp_path / "report.html"
+    code = main(["report", *report_args(tree, out, "--datasets", str(datasets))])
+    errors = [line for line in capsys.readouterr().err.splitlines() if "geoloc report: error" in line]
+    assert code == 2 and len(errors) == 1
+    assert "test set sf_xs's positive_dist_threshold is 50 in datasets.json but 25 in recalls/sf_xs.csv" in errors[0]
+    entry["positive_dist_threshold"] = 25.0
+    datasets.write_text(json.dumps({"root": "", "images": {}, "test_sets": {"sf_xs": entry}, "training": {}}))
+    assert main(["report", *report_args(tree, out, "--datasets", str(datasets))]) == 0

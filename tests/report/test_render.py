@@ -56,6 +56,7 @@ class RunSpec:
     seed: int = 0
     tag: str = ""
     device: str = "cpu"
+    settings: tuple[tuple[str, object], ...] = ()  # the block's training overrides (needs a tag)
 
     @property
     def name(self) -> str:
@@ -154,6 +155,7 @@ def write_config(path: Path, runs: list[RunSpec], **changes) -> None:
             "precisions": [spec.precision],
             "seeds": [spec.seed],
             **({"tag": spec.tag} if spec.tag else {}),
+            **({"training": dict(spec.settings)} if spec.settings else {}),
         }
         for spec in runs
     ]
@@ -245,6 +247,7 @@ def _write_train_json(run_dir: Path, spec: RunSpec) -> None:
         "weights_format": None,
         "weights_sha256": None,
         "train_images": "ab" * 32,
+        **dict(spec.settings),
     }
     train = {
         "run": {
@@ -256,7 +259,10 @@ def _write_train_json(run_dir: Path, spec: RunSpec) -> None:
             "tag": spec.tag or None,
             "kind": "trained",
         },
-        "hyperparameters": {"loss": "cosface", "epochs": 3},
+        "hyperparameters": {
+            **TRAINING, "loss": "cosface", "backbone": spec.backbone, "precision": spec.precision, "fc_output_dim": 512,
+            **dict(spec.settings),
+        },
         "fingerprint": {
             "sha256": hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest(),
             "settings": settings,
@@ -332,22 +338,28 @@ def test_sections_come_in_the_issue_order_with_their_tables(demo_report):
     # a superset of the reference's queries: 2 it alone finds + 1 shared success + 1 shared failure);
     # provenance: runs and package versions (no run started from pretrained weights)
     assert page.tables == {"recalls": 2, "cost": 1, "retrievals": 8, "uncertainty": 2, "provenance": 2}
-    assert demo_report.count("<svg") == 3
+    # recall vs training time, recall vs memory, recall@k, validation curves
+    assert demo_report.count("<svg") == 4
 
 
 def test_conclusions_name_the_clear_winner_and_no_amp_recall_effect(demo_report):
     assert "EfficientNetV2-S (ImageNet, AMP) is the best backbone overall" in demo_report
+    # FP32 and AMP of the same backbone and budget, on one CPU: training times compared.
     assert (
-        "with AMP instead of FP32 on a CPU takes 35% less training time (4 min vs 7 min); "
-        "its effect on overall R@1 is not significant"
+        "<strong>Precision AMP vs FP32.</strong> With all other factors equal, overall (mean R@1 over SF-XS, "
+        "Tokyo-Night): ResNet-18: +0.0 points, 95% CI +0.0 to +0.0, adjusted p 1.000, not significant, with 35% less "
+        "training time (4 min vs 7 min)."
     ) in demo_report
-    assert (
-        "MobileNetV3-Small (ImageNet, AMP, &lt;img src=x onerror=alert(1)&gt;) trains fastest (3 min)." in demo_report
+    # The MobileNet is quicker, but did not learn: it is no candidate for "fastest".
+    assert "ResNet-18 (ImageNet, AMP) trains fastest among runs of 60 iterations of 8 images on cpu (4 min)." in (
+        demo_report
     )
+    did_not_learn = demo_report.split("<strong>Did not learn.</strong>")[1].split("</li>")[0]
+    assert "MobileNetV3-Small (ImageNet, AMP, &lt;img src=x onerror=alert(1)&gt;) (+4.2 points" in did_not_learn
 
 
 def test_recall_table_marks_best_and_shows_delta_to_reference(demo_report):
-    sf_table = demo_report.split("<caption>SF-XS: 12 queries, 16 database images</caption>")[1].split("</table>")[0]
+    sf_table = demo_report.split("<caption>SF-XS: 12 queries, 16 database images, correct within 25 m</caption>")[1].split("</table>")[0]
     efficientnet_row = sf_table.split("EfficientNetV2-S (ImageNet, AMP)")[1].split("</tr>")[0]
     # 10 of 12 found at 1 vs the reference's 4 of 12: +50.0 points, and the best of the column.
     assert '<strong title="best">83.3</strong> <span class="delta">(+50.0)</span>' in efficientnet_row
@@ -388,7 +400,7 @@ def test_without_conclusions_the_text_file_says_so(tmp_path):
 
 
 def test_baselines_sit_beside_their_trained_runs_in_tables_and_plots(demo_report):
-    sf_table = demo_report.split("<caption>SF-XS: 12 queries, 16 database images</caption>")[1].split("</table>")[0]
+    sf_table = demo_report.split("<caption>SF-XS: 12 queries, 16 database images, correct within 25 m</caption>")[1].split("</table>")[0]
     labels = [label.strip() for label in re.findall(r'<th scope="row">([^<]*)<', sf_table)]
     assert labels == [
         "ResNet-18 (ImageNet, untrained)",
@@ -403,7 +415,8 @@ def test_baselines_sit_beside_their_trained_runs_in_tables_and_plots(demo_report
     # 3 of 12 found untrained: 25.0, 8.3 points below the reference; never marked best.
     assert '<td>25.0 <span class="delta">(\u22128.3)</span></td>' in baseline_row and "best" not in baseline_row
     plots = demo_report.split('<section id="plots">')[1].split("</section>")[0]
-    assert plots.count("EfficientNetV2-S (ImageNet, untrained)") == 2  # legends of recall vs time and recall@k
+    # legends of recall vs time, recall vs memory and recall@k
+    assert plots.count("EfficientNetV2-S (ImageNet, untrained)") == 3
 
 
 def test_uncertainty_says_one_seed_covers_only_the_queries(demo_report):
@@ -582,3 +595,86 @@ def test_missing_config_is_a_clear_error(tmp_path):
     args[args.index("--config") + 1] = str(tmp_path / "absent.yaml")
     with pytest.raises(GeolocError, match="absent.yaml: cannot read the config"):
         run_command(report, args)
+
+
+def test_datasets_json_names_each_sets_protocol_and_overall_counts_subsets_once(tmp_path):
+    tree = write_results_tree(tmp_path, DEMO_RUNS[:3], test_sets=("sf_xs", "tokyo_night"))
+    datasets = tmp_path / "results" / "datasets.json"
+    datasets.write_text(json.dumps({
+        "root": str(tmp_path / "data"),
+        "images": {},
+        "test_sets": {
+            "sf_xs": {"label": "San Francisco XS", "positive_dist_threshold": 25.0, "subset_of": None,
+                      "source": "Berton et al., CVPR 2022", "database": 16, "queries": 12, "queries_file": None},
+            # Declared a subset here: the overall score then counts its queries once.
+            "tokyo_night": {"label": "Tokyo by night", "positive_dist_threshold": 25.0, "subset_of": "sf_xs",
+                            "source": "", "database": 16, "queries": 12, "queries_file": None},
+        },
+        "training": {},
+    }))
+    html = render(tree, tmp_path / "report.html", "--datasets", str(datasets), "--published", str(PUBLISHED))
+    assert (
+        "<caption>San Francisco XS: 12 queries, 16 database images, correct within 25 m. Source: Berton et al., "
+        "CVPR 2022</caption>"
+    ) in html
+    assert "<caption>Tokyo by night: 12 queries, 16 database images, correct within 25 m; its queries are a subset of "
+    "San Francisco XS&#39;s</caption>" in html
+    assert "The overall score is the mean of R@1 on San Francisco XS; Tokyo by night is reported on its own" in (
+        " ".join(html.split())
+    )
+    # Without the flag: the study's own labels.
+    assert "<caption>Tokyo-Night: 12 queries" in render(tree, tmp_path / "plain.html")
+
+
+def test_published_comparison_only_for_sets_the_published_table_has(tmp_path):
+    runs = (RunSpec("resnet18", "imagenet", "fp32", 0.5, 4 * 3600.0),)
+    tree = write_results_tree(tmp_path, runs, test_sets=("sf_xs",), n_queries=20, reported_sizes=(1000, 27191))
+    table = tmp_path / "published.csv"
+    table.write_text("\n".join(line for line in PUBLISHED.read_text().splitlines() if ",sf_xs," not in line))
+    published = render(tree, tmp_path / "report.html", "--published", str(table)).split('<section id="published">')[1]
+    assert "None of these test sets is one the study published" in published.split("</section>")[0]
+
+
+def test_published_models_are_shown_apart_and_never_compared(tmp_path):
+    tree = write_results_tree(tmp_path, DEMO_RUNS[:3], test_sets=("sf_xs",))
+    table = pd.read_csv(tree.recalls_csv, dtype=str, keep_default_na=False)
+    row = table[table["run"] == REFERENCE].iloc[0].copy()
+    row["run"], row["kind"], row["backbone"], row["pretraining"] = "salad-dinov2", "published", "dinov2", ""
+    row["r1"] = "99.0"  # better than every run: still never named best
+    pd.concat([table, row.to_frame().T]).to_csv(tree.recalls_csv, index=False)
+    html = render(tree, tmp_path / "report.html", "--conclusions-out", str(tmp_path / "c.txt"))
+    recalls = html.split('<section id="recalls">')[1].split("</section>")[0]
+    apart = recalls.split("<h3>Published models (not trained here)</h3>")[1]
+    assert '<th scope="row">salad-dinov2 (published model, not trained here)</th><td>99.0</td>' in apart
+    assert "salad" not in recalls.split("<h3>")[0] and "salad" not in (tmp_path / "c.txt").read_text()
+
+
+def test_runs_that_did_not_learn_are_labelled_in_every_table(demo_report):
+    label = "MobileNetV3-Small (ImageNet, AMP, &lt;img src=x onerror=alert(1)&gt;)"
+    for section in ("recalls", "cost", "uncertainty"):
+        part = demo_report.split(f'<section id="{section}">')[1].split("</section>")[0]
+        row = part.split(label)[1].split("</tr>")[0]
+        assert row.startswith(' <span class="tag not-learnt">did not learn</span></th>'), section
+    assert demo_report.count("<strong>Did not learn.</strong>") == 1
+
+
+def test_seeds_give_spread_and_a_sweep_gives_a_plot(tmp_path):
+    def run(recall, seed, lr):
+        tag = "" if lr == 1e-3 else "lr3e-03"
+        return RunSpec("resnet18", "imagenet", "fp32", recall, 400.0, seed=seed, tag=tag,
+                       settings=(("lr", lr),) if tag else ())
+
+    runs = (run(0.3, 0, 1e-3), run(0.6, 1, 1e-3), run(0.5, 0, 3e-3), run(0.7, 1, 3e-3))
+    tree = write_results_tree(tmp_path, runs, test_sets=("sf_xs",), n_queries=40)
+    html = render(tree, tmp_path / "report.html")
+    recalls = html.split('<section id="recalls">')[1].split("</section>")[0]
+    row = recalls.split("ResNet-18 (ImageNet, FP32, lr 0.001)")[1].split("</tr>")[0]
+    found = pd.read_csv(tree.recalls_csv).set_index("run")["r1"]  # R@1 of each seed
+    seeds = [found[REFERENCE], found["resnet18-imagenet-fp32-s1"]]
+    assert f'<td>{np.mean(seeds):.1f} <span class="spread">± {np.std(seeds, ddof=1):.1f}</span></td>' in row
+    assert '<td>36.2 <span class="spread">± 15.9</span></td>' in row
+    conclusions = html.split('<section id="conclusions">')[1].split("</section>")[0]
+    assert "resampled hierarchically (its seeds, then the queries)" in " ".join(conclusions.split())
+    assert "<strong>lr 0.003 vs 0.001.</strong>" in conclusions
+    plots = html.split('<section id="plots">')[1]
+    assert 'aria-label="sweep lr"' in plots and "Overall R@1 against lr" in " ".join(plots.split())

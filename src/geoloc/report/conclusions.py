@@ -4,10 +4,17 @@ Recall is compared on R@1, paired over queries (`bootstrap.recall_samples`). Eve
 the rules test is one hypothesis of one family, corrected together (Holm-Bonferroni on the
 bootstrap p-values, `PairedTests`): a difference is claimed only when its adjusted p-value is
 below 0.05; otherwise the sentence says the data cannot tell the two apart. "Overall" is the
-mean R@1 of the test sets whose queries are distinct (`Study.overall_test_sets`). Training times
-are compared only between runs on the same hardware (device model, GPU and process count).
-Untrained baselines are only ever what training is measured against, never a candidate.
-A run with no or NaN recall is left out of a comparison and the report says so.
+mean R@1 of the test sets whose queries are distinct (`Results.overall_test_sets`).
+
+Each comparison holds every other factor of the grid equal (matched runs, `matched_groups`); with
+several seeds a variant's bootstrap resamples its seeds as well as the queries, so the tests
+include seed-to-seed variance. A trained configuration that did not learn (its gain over the
+untrained baseline is not above zero at 95%, or its loss went non-finite) is listed once and
+left out of every comparison. Training times are compared only between runs on the same
+hardware (device model, GPU and process count) with the same iterations and batch size; speed
+across budgets only as images per second on the same hardware. Untrained baselines are only
+ever what training is measured against, never a candidate. A run with no or NaN recall is left
+out of a comparison and the report says so.
 """
 
 from __future__ import annotations
@@ -20,14 +27,14 @@ import numpy as np
 
 from geoloc.report import formatting as fmt
 from geoloc.report.bootstrap import holm, interval, p_value
-from geoloc.report.labels import SUBSET_OF, backbone_label, precision_label, test_set_label
-from geoloc.report.study import Hardware, Study, Variant
+from geoloc.report.study import RUN_FACTORS, Hardware, Results, Variant, factor_label, level_text, setting_label
 
 # Wall-clock times of identical jobs vary by a few percent, so smaller gaps are "the same time".
 TIME_TOLERANCE = 0.10
 ALPHA = 0.05  # family-wise error rate of the report's claims
 NO_CONCLUSION = "No conclusion can be drawn from the results present."
 HARDWARE_TOPIC = "Hardware"
+NOT_LEARNT_TOPIC = "Did not learn"
 
 
 @dataclass(frozen=True)
@@ -71,7 +78,7 @@ class PairedTests:
     difference carries its uncorrected p-value.
     """
 
-    def __init__(self, study: Study) -> None:
+    def __init__(self, study: Results) -> None:
         self.study = study
         # (pair, test sets) -> (value, low, high, p) of the min-name variant minus the other, or
         # None when untestable; a vs b and b vs a are one hypothesis.
@@ -121,17 +128,17 @@ class PairedTests:
         return (value, *interval(mean_samples), p_value(mean_samples, value))
 
 
-Rule = Callable[[Study, PairedTests], list[Conclusion]]
+Rule = Callable[[Results, PairedTests], list[Conclusion]]
 
 
-def derive_conclusions(study: Study, tests: PairedTests | None = None) -> list[Conclusion]:
+def derive_conclusions(study: Results, tests: PairedTests | None = None) -> list[Conclusion]:
     """All conclusions, in the order the report lists them."""
     if tests is None:
         tests = paired_tests(study)
     return [conclusion for rule in RULES for conclusion in rule(study, tests)]
 
 
-def paired_tests(study: Study) -> PairedTests:
+def paired_tests(study: Results) -> PairedTests:
     """The family of every difference the rules test, Holm-corrected."""
     tests = PairedTests(study)
     for rule in RULES:
@@ -140,30 +147,30 @@ def paired_tests(study: Study) -> PairedTests:
     return tests
 
 
-def overall_description(study: Study) -> str:
+def overall_description(study: Results) -> str:
     """How the overall score is formed, in words."""
     sets = study.overall_test_sets
-    text = f"the mean of R@1 on {_join(list(map(test_set_label, sets)))}" + (
+    text = f"the mean of R@1 on {_join(list(map(study.test_set_label, sets)))}" + (
         ", each test set weighted equally" if len(sets) > 1 else ""
     )
     left_out = [t for t in study.test_sets if t not in sets]
     for test_set in left_out:
-        superset = test_set_label(SUBSET_OF[test_set])
+        superset = study.test_set_label(study.subset_of(test_set))
         text += (
-            f"; {test_set_label(test_set)} is reported on its own and not counted again, "
+            f"; {study.test_set_label(test_set)} is reported on its own and not counted again, "
             f"since its queries are a subset of {superset}'s"
         )
     return text
 
 
-def mean_recall(study: Study, variant: Variant, test_sets: list[str], k: int = 1) -> float:
+def mean_recall(study: Results, variant: Variant, test_sets: list[str], k: int = 1) -> float:
     """Mean recall@k over `test_sets`; NaN when any of them has no valid value."""
     values = [study.recall(variant, test_set, k) for test_set in test_sets]
     return float(np.mean(values)) if values and all(map(math.isfinite, values)) else math.nan
 
 
 def rank(
-    study: Study,
+    study: Results,
     tests: PairedTests,
     candidates: list[Variant],
     test_sets: list[str],
@@ -204,7 +211,7 @@ def rank(
     return Conclusion(topic, text)
 
 
-def data_coverage(study: Study, tests: PairedTests) -> list[Conclusion]:
+def data_coverage(study: Results, tests: PairedTests) -> list[Conclusion]:
     """Say what the conclusions are missing: runs without results, NaN recalls, a lone run."""
     notes = []
     if study.missing_runs:
@@ -214,10 +221,14 @@ def data_coverage(study: Study, tests: PairedTests) -> list[Conclusion]:
         )
     if study.reference is None:
         notes.append(f"The reference run {study.reference_run} has no results: comparisons with it are skipped.")
+    elif study.reference_implicit:
+        notes.append(
+            f"The config names no reference: the first run of the first grid block ({study.reference_run}) is it."
+        )
     invalid = [
-        f"{variant.label} on {test_set_label(test_set)}"
+        f"{variant.label} on {study.test_set_label(test_set)}"
         for (variant, test_set), cell in study.cells.items()
-        if not cell.valid()
+        if not cell.valid() and variant in study.variants
     ]
     if invalid:
         notes.append(f"No valid R@1 (NaN) for {', '.join(invalid)}: left out of those comparisons.")
@@ -227,13 +238,13 @@ def data_coverage(study: Study, tests: PairedTests) -> list[Conclusion]:
     return [Conclusion("Data", note) for note in notes]
 
 
-def training_gain(study: Study, tests: PairedTests) -> list[Conclusion]:
-    """Per test set: each trained variant against the untrained network it started from."""
+def training_gain(study: Results, tests: PairedTests) -> list[Conclusion]:
+    """Per test set: each trained variant that learnt against the untrained network it started from."""
     conclusions = []
     for test_set in study.test_sets:
         pairs = [
             (v, baseline)
-            for v in study.variants
+            for v in study.comparable
             if (baseline := study.baseline_of(v)) and study.cell(v, test_set) and study.cell(baseline, test_set)
         ]
         if not pairs:
@@ -252,117 +263,166 @@ def training_gain(study: Study, tests: PairedTests) -> list[Conclusion]:
             "Training raises R@1 significantly over the untrained network of the same backbone and pretraining "
             f"for {len(raised)} of {len(gains)} configuration(s): {items}."
         )
-        conclusions.append(Conclusion(f"Gain over the untrained baseline on {test_set_label(test_set)}", text))
+        conclusions.append(Conclusion(f"Gain over the untrained baseline on {study.test_set_label(test_set)}", text))
     return conclusions
 
 
-def best_pretraining(study: Study, tests: PairedTests) -> list[Conclusion]:
-    """Among variants that differ from the reference only in pretraining."""
-    ref = study.reference
-    if ref is None:
+def did_not_learn(study: Results, tests: PairedTests) -> list[Conclusion]:
+    """The trained variants that did not learn, once, with their gain and why: they are left out
+    of every comparison between configurations."""
+    items = []
+    for variant in study.not_learnt:
+        learning = study.learning(variant)
+        if learning.diverged:
+            item = f"{variant.label} (training diverged: {'; '.join(learning.diverged)})"
+        else:
+            value, low, high = learning.gain
+            item = (
+                f"{variant.label} ({fmt.signed(value)} points of overall R@1 over its untrained baseline, "
+                f"95% CI {fmt.interval(low, high)})"
+            )
+        if learning.reasons:
+            item += f": {'; '.join(learning.reasons)}"
+        items.append(item)
+    if not items:
         return []
-    candidates = [v for v in study.variants if _same_except(v, ref, "pretraining")]
-    scope = f" for {backbone_label(ref.backbone)} ({precision_label(ref.precision)})"
-    conclusion = rank(
-        study, tests, candidates, study.overall_test_sets, f"Best pretraining{scope}", "pretraining", scope
+    text = (
+        f"{len(items)} configuration(s) did not learn (a gain over the untrained baseline whose 95% interval "
+        f"reaches zero, or a non-finite loss) and are left out of every comparison: {'; '.join(items)}."
     )
-    return [conclusion] if conclusion else []
+    return [Conclusion(NOT_LEARNT_TOPIC, text)]
 
 
-def backbone_candidates(study: Study) -> list[Variant]:
-    """Backbones are compared with the reference's pretraining (all variants without one)."""
-    if study.reference is None:
-        return list(study.variants)
-    return [v for v in study.variants if v.pretraining == study.reference.pretraining]
+def matched_groups(study: Results, factor: str, variants: list[Variant]) -> list[list[Variant]]:
+    """`variants` grouped by their levels of every factor but `factor` (matched runs): the groups
+    with at least two levels of `factor`, in grid order."""
+    others = [f for f in study.factors if f != factor]
+    groups: dict[tuple, list[Variant]] = {}
+    for variant in variants:
+        groups.setdefault(tuple(variant.level(f) for f in others), []).append(variant)
+    return [group for group in groups.values() if len({v.level(factor) for v in group}) > 1]
 
 
-def best_overall(study: Study, tests: PairedTests) -> list[Conclusion]:
-    scope = f" overall (mean R@1 over {', '.join(map(test_set_label, study.overall_test_sets))})"
-    conclusion = rank(
-        study, tests, backbone_candidates(study), study.overall_test_sets, "Best backbone overall", "backbone", scope
-    )
-    return [conclusion] if conclusion else []
+def context(study: Results, factor: str, group: list[Variant]) -> str:
+    """What a matched group holds equal, in words ('ResNet-18, FP32, lr 1e-05'); '' when nothing varies."""
+    held = [(f, group[0].level(f)) for f in study.factors if f != factor]
+    return ", ".join(level_phrase(f, value) for f, value in held if not (f == "tag" and not value))
 
 
-def best_per_test_set(study: Study, tests: PairedTests) -> list[Conclusion]:
+def level_phrase(factor: str, value: object) -> str:
+    return level_text(factor, value) if factor in RUN_FACTORS else setting_label(factor, value)
+
+
+def best_backbone(study: Results, tests: PairedTests) -> list[Conclusion]:
+    """Backbones ranked overall and per test set, each time among runs equal in every other factor."""
+    sets = study.overall_test_sets
+    overall = f"overall (mean R@1 over {', '.join(map(study.test_set_label, sets))})"
+    scopes = [(overall, sets)] + [(f"on {study.test_set_label(t)}", [t]) for t in study.test_sets]
+    return [found for scope, test_sets in scopes for found in rank_factor(study, tests, "backbone", test_sets, scope)]
+
+
+def rank_factor(study: Results, tests: PairedTests, factor: str, test_sets: list[str], scope: str) -> list[Conclusion]:
+    """In each matched group, the best level of `factor` by mean R@1 over `test_sets`."""
+    what = factor_label(factor).lower()
     conclusions = []
-    for test_set in study.test_sets:
-        label = test_set_label(test_set)
-        found = rank(
-            study,
-            tests,
-            backbone_candidates(study),
-            [test_set],
-            f"Best backbone on {label}",
-            "backbone",
-            f" on {label}",
-        )
+    for group in matched_groups(study, factor, study.comparable):
+        held = context(study, factor, group)
+        where = f"{scope}, with {held}" if held else scope
+        found = rank(study, tests, group, test_sets, f"Best {what} {where}", what, f" {where}")
         conclusions += [found] if found else []
     return conclusions
 
 
-def amp_effect(study: Study, tests: PairedTests) -> list[Conclusion]:
-    """The reference against its twin that differs only in precision (fp32 vs AMP)."""
-    ref = study.reference
-    twins = [v for v in study.variants if ref and _same_except(v, ref, "precision") and v != ref]
-    if not twins:
-        return []
-    twin = twins[0]
-    text = (
-        f"Training the reference {backbone_label(ref.backbone)} with {precision_label(twin.precision)} "
-        f"instead of {precision_label(ref.precision)} {_device_phrase(study, [ref, twin])}"
+def factor_effects(study: Results, tests: PairedTests) -> list[Conclusion]:
+    """Every factor but the backbone, all other factors equal: two levels as a difference
+    ('lr 3e-05 vs 1e-05'), more as a ranking. Each difference also says how the training cost
+    changes, as far as that is fair to compare (`_time_phrase`)."""
+    sets = study.overall_test_sets
+    scope = f"overall (mean R@1 over {', '.join(map(study.test_set_label, sets))})"
+    conclusions = []
+    for factor in study.factors:
+        groups = matched_groups(study, factor, study.comparable)
+        if factor == "backbone" or not groups:
+            continue
+        if any(len({v.level(factor) for v in group}) > 2 for group in groups):
+            conclusions += rank_factor(study, tests, factor, sets, scope)
+            continue
+        pairs: dict[tuple, list[str]] = {}
+        for group in groups:
+            first, second = group[0], next(v for v in group if v.level(factor) != group[0].level(factor))
+            change = tests.difference(second, first, sets)
+            verdict = "untestable (per-query ranks missing)" if change is None else change.describe() + (
+                "" if change.significant else ", not significant"
+            )
+            held = context(study, factor, group)
+            item = f"{held + ': ' if held else ''}{verdict}{_time_phrase(study, second, first)}"
+            pairs.setdefault((first.level(factor), second.level(factor)), []).append(item)
+        for (a, b), items in pairs.items():
+            topic = f"{factor_label(factor)} {level_text(factor, b)} vs {level_text(factor, a)}"
+            text = f"With all other factors equal, {scope}: {'; '.join(items)}."
+            if factor == "precision" and _device_types(study, study.comparable) == {"cpu"}:
+                text += (
+                    " On a CPU, AMP is bfloat16 autocast: its speed depends on the processor's bf16 support, "
+                    "and fp16 AMP on a GPU behaves differently."
+                )
+            conclusions.append(Conclusion(topic, text))
+    return conclusions
+
+
+def same_budget(study: Results, a: Variant, b: Variant) -> bool:
+    """Whether two variants' training times may be compared: the same recorded iterations and
+    batch size, every run on one and the same hardware."""
+    budget = study.budget(a)
+    return budget is not None and budget == study.budget(b) and _shared_hardware(study, [a, b]) is not None
+
+
+def _time_phrase(study: Results, a: Variant, b: Variant) -> str:
+    """How a's training cost compares with b's, only as far as it is fair: training time between
+    equal budgets on one hardware, images per second on one hardware, else nothing."""
+    if _shared_hardware(study, [a, b]) is None:
+        return " (trained on different hardware: times not compared)"
+    if same_budget(study, a, b):
+        return f", with {_time_change(study.costs(a)['training_time_seconds'], study.costs(b)['training_time_seconds'])}"
+    speed_a, speed_b = study.costs(a)["images_per_second"], study.costs(b)["images_per_second"]
+    if not (math.isfinite(speed_a) and math.isfinite(speed_b)) or speed_b <= 0:
+        return ""
+    ratio = speed_a / speed_b
+    change = "about the same" if abs(ratio - 1) <= TIME_TOLERANCE else f"{abs(ratio - 1):.0%} {'more' if ratio > 1 else 'fewer'}"
+    return (
+        f", training {change} images per second ({fmt.number(speed_a)} vs {fmt.number(speed_b)} on the same "
+        "device; their budgets differ, so training times are not compared)"
     )
-    shared = _shared_hardware(study, [ref, twin])
-    if shared is None:
-        text += (
-            f" ran on different hardware ({_hardware_labels(study, ref)} vs {_hardware_labels(study, twin)}), "
-            "so its training times are not compared"
-        )
-    else:
-        twin_time = study.costs(twin)["training_time_seconds"]
-        text += f" takes {_time_change(twin_time, study.costs(ref)['training_time_seconds'])}"
-    change = tests.difference(twin, ref, study.overall_test_sets)
-    if change is None:
-        text += "; its effect on recall cannot be tested (per-query ranks missing)."
-    elif change.significant:
-        text += f" and {'raises' if change.value > 0 else 'lowers'} overall R@1 ({change.describe()})."
-    else:
-        text += f"; its effect on overall R@1 is not significant ({change.describe()})."
-    if _device_types(study, [ref, twin]) == {"cpu"}:
-        text += (
-            " On a CPU, AMP is bfloat16 autocast: its speed depends on the processor's bf16 support, "
-            "and fp16 AMP on a GPU behaves differently."
-        )
-    return [Conclusion(f"Effect of {precision_label(twin.precision)}", text)]
 
 
-def timing_groups(study: Study) -> dict[Hardware, list[Variant]]:
-    """Trained variants with a training time, by the hardware all their runs trained on.
-
-    Only variants in one group are compared on time; a variant whose seeds trained on different
-    hardware is in no group.
-    """
-    groups: dict[Hardware, list[Variant]] = {}
-    for variant in study.variants:
+def timing_groups(study: Results) -> dict[tuple[Hardware, tuple[int, int] | None], list[Variant]]:
+    """Trained variants that learnt, with a training time, by (hardware, (iterations, batch size)):
+    training times are compared only within one group. A variant whose seeds trained on
+    different hardware is in no group."""
+    groups: dict[tuple[Hardware, tuple[int, int] | None], list[Variant]] = {}
+    for variant in study.comparable:
         hardware = _shared_hardware(study, [variant])
         if hardware is not None and math.isfinite(study.costs(variant)["training_time_seconds"]):
-            groups.setdefault(hardware, []).append(variant)
+            groups.setdefault((hardware, study.budget(variant)), []).append(variant)
     return groups
 
 
-def mixed_hardware(study: Study) -> list[Variant]:
+def mixed_hardware(study: Results) -> list[Variant]:
     """Trained variants whose seeds trained on different hardware."""
     return [v for v in study.variants if len(study.hardware(v)) > 1]
 
 
-def hardware_note(study: Study, tests: PairedTests) -> list[Conclusion]:
+def hardware_note(study: Results, tests: PairedTests) -> list[Conclusion]:
     """Say so when the runs trained on different hardware: times are compared only within one."""
-    groups = timing_groups(study)
+    by_hardware: dict[Hardware, list[Variant]] = {}
+    for variant in study.variants:
+        hardware = _shared_hardware(study, [variant])
+        if hardware is not None and math.isfinite(study.costs(variant)["training_time_seconds"]):
+            by_hardware.setdefault(hardware, []).append(variant)
     mixed = mixed_hardware(study)
-    if len(groups) + len(mixed) < 2:
+    if len(by_hardware) + len(mixed) < 2:
         return []
     listing = "; ".join(
-        f"{hardware.label}: {_join([v.label for v in variants])}" for hardware, variants in groups.items()
+        f"{hardware.label}: {_join([v.label for v in variants])}" for hardware, variants in by_hardware.items()
     )
     text = f"The runs trained on different hardware ({listing})"
     if mixed:
@@ -371,13 +431,38 @@ def hardware_note(study: Study, tests: PairedTests) -> list[Conclusion]:
     return [Conclusion(HARDWARE_TOPIC, text)]
 
 
-def fastest(study: Study, tests: PairedTests) -> list[Conclusion]:
+def budget_label(budget: tuple[int, int] | None) -> str:
+    return "an unrecorded budget" if budget is None else f"{budget[0]:,} iterations of {budget[1]} images"
+
+
+def training_speed(study: Results, tests: PairedTests) -> list[Conclusion]:
+    """Images per second of training, compared between runs on the same hardware whatever their
+    budgets (a run's training time is compared only with runs of its own budget: `fastest`)."""
+    by_hardware: dict[Hardware, list[Variant]] = {}
+    for variant in study.comparable:
+        hardware = _shared_hardware(study, [variant])
+        if hardware is not None and math.isfinite(study.costs(variant)["images_per_second"]):
+            by_hardware.setdefault(hardware, []).append(variant)
     conclusions = []
-    groups = timing_groups(study)
-    for hardware, variants in groups.items():
+    for hardware, variants in by_hardware.items():
         if len(variants) < 2:
             continue
-        scope = f" on {hardware.label}" if len(groups) > 1 else ""
+        speeds = sorted(variants, key=lambda v: -study.costs(v)["images_per_second"])
+        listing = ", ".join(f"{v.label} {fmt.number(study.costs(v)['images_per_second'])}" for v in speeds)
+        text = f"Training images per second on {hardware.label}, fastest first: {listing}."
+        conclusions.append(Conclusion(f"Training speed on {hardware.label}", text))
+    return conclusions
+
+
+def fastest(study: Results, tests: PairedTests) -> list[Conclusion]:
+    """The shortest training time, only among runs with the same iterations and batch size on
+    the same hardware (a short budget is never 'fastest')."""
+    conclusions = []
+    groups = {key: variants for key, variants in timing_groups(study).items() if key[1] is not None}
+    for (hardware, budget), variants in groups.items():
+        if len(variants) < 2:
+            continue
+        scope = f" among runs of {budget_label(budget)} on {hardware.label}"
         times = {v: study.costs(v)["training_time_seconds"] for v in variants}
         quickest = min(times, key=times.get)
         text = f"{quickest.label} trains fastest{scope} ({fmt.duration(times[quickest])})."
@@ -409,21 +494,22 @@ def pareto_front(points: dict[Variant, tuple[float, float]]) -> list[Variant]:
     return sorted(front, key=lambda v: finite[v][1])
 
 
-def pareto_set(study: Study, variants: list[Variant], test_sets: list[str]) -> list[Variant]:
+def pareto_set(study: Results, variants: list[Variant], test_sets: list[str]) -> list[Variant]:
     """The Pareto front of mean R@1 over `test_sets` vs training time among `variants`."""
     return pareto_front(
         {v: (mean_recall(study, v, test_sets), study.costs(v)["training_time_seconds"]) for v in variants}
     )
 
 
-def pareto(study: Study, tests: PairedTests) -> list[Conclusion]:
+def pareto(study: Results, tests: PairedTests) -> list[Conclusion]:
+    """Recall vs training time, within one hardware and one budget at a time."""
     conclusions = []
-    groups = timing_groups(study)
-    for hardware, variants in groups.items():
+    groups = {key: variants for key, variants in timing_groups(study).items() if key[1] is not None}
+    for (hardware, budget), variants in groups.items():
         front = pareto_set(study, variants, study.overall_test_sets)
         if len(variants) < 2 or not front:
             continue
-        scope = f" on {hardware.label}" if len(groups) > 1 else ""
+        scope = f" among runs of {budget_label(budget)} on {hardware.label}" if len(groups) > 1 else ""
         members = ", ".join(
             f"{v.label} ({fmt.percent(mean_recall(study, v, study.overall_test_sets))}%, "
             f"{fmt.duration(study.costs(v)['training_time_seconds'])})"
@@ -446,21 +532,33 @@ def pareto(study: Study, tests: PairedTests) -> list[Conclusion]:
     return conclusions
 
 
-def not_significant(study: Study, tests: PairedTests) -> list[Conclusion]:
-    """Per test set: the variants whose R@1 the data cannot tell apart from the reference's."""
+def reference_neighbours(study: Results) -> list[Variant]:
+    """Variants that learnt and differ from the reference in one factor only."""
     ref = study.reference
     if ref is None:
         return []
+    return [
+        v for v in study.comparable
+        if v != ref and sum(v.level(f) != ref.level(f) for f in study.factors) == 1
+    ]
+
+
+def not_significant(study: Results, tests: PairedTests) -> list[Conclusion]:
+    """Per test set: the variants one factor away from the reference whose R@1 the data cannot
+    tell apart from the reference's."""
+    ref = study.reference
+    if ref is None or not study.learnt(ref):
+        return []
     conclusions = []
     for test_set in study.test_sets:
-        others = [v for v in study.variants if v != ref and (c := study.cell(v, test_set)) and c.valid()]
+        others = [v for v in reference_neighbours(study) if (c := study.cell(v, test_set)) and c.valid()]
         differences = {v: tests.difference(v, ref, [test_set]) for v in others}
         same = [f"{v.label} ({d.describe()})" for v, d in differences.items() if d and not d.significant]
         if not same:
             continue
         text = (
-            f"On {test_set_label(test_set)}, R@1 of {'; '.join(same)} does not differ significantly "
-            "from the reference."
+            f"On {study.test_set_label(test_set)}, R@1 of {'; '.join(same)} does not differ significantly "
+            "from the reference (each differs from it in one factor)."
         )
         conclusions.append(Conclusion("Not significant", text))
     return conclusions
@@ -469,47 +567,26 @@ def not_significant(study: Study, tests: PairedTests) -> list[Conclusion]:
 RULES: tuple[Rule, ...] = (
     data_coverage,
     training_gain,
-    best_pretraining,
-    best_overall,
-    best_per_test_set,
-    amp_effect,
+    did_not_learn,
+    best_backbone,
+    factor_effects,
     hardware_note,
+    training_speed,
     fastest,
     pareto,
     not_significant,
 )
 
 
-def _same_except(variant: Variant, other: Variant, attribute: str) -> bool:
-    fields = ("backbone", "pretraining", "precision", "tag", "kind")
-    return all(getattr(variant, f) == getattr(other, f) for f in fields if f != attribute)
-
-
-def _shared_hardware(study: Study, variants: list[Variant]) -> Hardware | None:
+def _shared_hardware(study: Results, variants: list[Variant]) -> Hardware | None:
     """The one hardware every run of `variants` trained on, or None."""
     found = {hardware for v in variants for hardware in study.hardware(v)}
     return found.pop() if len(found) == 1 else None
 
 
-def _hardware_labels(study: Study, variant: Variant) -> str:
-    return " and ".join(h.label for h in study.hardware(variant))
-
-
-def _device_types(study: Study, variants: list[Variant]) -> set[str]:
+def _device_types(study: Results, variants: list[Variant]) -> set[str]:
     runs = [run for v in variants for run in study.runs[v]]
     return set(study.table.loc[study.table["run"].isin(runs), "device_type"]) - {""}
-
-
-def _device_phrase(study: Study, variants: list[Variant]) -> str:
-    """Where the runs trained: 'on a GPU (NVIDIA H200)', 'on a CPU', or what is known of it."""
-    device_types = _device_types(study, variants)
-    if not device_types:
-        return "on an unrecorded device type"
-    if device_types == {"cuda"}:
-        return f"on a GPU ({_join(sorted({h.device for v in variants for h in study.hardware(v)}))})"
-    if device_types == {"cpu"}:
-        return "on a CPU"
-    return f"on {' and '.join(sorted(device_types))}"
 
 
 def _join(words: list[str]) -> str:

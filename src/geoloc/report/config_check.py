@@ -21,9 +21,9 @@ import yaml
 
 from geoloc.errors import GeolocError
 from geoloc.grid import BASELINE_PRECISION, Run, evaluated_under_autocast, expand_grid
-from geoloc.report.study import BASELINE, Study, baseline_name
+from geoloc.report.study import BASELINE, PUBLISHED, TRAINED, Results, baseline_name
 
-REQUIRED_KEYS = ("grid", "training", "evaluation", "reference", "evaluation.positive_dist_threshold")
+REQUIRED_KEYS = ("grid", "training", "evaluation", "evaluation.positive_dist_threshold")
 # Recall CSV columns (C2) -> how the config's `evaluation` value is written there.
 EVALUATION_KEYS = {
     "k": float,
@@ -31,6 +31,8 @@ EVALUATION_KEYS = {
     "resize": lambda size: "" if size is None else f"{size[0]}x{size[1]}",
     "autocast": lambda on: float(bool(on)),
 }
+
+PUBLISHED_KEYS = ("k", "positive_dist_threshold")
 
 
 @dataclass(frozen=True)
@@ -67,17 +69,25 @@ def read_config(path: Path) -> tuple[str, Plan]:
     return text, Plan(config, runs, baselines, path)
 
 
-def check_against_config(study: Study, plan: Plan) -> None:
+def check_against_config(study: Results, plan: Plan) -> None:
     """Raise GeolocError at the first run or baseline that the config did not make."""
+    thresholds = {
+        name: entry["positive_dist_threshold"]
+        for name, entry in study.datasets.get("test_sets", {}).items()
+        if entry.get("positive_dist_threshold") is not None
+    }
     for name, rows in study.table.groupby("run", sort=False):
-        first = rows.iloc[0]
-        if first["kind"] == BASELINE:
+        kind = rows.iloc[0]["kind"]
+        if kind == BASELINE:
             _check_baseline(name, plan)
-        else:
+        elif kind == TRAINED:
             _check_training(name, study.train_logs[name], plan)
+        # A published model is evaluated with its own protocol's image size and normalisation:
+        # only what makes its recalls comparable (k, threshold) is checked.
+        keys = PUBLISHED_KEYS if kind == PUBLISHED else tuple(EVALUATION_KEYS)
         for row in rows.itertuples():
-            _check_evaluation(name, row, plan)
-            if first["kind"] != BASELINE:
+            _check_evaluation(name, row, plan, keys, thresholds.get(row.test_set))
+            if kind == TRAINED:
                 _check_model(name, row, study.train_logs[name])
 
 
@@ -128,16 +138,22 @@ def _settings(run: Run, config: Mapping[str, Any]) -> dict[str, tuple[str, Any]]
     return settings
 
 
-def _check_evaluation(name: str, row: Any, plan: Plan) -> None:
+def _check_evaluation(name: str, row: Any, plan: Plan, keys: tuple[str, ...], threshold: float | None) -> None:
+    """`threshold`: the test set's own positive threshold (datasets.json), if it has one."""
     evaluation = dict(plan.config["evaluation"])
+    source = {key: f"evaluation.{key} is {{}} in {plan.path}" for key in keys}
+    if threshold is not None:
+        evaluation["positive_dist_threshold"] = threshold
+        source["positive_dist_threshold"] = f"test set {row.test_set}'s positive_dist_threshold is {{}} in datasets.json"
     if "autocast" in evaluation:  # it applies to runs trained with amp only (the workflow's rule)
         run = plan.runs.get(name)  # None for a baseline
         precision = run.precision if run else BASELINE_PRECISION
         evaluation["autocast"] = evaluated_under_autocast(precision, evaluation["autocast"])
-    for key, written_as in EVALUATION_KEYS.items():
+    for key in keys:
+        written_as = EVALUATION_KEYS[key]
         if key in evaluation and not _same(getattr(row, key), written_as(evaluation[key])):
             raise GeolocError(
-                f"{_what(row)} {name}: evaluation.{key} is {_show(evaluation[key])} in {plan.path} but "
+                f"{_what(row)} {name}: {source[key].format(_show(evaluation[key]))} but "
                 f"{_show(getattr(row, key))} in recalls/{row.test_set}.csv; these recalls come from another "
                 "config: rerun the workflow with this one"
             )

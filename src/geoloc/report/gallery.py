@@ -19,7 +19,7 @@ import pandas as pd
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from geoloc.errors import GeolocError
-from geoloc.report.study import Study, Variant, read_queries_csv
+from geoloc.report.study import Results, Variant, read_queries_csv
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ class Gallery:
         }[category]
 
 
-def build_galleries(study: Study, runs_dir: Path, positive_dist_threshold: float) -> list[Gallery]:
+def build_galleries(study: Results, runs_dir: Path, positive_dist_threshold: float) -> list[Gallery]:
     thumbnails = ThumbnailCache()
     galleries = []
     for test_set in study.test_sets:
@@ -75,7 +75,7 @@ def build_galleries(study: Study, runs_dir: Path, positive_dist_threshold: float
     return galleries
 
 
-def gallery_variants(study: Study, test_set: str) -> list[Variant]:
+def gallery_variants(study: Results, test_set: str) -> list[Variant]:
     """[reference, best other] by R@1 on `test_set`; [best, runner-up] without a reference."""
     scored = [v for v in study.variants if (cell := study.cell(v, test_set)) and cell.valid()]
     scored.sort(key=lambda v: -study.recall(v, test_set))
@@ -133,7 +133,7 @@ def thumbnail_uri(path: Path, size: int = THUMBNAIL_PX) -> str:
 
 
 def _rows(
-    study: Study, runs_dir: Path, test_set: str, runs: list[str], threshold: float, thumbnails: ThumbnailCache
+    study: Results, runs_dir: Path, test_set: str, runs: list[str], threshold: float, thumbnails: ThumbnailCache
 ) -> list[Row]:
     tables, test_dirs, paths = [], [], []
     for run in runs:

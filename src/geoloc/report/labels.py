@@ -1,4 +1,4 @@
-"""How the report names backbones, pretrainings, precisions and test sets (the study's terms).
+"""How the report names backbones, pretrainings, precisions, aggregators and test sets (the field's terms).
 
 A name not listed here is shown as it is written in the config.
 """
@@ -14,6 +14,7 @@ PRETRAININGS = {
     "none": "random init",
 }
 PRECISIONS = {"fp32": "FP32", "amp": "AMP"}
+AGGREGATORS = {"gem": "GeM", "netvlad": "NetVLAD", "convap": "ConvAP", "mixvpr": "MixVPR", "salad": "SALAD", "boq": "BoQ"}
 TEST_SETS = {"sf_xs": "SF-XS", "tokyo_xs": "Tokyo-XS", "tokyo_night": "Tokyo-Night"}
 # test set -> the test set whose queries include all of its own (same database): Tokyo-Night's
 # queries are the night third of Tokyo-XS's, in the real datasets and in the synthetic city.
@@ -31,6 +32,10 @@ def pretraining_label(name: str) -> str:
 
 def precision_label(name: str) -> str:
     return PRECISIONS.get(name, name)
+
+
+def aggregator_label(name: str) -> str:
+    return AGGREGATORS.get(name, name)
 
 
 def test_set_label(name: str) -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from geoloc.errors import GeolocError
-from geoloc.report.study import KS, Study, Variant
+from geoloc.report.study import KS, Results, Variant
 
 # test set -> (queries, database images) of the datasets the study used.
 PUBLISHED_TEST_SETS = {"sf_xs": (1000, 27191), "tokyo_xs": (315, 12771), "tokyo_night": (105, 12771)}
@@ -48,16 +48,18 @@ def read_published(path: Path) -> pd.DataFrame:
     return table
 
 
-def is_published_test_set(study: Study, test_set: str) -> bool:
+def is_published_test_set(study: Results, test_set: str) -> bool:
     sizes = {(cell.n_queries, cell.n_database) for (_, t), cell in study.cells.items() if t == test_set}
     return sizes == {PUBLISHED_TEST_SETS.get(test_set)}
 
 
-def compare_with_published(study: Study, published: pd.DataFrame) -> dict[str, list[PublishedRow]]:
-    """Per real test set, each variant that the study also published (same loss), side by side."""
+def compare_with_published(study: Results, published: pd.DataFrame) -> dict[str, list[PublishedRow]]:
+    """Per real test set that the published table has, each variant that the study also published
+    (same loss, nothing else changed), side by side."""
     comparison = {}
+    published_sets = set(published["test_set"])
     for test_set in study.test_sets:
-        if not is_published_test_set(study, test_set):
+        if test_set not in published_sets or not is_published_test_set(study, test_set):
             continue
         rows = []
         for variant in study.variants:
@@ -77,8 +79,13 @@ def compare_with_published(study: Study, published: pd.DataFrame) -> dict[str, l
     return comparison
 
 
-def _match(study: Study, published: pd.DataFrame, variant: Variant, test_set: str) -> pd.Series | None:
-    if variant.tag:  # a tagged variant changes something the study did not
+def _match(study: Results, published: pd.DataFrame, variant: Variant, test_set: str) -> pd.Series | None:
+    # The study's runs are the reference's settings (the loss is matched below); a variant that
+    # changes another setting, or a tag that tells apart equal settings, is not one of them.
+    study_settings = dict(study.reference.settings) if study.reference else {}
+    if any(key != "loss" and study_settings.get(key) != value for key, value in variant.settings):
+        return None
+    if variant.tag and "tag" in study.factors:
         return None
     runs = study.table[study.table["run"].isin(study.runs[variant])]
     loss = runs["loss"].iloc[0]

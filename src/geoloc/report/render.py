@@ -29,10 +29,16 @@ from geoloc.report.conclusions import (
 )
 from geoloc.report.config_check import check_against_config, read_config
 from geoloc.report.gallery import build_galleries
-from geoloc.report.labels import test_set_label
 from geoloc.report.published import compare_with_published, read_published
-from geoloc.report.sections import cost_rows, provenance, recall_tables, trained_once, uncertainty
-from geoloc.report.study import KS, Study, load_study
+from geoloc.report.sections import (
+    cost_rows,
+    provenance,
+    published_tables,
+    recall_tables,
+    trained_once,
+    uncertainty,
+)
+from geoloc.report.study import KS, Results, factor_label, load_study, read_datasets
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +61,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the workflow's <results>/config.yaml: every result is checked against it, and it is shown",
     )
     parser.add_argument(
-        "--reference", metavar="RUN", help="run the others are compared with (default: the config's reference)"
+        "--reference",
+        metavar="RUN",
+        help="run the others are compared with (default: the config's reference, else the first run of the grid)",
     )
     parser.add_argument(
         "--expected", nargs="+", metavar="RUN", help="every run of the grid (default: the config's grid)"
+    )
+    parser.add_argument(
+        "--datasets",
+        type=Path,
+        metavar="JSON",
+        help="the workflow's <results>/datasets.json: each test set's label, threshold, counts, subsets and "
+        "source (default: the study's own labels)",
     )
     parser.add_argument(
         "--published", type=Path, help="published results CSV, e.g. resources/published-results.csv (default: none)"
@@ -80,7 +95,10 @@ def run(args: argparse.Namespace) -> None:
     config_text, plan = read_config(args.config)
     expected = (args.expected or list(plan.runs)) + list(plan.baselines)
     baselines_dir = args.baselines_dir or args.runs_dir.parent / "baselines"
-    study = load_study(args.recalls, args.runs_dir, baselines_dir, args.reference or plan.config["reference"], expected)
+    datasets = read_datasets(args.datasets) if args.datasets else None
+    # No reference in the config: the first run of the first grid block is the reference.
+    reference = args.reference or plan.config.get("reference")
+    study = load_study(args.recalls, args.runs_dir, baselines_dir, reference, expected, datasets)
     check_against_config(study, plan)
     tests = paired_tests(study)
     conclusions = derive_conclusions(study, tests)
@@ -119,7 +137,7 @@ def find_project_path(relative: str) -> Path:
 
 
 def render_report(
-    study: Study,
+    study: Results,
     *,
     conclusions: list[Conclusion],
     comparisons: int,
@@ -135,6 +153,7 @@ def render_report(
     published = read_published(published_path) if published_path else None
     figures = {
         "recall_vs_time": plots.recall_vs_time(study),
+        "recall_vs_memory": plots.recall_vs_memory(study),
         "recall_curves": plots.recall_curves(study),
         "validation_curves": plots.validation_curves(study),
     }
@@ -146,10 +165,14 @@ def render_report(
         "no_conclusion": NO_CONCLUSION,
         "comparisons": comparisons,
         "overall": overall_description(study),
+        "factors": [factor_label(f) for f in study.factors],
         "hardware_note": " ".join(c.text for c in conclusions if c.topic == HARDWARE_TOPIC),
         "recall_tables": recall_tables(study),
         "costs": cost_rows(study),
         "figures": {name: Markup(svg) for name, svg in figures.items() if svg},
+        "sweeps": {factor: Markup(svg) for factor, svg in plots.sweep_plots(study).items()},
+        "published_models": published_tables(study),
+        "seeded": any(len(runs) > 1 for v, runs in study.runs.items() if v in study.variants),
         "galleries": build_galleries(study, runs_dir, positive_dist_threshold),
         "threshold": positive_dist_threshold,
         "uncertainty": uncertainty(study),
@@ -157,7 +180,9 @@ def render_report(
         "published": compare_with_published(study, published) if published is not None else None,
         "provenance": provenance(study, config_path, config_text),
     }
-    return _environment(templates).get_template(MAIN_TEMPLATE).render(context)
+    env = _environment(templates)
+    env.filters["test_set"] = study.test_set_label
+    return env.get_template(MAIN_TEMPLATE).render(context)
 
 
 def _environment(templates: Path) -> jinja2.Environment:
@@ -175,7 +200,6 @@ def _environment(templates: Path) -> jinja2.Environment:
         duration=formatting.duration,
         millions=formatting.millions,
         number=formatting.number,
-        test_set=test_set_label,
     )
     env.tests["finite"] = formatting.is_number
     return env

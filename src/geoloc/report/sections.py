@@ -15,7 +15,7 @@ import numpy as np
 
 from geoloc.report.bootstrap import interval
 from geoloc.report.labels import backbone_label, pretraining_label
-from geoloc.report.study import KS, Study
+from geoloc.report.study import KS, Results
 
 # train.json keys listed per run under Provenance.
 # fmt: off
@@ -26,15 +26,18 @@ RUN_FACTS = (
 # fmt: on
 
 
-def recall_tables(study: Study) -> list[dict[str, Any]]:
-    """Per test set: each variant's recall@k (baselines beside their trained variants), its delta
-    to the reference, the best trained variant per k."""
+def recall_tables(study: Results) -> list[dict[str, Any]]:
+    """Per test set: its protocol, each variant's recall@k (mean over seeds, and their standard
+    deviation; baselines beside their trained variants), its delta to the reference, the best
+    trained variant that learnt per k."""
     tables = []
     for test_set in study.test_sets:
         cells = {v: c for v in study.table_order() if (c := study.cell(v, test_set))}
+        if not cells:
+            continue
         best = {
             k: max(
-                (c.recalls[k] for v, c in cells.items() if not v.is_baseline and math.isfinite(c.recalls[k])),
+                (c.recalls[k] for v, c in cells.items() if v in study.comparable and math.isfinite(c.recalls[k])),
                 default=math.nan,
             )
             for k in KS
@@ -49,22 +52,30 @@ def recall_tables(study: Study) -> list[dict[str, Any]]:
                     {
                         "k": k,
                         "value": cell.recalls[k],
+                        "spread": cell.spread(k),
                         "delta": cell.recalls[k] - reference.recalls[k] if reference else math.nan,
-                        "best": not v.is_baseline and cell.recalls[k] == best[k],
+                        "best": v in study.comparable and cell.recalls[k] == best[k],
                     }
                     for k in KS
                 ],
             }
             for v, cell in cells.items()
         ]
-        first = next(iter(cells.values()))
-        tables.append(
-            {"test_set": test_set, "n_queries": first.n_queries, "n_database": first.n_database, "rows": rows}
-        )
+        tables.append({"test_set": test_set, "protocol": study.protocol(test_set), "rows": rows})
     return tables
 
 
-def cost_rows(study: Study) -> list[dict[str, Any]]:
+def published_tables(study: Results) -> list[dict[str, Any]]:
+    """Per test set: each published model's recall@k, apart from the grid (not trained here)."""
+    tables = []
+    for test_set in study.test_sets:
+        rows = [{"variant": v, "recalls": c.recalls} for v in study.published if (c := study.cell(v, test_set))]
+        if rows:
+            tables.append({"test_set": test_set, "rows": rows})
+    return tables
+
+
+def cost_rows(study: Results) -> list[dict[str, Any]]:
     rows = []
     for v in study.variants:
         costs = study.costs(v)
@@ -79,12 +90,13 @@ def cost_rows(study: Study) -> list[dict[str, Any]]:
                     else math.nan
                 ),
                 "hardware": [h.label for h in study.hardware(v)],
+                "budget": study.budget(v),
             }
         )
     return rows
 
 
-def trained_once(study: Study) -> str | None:
+def trained_once(study: Results) -> str | None:
     """Who was trained with one seed only, as the subject of the uncertainty section's warning
     (their intervals cover the queries, not training noise); None when none was."""
     once = [v.label for v in study.variants if len(study.runs[v]) == 1]
@@ -95,7 +107,7 @@ def trained_once(study: Study) -> str | None:
     return f"{', '.join(once)} {'was' if len(once) == 1 else 'were'}"
 
 
-def uncertainty(study: Study) -> list[dict[str, Any]]:
+def uncertainty(study: Results) -> list[dict[str, Any]]:
     """Per test set: 95% bootstrap CIs of each recall@k, and how wide R@1's are on average."""
     sections = []
     for test_set in study.test_sets:
@@ -120,7 +132,7 @@ def uncertainty(study: Study) -> list[dict[str, Any]]:
                     "seed_range": (min(run_r1), max(run_r1)) if len(run_r1) > 1 else None,
                 }
             )
-        n_queries = next((study.cell(v, test_set).n_queries for v in study.variants if study.cell(v, test_set)), 0)
+        n_queries = study.protocol(test_set)["n_queries"]
         sections.append(
             {
                 "test_set": test_set,
@@ -132,7 +144,7 @@ def uncertainty(study: Study) -> list[dict[str, Any]]:
     return sections
 
 
-def provenance(study: Study, config_path: Path, config_text: str) -> dict[str, Any]:
+def provenance(study: Results, config_path: Path, config_text: str) -> dict[str, Any]:
     logs = study.train_logs
     versions: dict[str, set[str]] = {}
     for train in logs.values():
@@ -160,7 +172,7 @@ def provenance(study: Study, config_path: Path, config_text: str) -> dict[str, A
     }
 
 
-def weights_files(study: Study) -> list[dict[str, Any]]:
+def weights_files(study: Results) -> list[dict[str, Any]]:
     """Each pretrained weights file the runs started from, with the sha256 they recorded."""
     files: dict[tuple, dict[str, Any]] = {}
     for variant in study.table_order():
