@@ -6,8 +6,16 @@ import pytest
 import torch
 
 from geoloc.errors import GeolocError
+from geoloc.model.aggregators.layers import GeM
 from geoloc.model.backbones import STUDY_BACKBONES, input_size_problem
-from geoloc.model.network import BACKBONES, GeM, backbone_spec, build_model, count_parameters, load_model, save_model
+from geoloc.model.network import (
+    BACKBONES,
+    backbone_spec,
+    build_model,
+    count_parameters,
+    load_model,
+    save_model,
+)
 
 DIM = 32
 
@@ -219,3 +227,94 @@ def test_exploit_fixture_really_runs_code_when_unpickled_unsafely(tmp_path):
     marker = tmp_path / "pwned"
     pickle.loads(pickle.dumps(_Exploit(marker))).close()
     assert marker.exists()
+
+
+def test_a_model_file_written_before_aggregators_loads_as_gem(models, images, tmp_path):
+    # The format of model.pt before aggregators and normalisation were recorded.
+    model = models["resnet18"]
+    path = tmp_path / "old.pt"
+    torch.save({"format": "geoloc-model/1", "backbone": "resnet18", "fc_output_dim": DIM, "trainable_blocks": 2,
+                "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()}}, path)
+    loaded = load_model(path).eval()
+    assert loaded.aggregator == "gem" and loaded.aggregator_params["p"] == 3.0
+    assert loaded.normalization == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    with torch.no_grad():
+        assert torch.equal(loaded(images), model(images))
+
+
+def test_model_file_records_the_aggregator_and_the_normalisation(tmp_path):
+    model = build_model("resnet18", DIM, aggregator="netvlad")
+    save_model(tmp_path / "model.pt", model)
+    payload = torch.load(tmp_path / "model.pt", weights_only=True)
+    assert payload["aggregator"] == {"name": "netvlad", "params": {"in_channels": 512, "clusters": 64,
+                                                                   "normalize_input": True, "fc_output_dim": DIM}}
+    assert (payload["mean"], payload["std"]) == ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    payload["aggregator"] = {"name": "netvlad", "params": {"in_channels": 512, "centres": 3, "fc_output_dim": DIM}}
+    torch.save(payload, tmp_path / "edited.pt")
+    with pytest.raises(GeolocError, match="edited.pt is damaged: its aggregator hyperparameters do not fit"):
+        load_model(tmp_path / "edited.pt")
+    payload["aggregator"] = "netvlad"
+    torch.save(payload, tmp_path / "edited.pt")
+    with pytest.raises(GeolocError, match="aggregator must be a mapping with a name and params, got 'netvlad'"):
+        load_model(tmp_path / "edited.pt")
+
+
+TINY_DINOV2 = "timm:vit_small_patch14_dinov2"
+
+
+@pytest.mark.parametrize("aggregator", ["gem", "salad", "boq"])
+def test_a_dinov2_vit_feeds_its_patch_tokens_to_the_aggregator(monkeypatch, tmp_path, aggregator):
+    import timm
+
+    create = timm.create_model
+
+    def tiny(name, **kwargs):  # DINOv2 ViT-S/14's layout, 2 blocks of width 64, no download
+        return create(name, **kwargs, depth=2, embed_dim=64, num_heads=2, img_size=56)
+
+    monkeypatch.setattr(timm, "create_model", tiny)
+    torch.manual_seed(0)
+    model = build_model(TINY_DINOV2, DIM, aggregator=aggregator, trainable_blocks=1).eval()
+    seen = []
+    model.aggregation.register_forward_hook(lambda module, inputs, output: seen.append(inputs))
+    with torch.no_grad():
+        descriptors = model(torch.rand(2, 3, 56, 70))
+    features = seen[0]
+    assert features[0].shape == (2, 64, 4, 5)  # the patch grid of 56 x 70 px, 14 px patches
+    assert len(features) == (2 if aggregator == "salad" else 1) and features[-1].shape[0] == 2
+    if aggregator == "salad":
+        assert features[1].shape == (2, 64)  # the class token
+    torch.testing.assert_close(descriptors.norm(dim=1), torch.ones(2))
+    # trainable_blocks counts transformer blocks: the last one trains with the final norm
+    trained = {".".join(n.split(".")[2:4]) for n, p in model.named_parameters()
+               if n.startswith("backbone.") and p.requires_grad}
+    assert trained == {"blocks.1", "norm.weight", "norm.bias"}
+    if aggregator == "boq":
+        assert model.aggregator_params["proj_channels"] == 384  # as BoQ's released DINOv2 model
+    save_model(tmp_path / "model.pt", model)
+    images = torch.rand(1, 3, 56, 56)
+    with torch.no_grad():
+        assert torch.equal(load_model(tmp_path / "model.pt").eval()(images), model(images))
+
+
+def test_a_timm_backbone_is_normalised_with_its_own_pretrained_statistics(monkeypatch, tmp_path):
+    import timm
+
+    create = timm.create_model
+
+    def clip_like(name, **kwargs):
+        model = create(name, **kwargs)
+        model.pretrained_cfg = {**model.pretrained_cfg, "mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25)}
+        return model
+
+    monkeypatch.setattr(timm, "create_model", clip_like)
+    model = build_model("timm:resnet10t", DIM).eval()
+    assert model.normalization == ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    seen = []
+    hook = model.backbone.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0]))
+    with torch.no_grad():
+        model(torch.full((1, 3, 32, 32), 0.75))
+    hook.remove()
+    torch.testing.assert_close(seen[0], torch.ones(1, 3, 32, 32))
+    save_model(tmp_path / "model.pt", model)
+    monkeypatch.setattr(timm, "create_model", create)  # statistics come from the file, not from timm
+    assert load_model(tmp_path / "model.pt").normalization == ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))

@@ -1,4 +1,9 @@
-"""The CosPlace network: a truncated, partly frozen backbone, then L2 norm -> GeM -> linear -> L2 norm.
+"""The network: a truncated, partly frozen backbone, then an aggregator (`geoloc.model.aggregators`).
+
+The default aggregator is CosPlace's head (L2 norm -> GeM -> linear -> L2 norm); NetVLAD,
+ConvAP, MixVPR, SALAD and BoQ take the same feature map. Images are normalised with the
+statistics the backbone's pretrained weights expect (timm's pretrained_cfg; ImageNet's for the
+torchvision study backbones); model.pt records them with the aggregator and its hyperparameters.
 
 One registry (`geoloc.model.backbones`, plain data; `BACKBONES` here) maps each study backbone to
 its torchvision constructor and what the study did with it: which top-level modules are kept (the classifier and the pooling
@@ -22,6 +27,7 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -30,8 +36,10 @@ from torch import nn
 
 from geoloc.atomic import atomic_torch_save
 from geoloc.errors import GeolocError
+from geoloc.model.aggregators import DEFAULT_AGGREGATOR, aggregator_entry
+from geoloc.model.aggregators.layers import build_aggregator, resolve_hyperparameters
 from geoloc.model.backbones import STUDY_BACKBONES, TIMM_PREFIX, StudyBackbone
-from geoloc.model.timm_backbone import TimmBackbone
+from geoloc.model.timm_backbone import TimmBackbone, TimmFeatures
 from geoloc.model.weights import load_state_dict, read_torch_file
 
 MODEL_FORMAT = "geoloc-model/1"
@@ -79,58 +87,88 @@ def backbone_spec(name: str) -> BackboneSpec:
     return BACKBONES[name]
 
 
-class L2Norm(nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(x, p=2.0, dim=1)
+class TimmTokens(TimmFeatures):
+    """A timm ViT's patch tokens on their grid (NCHW) and its class token (N, C), both after its final norm."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        try:
+            maps, prefixes = self.body.forward_intermediates(x, indices=1, norm=True, output_fmt="NCHW",
+                                                             intermediates_only=True, return_prefix_tokens=True)[-1]
+        except AssertionError as exc:  # timm checks input sizes with asserts
+            raise GeolocError(f"{self.name} cannot take {x.shape[-2]}x{x.shape[-1]} images: {exc}") from exc
+        return maps, prefixes[:, 0]
 
 
-class GeM(nn.Module):
-    """Generalized mean pooling over the spatial dimensions, with a learnable exponent p."""
-
-    def __init__(self, p: float = 3.0, eps: float = 1e-6):
-        super().__init__()
-        self.p = nn.Parameter(torch.ones(1) * p)
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.adaptive_avg_pool2d(x.clamp(min=self.eps).pow(self.p), 1).pow(1.0 / self.p)
+def _has_class_token(body: nn.Module) -> bool:
+    return isinstance(body, TimmFeatures) and getattr(body.body, "cls_token", None) is not None
 
 
 class GeoLocNet(nn.Module):
-    """Float images in [0, 1], shape (B, 3, H, W) -> L2-normalised (B, fc_output_dim) descriptors."""
+    """Float images in [0, 1], shape (B, 3, H, W) -> L2-normalised (B, descriptor_dim) descriptors.
 
-    def __init__(self, backbone_name: str, backbone: nn.Module, channels: int, fc_output_dim: int,
-                 trainable_blocks: int):
+    backbone -> feature map (and a ViT's class token) -> aggregator. An aggregator built for one
+    feature-map size (MixVPR) makes the network resize its images to `input_size` first.
+    """
+
+    def __init__(self, backbone_name: str, backbone: nn.Module, aggregator: str, aggregator_params: dict[str, Any],
+                 fc_output_dim: int, trainable_blocks: int, mean: tuple[float, ...] = IMAGENET_MEAN,
+                 std: tuple[float, ...] = IMAGENET_STD, input_size: tuple[int, int] | None = None):
         super().__init__()
         self.backbone_name = backbone_name
+        self.aggregator = aggregator
+        self.aggregator_params = dict(aggregator_params)
         self.fc_output_dim = fc_output_dim
         self.trainable_blocks = trainable_blocks
+        self.input_size = input_size
+        self.normalization = (tuple(mean), tuple(std))
         # Not persistent: constants, not weights, so saved models stay pure weights.
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.backbone = backbone
-        self.aggregation = nn.Sequential(OrderedDict(
-            l2norm=L2Norm(),
-            gem=GeM(),
-            flatten=nn.Flatten(),
-            fc=nn.Linear(channels, fc_output_dim),
-            l2norm_out=L2Norm(),
-        ))
+        self.aggregation = build_aggregator(aggregator, self.aggregator_params)
+        self.descriptor_dim: int = self.aggregation.out_dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.aggregation(self.backbone((x - self.mean) / self.std))
+        if self.input_size is not None and tuple(x.shape[-2:]) != self.input_size:
+            x = F.interpolate(x, size=self.input_size, mode="bilinear", antialias=True, align_corners=False)
+        features = self.backbone((x - self.mean) / self.std)
+        return self.aggregation(*features) if isinstance(features, tuple) else self.aggregation(features)
+
+
+def _pretrained_normalization(spec: BackboneSpec, full: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The mean/std the backbone's pretrained weights expect: timm's pretrained_cfg, else ImageNet's."""
+    config = (getattr(full, "pretrained_cfg", None) or {}) if isinstance(spec, TimmBackbone) else {}
+    return tuple(config.get("mean", IMAGENET_MEAN)), tuple(config.get("std", IMAGENET_STD))
+
+
+def feature_map_size(backbone: str, image_size: int) -> tuple[int, int]:
+    """(H, W) of `backbone`'s feature map for image_size x image_size images (shapes only, nothing computed)."""
+    spec = backbone_spec(backbone)
+    with torch.device("meta"):
+        body = spec.truncate(spec.build_full()).eval()
+    with torch.no_grad():
+        features = body(torch.empty(1, 3, image_size, image_size, device="meta"))
+    return tuple(features.shape[-2:])
 
 
 def build_model(backbone: str, fc_output_dim: int = 512, weights: Path | None = None,
-                weights_format: str | None = None, trainable_blocks: int | None = None) -> GeoLocNet:
-    """The CosPlace network on `backbone`, randomly initialised or with `weights` loaded.
+                weights_format: str | None = None, trainable_blocks: int | None = None, *,
+                aggregator: str = DEFAULT_AGGREGATOR, image_size: int | None = None,
+                aggregator_params: dict[str, Any] | None = None,
+                normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None) -> GeoLocNet:
+    """The network of `backbone` and `aggregator`, randomly initialised or with backbone `weights` loaded.
 
     `trainable_blocks`: how many trailing backbone blocks train (None: the study's default);
-    the head always trains.
+    the head always trains. `image_size`: the training size, needed by an aggregator built for
+    one feature-map size (MixVPR). `aggregator_params` (complete, as model.pt records them) and
+    `normalization` (mean, std) rebuild a saved model; by default they follow the backbone.
     """
     spec = backbone_spec(backbone)
+    entry = aggregator_entry(aggregator)
     if fc_output_dim < 1:
         raise GeolocError(f"fc_output_dim must be >= 1, got {fc_output_dim}")
+    if entry.fixed_feature_map and image_size is None:
+        raise GeolocError(f"aggregator {aggregator} is built for one input size: give the training image_size")
     full = spec.build_full()
     cut = spec.cut_prefixes(full)
     if weights is not None:
@@ -138,6 +176,7 @@ def build_model(backbone: str, fc_output_dim: int = 512, weights: Path | None = 
         source = f"weights file {weights} ({backbone})"
         _check_finite(state, source)
         _load_checked(full, state, cut, source)
+    mean, std = normalization or _pretrained_normalization(spec, full)
     body = spec.truncate(full)
     blocks = spec.block_parameters(body)
     trainable = spec.default_trainable_blocks if trainable_blocks is None else trainable_blocks
@@ -148,7 +187,15 @@ def build_model(backbone: str, fc_output_dim: int = 512, weights: Path | None = 
     for block in blocks[len(blocks) - trainable:]:
         for param in block:
             param.requires_grad = True
-    return GeoLocNet(backbone, body, spec.output_channels(body), fc_output_dim, trainable)
+    if entry.uses_class_token and _has_class_token(body):
+        body = TimmTokens(body.name, body.body)
+    input_size = (image_size, image_size) if entry.fixed_feature_map else None
+    if aggregator_params is None:
+        feature_hw = feature_map_size(backbone, image_size) if entry.fixed_feature_map else (0, 0)
+        vit = isinstance(body, TimmFeatures) and hasattr(body.body, "patch_embed")
+        aggregator_params = resolve_hyperparameters(aggregator, spec.output_channels(body), fc_output_dim=fc_output_dim,
+                                                     feature_hw=feature_hw, vit=vit)
+    return GeoLocNet(backbone, body, aggregator, aggregator_params, fc_output_dim, trainable, mean, std, input_size)
 
 
 def _check_finite(state: Mapping[str, torch.Tensor], source: str) -> None:
@@ -186,12 +233,20 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
 
 
 def save_model(path: Path, model: GeoLocNet) -> None:
-    """Write the model's weights and what rebuilds it, atomically."""
+    """Write the model's weights and what rebuilds it, atomically.
+
+    Files written before aggregators were recorded lack `aggregator`, `image_size`, `mean` and
+    `std`: `load_model` reads them as GeM (CosPlace's defaults) on ImageNet-normalised images.
+    """
     payload = {
         "format": MODEL_FORMAT,
         "backbone": model.backbone_name,
         "fc_output_dim": model.fc_output_dim,
         "trainable_blocks": model.trainable_blocks,
+        "aggregator": {"name": model.aggregator, "params": model.aggregator_params},
+        "image_size": None if model.input_size is None else model.input_size[0],
+        "mean": list(model.normalization[0]),
+        "std": list(model.normalization[1]),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
     atomic_torch_save(payload, path)
@@ -206,7 +261,15 @@ def load_model(path: Path, map_location: str | torch.device = "cpu") -> GeoLocNe
     if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
         raise GeolocError(f"{path} is not a geoloc model (it has no 'format': '{MODEL_FORMAT}' entry)")
     _check_model_fields(path, payload)
-    model = build_model(payload["backbone"], payload["fc_output_dim"], trainable_blocks=payload["trainable_blocks"])
+    aggregator = payload.get("aggregator") or {"name": DEFAULT_AGGREGATOR, "params": None}
+    try:
+        model = build_model(payload["backbone"], payload["fc_output_dim"], trainable_blocks=payload["trainable_blocks"],
+                            aggregator=aggregator["name"], aggregator_params=aggregator["params"],
+                            image_size=payload.get("image_size"),
+                            normalization=(tuple(payload.get("mean", IMAGENET_MEAN)),
+                                           tuple(payload.get("std", IMAGENET_STD))))
+    except TypeError as exc:  # hyperparameters the aggregator's module does not take
+        raise GeolocError(f"model file {path} is damaged: its aggregator hyperparameters do not fit: {exc}") from exc
     _load_checked(model, payload["state_dict"], (), f"model file {path}")
     return model.to(map_location)
 
@@ -227,12 +290,26 @@ _MODEL_FIELDS = {
     "trainable_blocks": (lambda value: value is None or _is_count(value, 0), "null or an integer >= 0"),
     "state_dict": (_is_state_dict, "a mapping of tensor names to tensors"),
 }
+# Fields added with the aggregators; absent from older files (read as GeM, ImageNet statistics).
+_OPTIONAL_FIELDS = {
+    "aggregator": (lambda value: isinstance(value, Mapping) and isinstance(value.get("name"), str)
+                   and isinstance(value.get("params"), Mapping), "a mapping with a name and params"),
+    "image_size": (lambda value: value is None or _is_count(value, 1), "null or a positive integer"),
+    "mean": (lambda value: _is_triple(value), "three numbers"),
+    "std": (lambda value: _is_triple(value), "three numbers"),
+}
+
+
+def _is_triple(value: object) -> bool:
+    return isinstance(value, (list, tuple)) and len(value) == 3 and all(isinstance(v, (int, float)) for v in value)
 
 
 def _check_model_fields(path: Path, payload: dict) -> None:
     """One clear error for a model file whose fields have the wrong types (e.g. edited by hand)."""
-    for field, (valid, expected) in _MODEL_FIELDS.items():
+    for field, (valid, expected) in (_MODEL_FIELDS | _OPTIONAL_FIELDS).items():
         if field not in payload:
+            if field in _OPTIONAL_FIELDS:
+                continue
             raise GeolocError(f"model file {path} is damaged: it has no {field!r}")
         value = payload[field]
         if not valid(value):
