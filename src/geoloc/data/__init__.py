@@ -1,6 +1,13 @@
-"""Stage 1, data: image names, listing and decoding, CosPlace classes and groups, the datasets,
-the decoded-image cache, and the synthetic city (`geoloc synth`).
+"""Stage 1, data: the images and where they were taken, before any network.
 
-May import only the shared plumbing at the top of the package (`atomic`, `errors`): nothing
-from `model`, `train`, `evaluate` or `report`.
+- `names`: the `@`-separated image names of every dataset (UTM coordinates, heading);
+- `listing`, `packed`: a folder's images in CosPlace's order, their names packed in one buffer;
+- `images`: decoding into RGB tensors;
+- `groups`: CosPlace's classes and groups of the training images, with their cache;
+- `datasets`: the training set of one group, the test and validation sets;
+- `image_cache`, `cache_images`: the decoded-image cache and `geoloc cache-images`, which fills it;
+- `synthetic`: the synthetic cities (`geoloc synth`).
+
+Imports nothing from the later stages (`model`, `train`, `evaluate`, `report`); of the top of
+the package, only its plumbing (`atomic`, `errors`, `arguments`, ...: tests/test_layout.py).
 """
