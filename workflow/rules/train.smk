@@ -41,5 +41,11 @@ rule train:
         launch=lambda wildcards, threads: JOBS.train_launch(
             wildcards.run, SCRIPTS, threads
         ),
+    # Snakemake deletes {log} whenever the job starts, a requeued one too: every segment is also
+    # appended to {log}.segments after a line that marks it. tee ignores the signals that stop
+    # training (USR1, TERM, INT), so the training's last lines still reach both files.
     shell:
-        "{params.launch} geoloc train {params.settings} {params.runtime} > {log:q} 2>&1"
+        'echo "=== geoloc train segment: $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(hostname),'
+        ' SLURM job ${{SLURM_JOB_ID:-none}} ===" >> {log:q}.segments; '
+        "{params.launch} geoloc train {params.settings} {params.runtime} 2>&1"
+        " | (trap '' USR1 TERM INT; exec tee -a {log:q}.segments) > {log:q}"
