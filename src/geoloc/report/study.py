@@ -54,14 +54,26 @@ RUN_FACTORS = ("backbone", "pretraining", "precision", "tag")
 # train.json `hyperparameters` that are never factors: runtime knobs (they change no result), the
 # run's own keys, and what follows from other settings (weights format, descriptor dimension).
 NOT_FACTORS = frozenset(
-    {"checkpoint_every", "num_workers", "max_bad_steps", "weights_format", "backbone", "precision", "seed",
-     "descriptor_dim"}
+    {
+        "checkpoint_every",
+        "num_workers",
+        "max_bad_steps",
+        "weights_format",
+        "backbone",
+        "precision",
+        "seed",
+        "descriptor_dim",
+    }
 )
 # Hyperparameters a baseline records that tell two baselines of one backbone and pretraining apart.
 BASELINE_FACTORS = ("aggregator",)
 FACTOR_LABELS = {
-    "backbone": "Backbone", "pretraining": "Pretraining", "precision": "Precision", "tag": "Tag",
-    "aggregator": "Aggregator", "dataset": "Training set",
+    "backbone": "Backbone",
+    "pretraining": "Pretraining",
+    "precision": "Precision",
+    "tag": "Tag",
+    "aggregator": "Aggregator",
+    "dataset": "Training set",
 }
 BYTES_PER_FLOAT32 = 4
 
@@ -320,7 +332,9 @@ class Results:
         for run in self.runs.get(variant, []):
             settings = (self.train_logs.get(run) or {}).get("hyperparameters") or {}
             try:
-                found.add((int(settings["epochs"]) * int(settings["iterations_per_epoch"]), int(settings["batch_size"])))
+                found.add(
+                    (int(settings["epochs"]) * int(settings["iterations_per_epoch"]), int(settings["batch_size"]))
+                )
             except (KeyError, TypeError, ValueError):
                 return None
         return found.pop() if len(found) == 1 else None
@@ -363,7 +377,9 @@ class Results:
         return [v for v in self.variants if not self.learnt(v)]
 
     def _learnt(self, variant: Variant) -> Learning:
-        diverged = [f"{run}: {why}" for run in self.runs[variant] if (why := diverged_because(self.train_logs.get(run)))]
+        diverged = [
+            f"{run}: {why}" for run in self.runs[variant] if (why := diverged_because(self.train_logs.get(run)))
+        ]
         baseline = self.baseline_of(variant)
         gain = None
         sets = self.overall_test_sets
