@@ -705,3 +705,14 @@ def test_seeds_give_spread_and_a_sweep_gives_a_plot(tmp_path):
     assert "<strong>lr 0.003 vs 0.001.</strong>" in conclusions
     plots = html.split('<section id="plots">')[1]
     assert 'aria-label="sweep lr"' in plots and "Overall R@1 against lr" in " ".join(plots.split())
+
+
+def test_a_datasets_json_without_test_sets_is_a_clear_error(tmp_path):
+    tree = write_results_tree(tmp_path, DEMO_RUNS[:1], test_sets=("sf_xs",))
+    datasets = tmp_path / "datasets.json"
+    datasets.write_text(json.dumps({"test_sets": {"sf_xs": 25}}))
+    with pytest.raises(GeolocError, match=r"datasets.json: test_sets.sf_xs is not an object"):
+        render(tree, tmp_path / "report.html", "--datasets", str(datasets))
+    datasets.write_text("[]")
+    with pytest.raises(GeolocError, match=r"datasets.json: no 'test_sets' object; pass the workflow's"):
+        render(tree, tmp_path / "report.html", "--datasets", str(datasets))

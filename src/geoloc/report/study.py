@@ -461,11 +461,12 @@ def read_datasets(path: Path) -> dict[str, Any]:
         datasets = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise GeolocError(f"{path}: not readable JSON: {exc} (written by the workflow's datasets rule)") from exc
-    if not isinstance(datasets, dict) or not isinstance(datasets.get("test_sets"), dict):
+    entries = datasets.get("test_sets") if isinstance(datasets, dict) else None
+    if not isinstance(entries, dict):
         raise GeolocError(f"{path}: no 'test_sets' object; pass the workflow's <results>/datasets.json")
-    for name, entry in datasets["test_sets"].items():
-        if not isinstance(entry, dict):
-            raise GeolocError(f"{path}: test_sets.{name} is not an object")
+    bad = [name for name, entry in entries.items() if not isinstance(entry, dict)]
+    if bad:
+        raise GeolocError(f"{path}: test_sets.{bad[0]} is not an object")
     return datasets
 
 
