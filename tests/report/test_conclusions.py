@@ -74,6 +74,7 @@ def make_study(
                 gpus=float(spec.get("gpus", 1)),
                 world_size=float(spec.get("world_size", spec.get("gpus", 1))),
                 images_per_second=float(spec.get("speed", 50.0)),
+                resize=spec.get("resize", ""),
             )
             for k in (1, 5, 10, 20):
                 recall = 100.0 * np.mean((vector >= 1) & (vector <= k))
@@ -567,6 +568,24 @@ def test_aggregators_are_a_factor_with_their_descriptor_memory():
     # Backbones are compared with GeM only: ResNet-18 with NetVLAD is not a candidate.
     [best] = [c for c in conclude(best_backbone, study) if "overall" in c.topic]
     assert best.topic == "Best backbone overall (mean R@1 over SF-XS), with GeM" and best.winner.backbone == "resnet50"
+
+
+def test_an_evaluation_sweep_is_a_factor_and_unknown_differences_are_never_pooled_as_seeds():
+    study = make_study(
+        {
+            REFERENCE: spec("resnet18", sf=ranks_with(100, 400)),
+            "resnet18-imagenet-fp32-s0-r320": spec("resnet18", sf=ranks_with(160, 400), resize="320x320"),
+            # Same settings and seed as the reference as far as the summaries tell: kept apart.
+            "resnet18-imagenet-fp32-s0-mystery": spec("resnet18", sf=ranks_with(120, 400)),
+        }
+    )
+    assert study.factors == ["evaluation.resize"]
+    assert [v.label for v in study.variants] == [
+        "ResNet-18 (ImageNet, FP32, evaluation.resize none, run resnet18-imagenet-fp32)",
+        "ResNet-18 (ImageNet, FP32, evaluation.resize 320x320)",
+        "ResNet-18 (ImageNet, FP32, evaluation.resize none, run resnet18-imagenet-fp32-mystery)",
+    ]
+    assert all(len(runs) == 1 for runs in study.runs.values())
 
 
 def test_tagged_variants_are_levels_of_a_tag_not_backbones():
