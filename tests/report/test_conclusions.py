@@ -494,8 +494,7 @@ def test_a_run_that_did_not_learn_is_labelled_and_left_out_of_comparisons():
     assert listed.text.startswith("3 configuration(s) did not learn")
     assert (
         "Swin-Tiny (ImageNet, FP32, iterations_per_epoch 700) (+1.0 points of overall R@1 over its untrained "
-        "baseline, 95% CI"
-        in listed.text
+        "baseline, 95% CI" in listed.text
     )
     assert (
         "Swin-Tiny (ImageNet, AMP, iterations_per_epoch 150) (+0.0 points of overall R@1 over its untrained "
@@ -504,8 +503,7 @@ def test_a_run_that_did_not_learn_is_labelled_and_left_out_of_comparisons():
     ) in listed.text
     assert (
         "ResNet-18 (ImageNet, AMP, iterations_per_epoch 700) (training diverged: resnet18-imagenet-amp-s0: "
-        "non-finite loss in epoch 1)"
-        in (listed.text)
+        "non-finite loss in epoch 1)" in (listed.text)
     )
     # Left out of every comparison: no best backbone, no precision effect, only the reference gains.
     others = derive_conclusions(study)
