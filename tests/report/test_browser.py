@@ -211,7 +211,8 @@ def test_report_loads_clean_and_shows_tables_plots_and_thumbnails(tmp_path):
         "provenance",
     ]
     assert dom["tableRows"] == 14  # (4 configurations + 3 untrained baselines) x 2 test sets
-    assert len(dom["svgs"]) == 3 and all(width > 600 for width in dom["svgs"])
+    # recall vs time, recall vs memory, recall@k, validation curves
+    assert len(dom["svgs"]) == 4 and all(width > 600 for width in dom["svgs"])
     assert dom["images"] > 40 and dom["brokenImages"] == 0
     assert dom["scripts"] == 0
     assert "note: '<script>alert(1)</script>'" in dom["configText"]  # shown as text, never run

@@ -74,6 +74,7 @@ def make_study(
                 gpus=float(spec.get("gpus", 1)),
                 world_size=float(spec.get("world_size", spec.get("gpus", 1))),
                 images_per_second=float(spec.get("speed", 50.0)),
+                resize=spec.get("resize", ""),
             )
             for k in (1, 5, 10, 20):
                 recall = 100.0 * np.mean((vector >= 1) & (vector <= k))
@@ -81,7 +82,11 @@ def make_study(
             rows.append(row)
             queries = [f"queries/q{i:04d}.jpg" for i in range(len(vector))]
             ranks[(name, test_set)] = pd.Series(vector, index=queries) if with_ranks else None
-        budget = {"epochs": 1, "iterations_per_epoch": spec.get("iterations", 1000), "batch_size": spec.get("batch", 32)}
+        budget = {
+            "epochs": 1,
+            "iterations_per_epoch": spec.get("iterations", 1000),
+            "batch_size": spec.get("batch", 32),
+        }
         train_logs[name] = {
             "hyperparameters": {"num_workers": 0, **budget, **spec.get("settings", {})},
             "epochs": [{"epoch": i, "loss": loss} for i, loss in enumerate(spec.get("losses", [5.0]))],
@@ -174,7 +179,10 @@ def test_single_run_says_there_is_nothing_to_compare():
 
 
 def test_without_a_named_reference_the_first_run_is_it_and_the_report_says_so():
-    runs = {REFERENCE: spec("resnet18", sf=ranks_with(60)), "swin_tiny-imagenet-fp32-s0": spec("swin_tiny", sf=ranks_with(60))}
+    runs = {
+        REFERENCE: spec("resnet18", sf=ranks_with(60)),
+        "swin_tiny-imagenet-fp32-s0": spec("swin_tiny", sf=ranks_with(60)),
+    }
     study = make_study(runs, reference=None)
     assert study.reference == Variant("resnet18", "imagenet", "fp32") and study.reference_implicit
     [note] = conclude(data_coverage, study)
@@ -196,7 +204,9 @@ def test_nan_recall_is_left_out_of_comparisons_that_need_it():
     )
     # Overall needs every test set, so ConvNeXt drops out there but still wins SF-XS.
     winners = {c.topic: c.winner for c in conclude(best_backbone, study)}
-    assert winners["Best backbone overall (mean R@1 over SF-XS, Tokyo-Night)"] == Variant("swin_tiny", "imagenet", "fp32")
+    assert winners["Best backbone overall (mean R@1 over SF-XS, Tokyo-Night)"] == Variant(
+        "swin_tiny", "imagenet", "fp32"
+    )
     assert winners["Best backbone on SF-XS"] == Variant("convnext_tiny", "imagenet", "fp32")
     assert winners["Best backbone on Tokyo-Night"] == Variant("swin_tiny", "imagenet", "fp32")
 
@@ -239,9 +249,7 @@ def test_precision_is_compared_between_matched_runs_with_the_time_it_saves():
     )
     [amp] = conclude(factor_effects, study)
     assert amp.topic == "Precision AMP vs FP32"
-    assert amp.text.startswith(
-        "With all other factors equal, overall (mean R@1 over SF-XS): +1.0 points, 95% CI"
-    )
+    assert amp.text.startswith("With all other factors equal, overall (mean R@1 over SF-XS): +1.0 points, 95% CI")
     assert amp.text.endswith("not significant, with 38% less training time (2.5 h vs 4.0 h).")
 
 
@@ -379,24 +387,46 @@ def test_overall_counts_tokyo_nights_queries_once():
 def test_datasets_json_labels_sets_and_says_which_are_subsets():
     datasets = {
         "test_sets": {
-            "pitts30k": {"label": "Pitts30k", "positive_dist_threshold": 25.0, "subset_of": None, "source": "Arandjelovic 2016", "database": 10000, "queries": 6816},
-            "pitts_night": {"label": "Pitts night", "positive_dist_threshold": 25.0, "subset_of": "pitts30k", "source": "", "database": 10000, "queries": 300},
+            "pitts30k": {
+                "label": "Pitts30k",
+                "positive_dist_threshold": 25.0,
+                "subset_of": None,
+                "source": "Arandjelovic 2016",
+                "database": 10000,
+                "queries": 6816,
+            },
+            "pitts_night": {
+                "label": "Pitts night",
+                "positive_dist_threshold": 25.0,
+                "subset_of": "pitts30k",
+                "source": "",
+                "database": 10000,
+                "queries": 300,
+            },
         }
     }
 
     def two(backbone, night):
-        return {"variant": (backbone, "imagenet", "fp32"), "ranks": {"pitts30k": ranks_with(50), "pitts_night": ranks_with(night)}}
+        return {
+            "variant": (backbone, "imagenet", "fp32"),
+            "ranks": {"pitts30k": ranks_with(50), "pitts_night": ranks_with(night)},
+        }
 
     study = make_study({REFERENCE: two("resnet18", 10), "swin_tiny-imagenet-fp32-s0": two("swin_tiny", 40)})
     assert study.overall_test_sets == ["pitts30k", "pitts_night"]  # without datasets.json nothing is known
     study.datasets = datasets
     assert study.overall_test_sets == ["pitts30k"] and study.test_set_label("pitts_night") == "Pitts night"
     assert study.protocol("pitts30k") == {
-        "label": "Pitts30k", "threshold": 25.0, "n_queries": 6816, "n_database": 10000,
-        "source": "Arandjelovic 2016", "subset_of": None,
+        "label": "Pitts30k",
+        "threshold": 25.0,
+        "n_queries": 6816,
+        "n_database": 10000,
+        "source": "Arandjelovic 2016",
+        "subset_of": None,
     }
-    assert overall_description(study).endswith("Pitts night is reported on its own and not counted again, since "
-                                               "its queries are a subset of Pitts30k's")
+    assert overall_description(study).endswith(
+        "Pitts night is reported on its own and not counted again, since its queries are a subset of Pitts30k's"
+    )
 
 
 def test_each_trained_run_is_measured_against_its_own_baseline():
@@ -437,11 +467,18 @@ def test_a_run_that_did_not_learn_is_labelled_and_left_out_of_comparisons():
             "swin_tiny-imagenet-baseline": baseline("swin_tiny", sf=ranks_with(90, 200)),
             # Short amp on a CPU, and a diverged run: both labelled from train.json.
             "swin_tiny-imagenet-amp-s0": spec(
-                "swin_tiny", "imagenet", "amp", sf=ranks_with(90, 200), iterations=150, device_type="cpu",
-                device="cpu", gpus=0,
+                "swin_tiny",
+                "imagenet",
+                "amp",
+                sf=ranks_with(90, 200),
+                iterations=150,
+                device_type="cpu",
+                device="cpu",
+                gpus=0,
             ),
-            "resnet18-imagenet-amp-s0": spec("resnet18", "imagenet", "amp", sf=ranks_with(60, 200), iterations=700,
-                                             losses=[5.0, math.nan]),
+            "resnet18-imagenet-amp-s0": spec(
+                "resnet18", "imagenet", "amp", sf=ranks_with(60, 200), iterations=700, losses=[5.0, math.nan]
+            ),
         }
     )
     assert [v.name for v in study.not_learnt] == [
@@ -455,13 +492,18 @@ def test_a_run_that_did_not_learn_is_labelled_and_left_out_of_comparisons():
     assert value == pytest.approx(1.0) and low <= 0 < high
     [listed] = conclude(did_not_learn, study)
     assert listed.text.startswith("3 configuration(s) did not learn")
-    assert "Swin-Tiny (ImageNet, FP32, iterations_per_epoch 700) (+1.0 points of overall R@1 over its untrained baseline, 95% CI" in listed.text
     assert (
-        "Swin-Tiny (ImageNet, AMP, iterations_per_epoch 150) (+0.0 points of overall R@1 over its untrained baseline, 95% CI +0.0 to +0.0): "
+        "Swin-Tiny (ImageNet, FP32, iterations_per_epoch 700) (+1.0 points of overall R@1 over its untrained "
+        "baseline, 95% CI" in listed.text
+    )
+    assert (
+        "Swin-Tiny (ImageNet, AMP, iterations_per_epoch 150) (+0.0 points of overall R@1 over its untrained "
+        "baseline, 95% CI +0.0 to +0.0): "
         "short: 150 iterations, where the longest run trained 700 (AMP on a CPU is bfloat16 autocast"
     ) in listed.text
-    assert "ResNet-18 (ImageNet, AMP, iterations_per_epoch 700) (training diverged: resnet18-imagenet-amp-s0: non-finite loss in epoch 1)" in (
-        listed.text
+    assert (
+        "ResNet-18 (ImageNet, AMP, iterations_per_epoch 700) (training diverged: resnet18-imagenet-amp-s0: "
+        "non-finite loss in epoch 1)" in (listed.text)
     )
     # Left out of every comparison: no best backbone, no precision effect, only the reference gains.
     others = derive_conclusions(study)
@@ -482,7 +524,10 @@ def test_factors_are_what_varies_and_each_is_compared_with_the_rest_equal():
         }
     )
     assert study.factors == ["backbone", "lr"]  # image_size is the same everywhere, num_workers a runtime knob
-    assert [v.label for v in study.variants][:2] == ["ResNet-18 (ImageNet, FP32, lr 1e-05)", "ResNet-18 (ImageNet, FP32, lr 3e-05)"]
+    assert [v.label for v in study.variants][:2] == [
+        "ResNet-18 (ImageNet, FP32, lr 1e-05)",
+        "ResNet-18 (ImageNet, FP32, lr 3e-05)",
+    ]
     [lr] = conclude(factor_effects, study)
     assert lr.topic == "lr 3e-05 vs 1e-05"
     assert lr.text.startswith("With all other factors equal, overall (mean R@1 over SF-XS): ResNet-18: +25.0 points")
@@ -521,6 +566,24 @@ def test_aggregators_are_a_factor_with_their_descriptor_memory():
     # Backbones are compared with GeM only: ResNet-18 with NetVLAD is not a candidate.
     [best] = [c for c in conclude(best_backbone, study) if "overall" in c.topic]
     assert best.topic == "Best backbone overall (mean R@1 over SF-XS), with GeM" and best.winner.backbone == "resnet50"
+
+
+def test_an_evaluation_sweep_is_a_factor_and_unknown_differences_are_never_pooled_as_seeds():
+    study = make_study(
+        {
+            REFERENCE: spec("resnet18", sf=ranks_with(100, 400)),
+            "resnet18-imagenet-fp32-s0-r320": spec("resnet18", sf=ranks_with(160, 400), resize="320x320"),
+            # Same settings and seed as the reference as far as the summaries tell: kept apart.
+            "resnet18-imagenet-fp32-s0-mystery": spec("resnet18", sf=ranks_with(120, 400)),
+        }
+    )
+    assert study.factors == ["evaluation.resize"]
+    assert [v.label for v in study.variants] == [
+        "ResNet-18 (ImageNet, FP32, evaluation.resize none, run resnet18-imagenet-fp32)",
+        "ResNet-18 (ImageNet, FP32, evaluation.resize 320x320)",
+        "ResNet-18 (ImageNet, FP32, evaluation.resize none, run resnet18-imagenet-fp32-mystery)",
+    ]
+    assert all(len(runs) == 1 for runs in study.runs.values())
 
 
 def test_tagged_variants_are_levels_of_a_tag_not_backbones():

@@ -203,8 +203,15 @@ def test_a_null_setting_accepts_the_default_the_trainer_resolved(tree, tmp_path,
 
 def test_a_test_sets_own_threshold_from_datasets_json_is_the_one_checked(tree, tmp_path, capsys):
     datasets = tmp_path / "datasets.json"
-    entry = {"label": "SF-XS", "positive_dist_threshold": 50.0, "subset_of": None, "source": "", "database": 8,
-             "queries": 6, "queries_file": None}
+    entry = {
+        "label": "SF-XS",
+        "positive_dist_threshold": 50.0,
+        "subset_of": None,
+        "source": "",
+        "database": 8,
+        "queries": 6,
+        "queries_file": None,
+    }
     datasets.write_text(json.dumps({"root": "", "images": {}, "test_sets": {"sf_xs": entry}, "training": {}}))
     out = tmp_path / "report.html"
     code = main(["report", *report_args(tree, out, "--datasets", str(datasets))])

@@ -260,7 +260,11 @@ def _write_train_json(run_dir: Path, spec: RunSpec) -> None:
             "kind": "trained",
         },
         "hyperparameters": {
-            **TRAINING, "loss": "cosface", "backbone": spec.backbone, "precision": spec.precision, "fc_output_dim": 512,
+            **TRAINING,
+            "loss": "cosface",
+            "backbone": spec.backbone,
+            "precision": spec.precision,
+            "fc_output_dim": 512,
             **dict(spec.settings),
         },
         "fingerprint": {
@@ -359,7 +363,9 @@ def test_conclusions_name_the_clear_winner_and_no_amp_recall_effect(demo_report)
 
 
 def test_recall_table_marks_best_and_shows_delta_to_reference(demo_report):
-    sf_table = demo_report.split("<caption>SF-XS: 12 queries, 16 database images, correct within 25 m</caption>")[1].split("</table>")[0]
+    sf_table = demo_report.split("<caption>SF-XS: 12 queries, 16 database images, correct within 25 m</caption>")[
+        1
+    ].split("</table>")[0]
     efficientnet_row = sf_table.split("EfficientNetV2-S (ImageNet, AMP)")[1].split("</tr>")[0]
     # 10 of 12 found at 1 vs the reference's 4 of 12: +50.0 points, and the best of the column.
     assert '<strong title="best">83.3</strong> <span class="delta">(+50.0)</span>' in efficientnet_row
@@ -400,7 +406,9 @@ def test_without_conclusions_the_text_file_says_so(tmp_path):
 
 
 def test_baselines_sit_beside_their_trained_runs_in_tables_and_plots(demo_report):
-    sf_table = demo_report.split("<caption>SF-XS: 12 queries, 16 database images, correct within 25 m</caption>")[1].split("</table>")[0]
+    sf_table = demo_report.split("<caption>SF-XS: 12 queries, 16 database images, correct within 25 m</caption>")[
+        1
+    ].split("</table>")[0]
     labels = [label.strip() for label in re.findall(r'<th scope="row">([^<]*)<', sf_table)]
     assert labels == [
         "ResNet-18 (ImageNet, untrained)",
@@ -600,18 +608,36 @@ def test_missing_config_is_a_clear_error(tmp_path):
 def test_datasets_json_names_each_sets_protocol_and_overall_counts_subsets_once(tmp_path):
     tree = write_results_tree(tmp_path, DEMO_RUNS[:3], test_sets=("sf_xs", "tokyo_night"))
     datasets = tmp_path / "results" / "datasets.json"
-    datasets.write_text(json.dumps({
-        "root": str(tmp_path / "data"),
-        "images": {},
-        "test_sets": {
-            "sf_xs": {"label": "San Francisco XS", "positive_dist_threshold": 25.0, "subset_of": None,
-                      "source": "Berton et al., CVPR 2022", "database": 16, "queries": 12, "queries_file": None},
-            # Declared a subset here: the overall score then counts its queries once.
-            "tokyo_night": {"label": "Tokyo by night", "positive_dist_threshold": 25.0, "subset_of": "sf_xs",
-                            "source": "", "database": 16, "queries": 12, "queries_file": None},
-        },
-        "training": {},
-    }))
+    datasets.write_text(
+        json.dumps(
+            {
+                "root": str(tmp_path / "data"),
+                "images": {},
+                "test_sets": {
+                    "sf_xs": {
+                        "label": "San Francisco XS",
+                        "positive_dist_threshold": 25.0,
+                        "subset_of": None,
+                        "source": "Berton et al., CVPR 2022",
+                        "database": 16,
+                        "queries": 12,
+                        "queries_file": None,
+                    },
+                    # Declared a subset here: the overall score then counts its queries once.
+                    "tokyo_night": {
+                        "label": "Tokyo by night",
+                        "positive_dist_threshold": 25.0,
+                        "subset_of": "sf_xs",
+                        "source": "",
+                        "database": 16,
+                        "queries": 12,
+                        "queries_file": None,
+                    },
+                },
+                "training": {},
+            }
+        )
+    )
     html = render(tree, tmp_path / "report.html", "--datasets", str(datasets), "--published", str(PUBLISHED))
     assert (
         "<caption>San Francisco XS: 12 queries, 16 database images, correct within 25 m. Source: Berton et al., "
@@ -661,8 +687,9 @@ def test_runs_that_did_not_learn_are_labelled_in_every_table(demo_report):
 def test_seeds_give_spread_and_a_sweep_gives_a_plot(tmp_path):
     def run(recall, seed, lr):
         tag = "" if lr == 1e-3 else "lr3e-03"
-        return RunSpec("resnet18", "imagenet", "fp32", recall, 400.0, seed=seed, tag=tag,
-                       settings=(("lr", lr),) if tag else ())
+        return RunSpec(
+            "resnet18", "imagenet", "fp32", recall, 400.0, seed=seed, tag=tag, settings=(("lr", lr),) if tag else ()
+        )
 
     runs = (run(0.3, 0, 1e-3), run(0.6, 1, 1e-3), run(0.5, 0, 3e-3), run(0.7, 1, 3e-3))
     tree = write_results_tree(tmp_path, runs, test_sets=("sf_xs",), n_queries=40)
@@ -678,3 +705,14 @@ def test_seeds_give_spread_and_a_sweep_gives_a_plot(tmp_path):
     assert "<strong>lr 0.003 vs 0.001.</strong>" in conclusions
     plots = html.split('<section id="plots">')[1]
     assert 'aria-label="sweep lr"' in plots and "Overall R@1 against lr" in " ".join(plots.split())
+
+
+def test_a_datasets_json_without_test_sets_is_a_clear_error(tmp_path):
+    tree = write_results_tree(tmp_path, DEMO_RUNS[:1], test_sets=("sf_xs",))
+    datasets = tmp_path / "datasets.json"
+    datasets.write_text(json.dumps({"test_sets": {"sf_xs": 25}}))
+    with pytest.raises(GeolocError, match=r"datasets.json: test_sets.sf_xs is not an object"):
+        render(tree, tmp_path / "report.html", "--datasets", str(datasets))
+    datasets.write_text("[]")
+    with pytest.raises(GeolocError, match=r"datasets.json: no 'test_sets' object; pass the workflow's"):
+        render(tree, tmp_path / "report.html", "--datasets", str(datasets))

@@ -108,8 +108,11 @@ class PairedTests:
 
     def tested(self) -> list[tuple[Variant, Variant, tuple[str, ...], Difference]]:
         """Every testable difference of the corrected family: (a, b, test sets, a minus b)."""
-        return [(a, b, test_sets, self.difference(a, b, list(test_sets)))
-                for (a, b, test_sets), result in self._tested.items() if result is not None]
+        return [
+            (a, b, test_sets, self.difference(a, b, list(test_sets)))
+            for (a, b, test_sets), result in self._tested.items()
+            if result is not None
+        ]
 
     def correct(self) -> None:
         """Holm-Bonferroni over every testable difference asked for so far; the family is then closed."""
@@ -351,8 +354,10 @@ def factor_effects(study: Results, tests: PairedTests) -> list[Conclusion]:
         for group in groups:
             first, second = group[0], next(v for v in group if v.level(factor) != group[0].level(factor))
             change = tests.difference(second, first, sets)
-            verdict = "untestable (per-query ranks missing)" if change is None else change.describe() + (
-                "" if change.significant else ", not significant"
+            verdict = (
+                "untestable (per-query ranks missing)"
+                if change is None
+                else change.describe() + ("" if change.significant else ", not significant")
             )
             held = context(study, factor, group)
             item = f"{held + ': ' if held else ''}{verdict}{_time_phrase(study, second, first)}"
@@ -382,12 +387,18 @@ def _time_phrase(study: Results, a: Variant, b: Variant) -> str:
     if _shared_hardware(study, [a, b]) is None:
         return " (trained on different hardware: times not compared)"
     if same_budget(study, a, b):
-        return f", with {_time_change(study.costs(a)['training_time_seconds'], study.costs(b)['training_time_seconds'])}"
+        return (
+            f", with {_time_change(study.costs(a)['training_time_seconds'], study.costs(b)['training_time_seconds'])}"
+        )
     speed_a, speed_b = study.costs(a)["images_per_second"], study.costs(b)["images_per_second"]
     if not (math.isfinite(speed_a) and math.isfinite(speed_b)) or speed_b <= 0:
         return ""
     ratio = speed_a / speed_b
-    change = "about the same" if abs(ratio - 1) <= TIME_TOLERANCE else f"{abs(ratio - 1):.0%} {'more' if ratio > 1 else 'fewer'}"
+    change = (
+        "about the same"
+        if abs(ratio - 1) <= TIME_TOLERANCE
+        else f"{abs(ratio - 1):.0%} {'more' if ratio > 1 else 'fewer'}"
+    )
     return (
         f", training {change} images per second ({fmt.number(speed_a)} vs {fmt.number(speed_b)} on the same "
         "device; their budgets differ, so training times are not compared)"
@@ -537,10 +548,7 @@ def reference_neighbours(study: Results) -> list[Variant]:
     ref = study.reference
     if ref is None:
         return []
-    return [
-        v for v in study.comparable
-        if v != ref and sum(v.level(f) != ref.level(f) for f in study.factors) == 1
-    ]
+    return [v for v in study.comparable if v != ref and sum(v.level(f) != ref.level(f) for f in study.factors) == 1]
 
 
 def not_significant(study: Results, tests: PairedTests) -> list[Conclusion]:

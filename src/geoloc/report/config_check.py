@@ -94,8 +94,7 @@ def check_against_config(study: Results, plan: Plan) -> None:
 def _check_baseline(name: str, plan: Plan) -> None:
     if name not in plan.baselines:
         raise GeolocError(
-            f"baseline {name}: {plan.path} has no run with its backbone and pretraining "
-            "(results from another config?)"
+            f"baseline {name}: {plan.path} has no run with its backbone and pretraining (results from another config?)"
         )
 
 
@@ -144,7 +143,9 @@ def _check_evaluation(name: str, row: Any, plan: Plan, keys: tuple[str, ...], th
     source = {key: f"evaluation.{key} is {{}} in {plan.path}" for key in keys}
     if threshold is not None:
         evaluation["positive_dist_threshold"] = threshold
-        source["positive_dist_threshold"] = f"test set {row.test_set}'s positive_dist_threshold is {{}} in datasets.json"
+        source["positive_dist_threshold"] = (
+            f"test set {row.test_set}'s positive_dist_threshold is {{}} in datasets.json"
+        )
     if "autocast" in evaluation:  # it applies to runs trained with amp only (the workflow's rule)
         run = plan.runs.get(name)  # None for a baseline
         precision = run.precision if run else BASELINE_PRECISION

@@ -14,7 +14,14 @@ PRETRAININGS = {
     "none": "random init",
 }
 PRECISIONS = {"fp32": "FP32", "amp": "AMP"}
-AGGREGATORS = {"gem": "GeM", "netvlad": "NetVLAD", "convap": "ConvAP", "mixvpr": "MixVPR", "salad": "SALAD", "boq": "BoQ"}
+AGGREGATORS = {
+    "gem": "GeM",
+    "netvlad": "NetVLAD",
+    "convap": "ConvAP",
+    "mixvpr": "MixVPR",
+    "salad": "SALAD",
+    "boq": "BoQ",
+}
 TEST_SETS = {"sf_xs": "SF-XS", "tokyo_xs": "Tokyo-XS", "tokyo_night": "Tokyo-Night"}
 # test set -> the test set whose queries include all of its own (same database): Tokyo-Night's
 # queries are the night third of Tokyo-XS's, in the real datasets and in the synthetic city.

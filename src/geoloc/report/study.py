@@ -12,6 +12,7 @@ against. Published models (kind "published") are shown apart and never compared 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -54,14 +55,28 @@ RUN_FACTORS = ("backbone", "pretraining", "precision", "tag")
 # train.json `hyperparameters` that are never factors: runtime knobs (they change no result), the
 # run's own keys, and what follows from other settings (weights format, descriptor dimension).
 NOT_FACTORS = frozenset(
-    {"checkpoint_every", "num_workers", "max_bad_steps", "weights_format", "backbone", "precision", "seed",
-     "descriptor_dim"}
+    {
+        "checkpoint_every",
+        "num_workers",
+        "max_bad_steps",
+        "weights_format",
+        "backbone",
+        "precision",
+        "seed",
+        "descriptor_dim",
+    }
 )
 # Hyperparameters a baseline records that tell two baselines of one backbone and pretraining apart.
 BASELINE_FACTORS = ("aggregator",)
+# Recall CSV columns (the recalls table's) of evaluation settings a grid may sweep.
+EVALUATION_FACTORS = ("resize",)
 FACTOR_LABELS = {
-    "backbone": "Backbone", "pretraining": "Pretraining", "precision": "Precision", "tag": "Tag",
-    "aggregator": "Aggregator", "dataset": "Training set",
+    "backbone": "Backbone",
+    "pretraining": "Pretraining",
+    "precision": "Precision",
+    "tag": "Tag",
+    "aggregator": "Aggregator",
+    "dataset": "Training set",
 }
 BYTES_PER_FLOAT32 = 4
 
@@ -85,7 +100,9 @@ def level_text(factor: str, value: Any) -> str:
         return aggregator_label(value)
     if isinstance(value, float):
         return f"{value:g}"
-    return "default" if value is None else str(value)
+    if value is None or value == "":
+        return "default" if value is None else "none"
+    return str(value)
 
 
 def _hashable(value: Any) -> Any:
@@ -320,7 +337,9 @@ class Results:
         for run in self.runs.get(variant, []):
             settings = (self.train_logs.get(run) or {}).get("hyperparameters") or {}
             try:
-                found.add((int(settings["epochs"]) * int(settings["iterations_per_epoch"]), int(settings["batch_size"])))
+                found.add(
+                    (int(settings["epochs"]) * int(settings["iterations_per_epoch"]), int(settings["batch_size"]))
+                )
             except (KeyError, TypeError, ValueError):
                 return None
         return found.pop() if len(found) == 1 else None
@@ -363,7 +382,9 @@ class Results:
         return [v for v in self.variants if not self.learnt(v)]
 
     def _learnt(self, variant: Variant) -> Learning:
-        diverged = [f"{run}: {why}" for run in self.runs[variant] if (why := diverged_because(self.train_logs.get(run)))]
+        diverged = [
+            f"{run}: {why}" for run in self.runs[variant] if (why := diverged_because(self.train_logs.get(run)))
+        ]
         baseline = self.baseline_of(variant)
         gain = None
         sets = self.overall_test_sets
@@ -445,11 +466,12 @@ def read_datasets(path: Path) -> dict[str, Any]:
         datasets = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise GeolocError(f"{path}: not readable JSON: {exc} (written by the workflow's datasets rule)") from exc
-    if not isinstance(datasets, dict) or not isinstance(datasets.get("test_sets"), dict):
+    entries = datasets.get("test_sets") if isinstance(datasets, dict) else None
+    if not isinstance(entries, dict):
         raise GeolocError(f"{path}: no 'test_sets' object; pass the workflow's <results>/datasets.json")
-    for name, entry in datasets["test_sets"].items():
-        if not isinstance(entry, dict):
-            raise GeolocError(f"{path}: test_sets.{name} is not an object")
+    bad = [name for name, entry in entries.items() if not isinstance(entry, dict)]
+    if bad:
+        raise GeolocError(f"{path}: test_sets.{bad[0]} is not an object")
     return datasets
 
 
@@ -515,8 +537,10 @@ def build_study(
     ordered_runs = [run for run in expected if run in present] + [r for r in present if r not in expected]
     first_rows = table.drop_duplicates("run").set_index("run")
     trained = [run for run in ordered_runs if first_rows.loc[run, "kind"] == TRAINED]
-    factors, swept = varying_factors(first_rows.loc[trained], train_logs)
-    variant_of = {run: _variant(first_rows.loc[run], train_logs.get(run) or {}, swept) for run in ordered_runs}
+    settings_of = {run: run_settings(first_rows.loc[run], train_logs.get(run) or {}) for run in ordered_runs}
+    factors, swept = varying_factors(first_rows.loc[trained], settings_of)
+    variant_of = {run: _variant(first_rows.loc[run], settings_of[run], swept) for run in ordered_runs}
+    _split_repeated_seeds(variant_of, first_rows)
     runs: dict[Variant, list[str]] = {}
     for run in ordered_runs:
         runs.setdefault(variant_of[run], []).append(run)
@@ -551,12 +575,19 @@ def build_study(
     )
 
 
-def varying_factors(rows: pd.DataFrame, train_logs: Mapping[str, dict[str, Any]]) -> tuple[list[str], list[str]]:
+def run_settings(row: pd.Series, summary: Mapping[str, Any]) -> dict[str, Any]:
+    """What may tell a run's results from another's besides its run keys: its training settings
+    (train.json `hyperparameters`) and the evaluation settings its recall CSVs record."""
+    evaluation = {f"evaluation.{column}": row[column] for column in EVALUATION_FACTORS if column in row}
+    return {**(summary.get("hyperparameters") or {}), **evaluation}
+
+
+def varying_factors(rows: pd.DataFrame, settings_of: Mapping[str, Mapping[str, Any]]) -> tuple[list[str], list[str]]:
     """The factors that vary between the trained runs `rows` (indexed by run): run keys, then
-    training settings (train.json `hyperparameters`, runtime knobs left out) with the aggregator
-    and the training set first, then the tag; and those training settings alone."""
+    settings (`run_settings`, runtime knobs left out) with the aggregator and the training set
+    first, then the tag; and those settings alone."""
     run_factors = [f for f in RUN_FACTORS if f != "tag" and rows[f].nunique() > 1]
-    settings = [(train_logs.get(run) or {}).get("hyperparameters") or {} for run in rows.index]
+    settings = [settings_of[run] for run in rows.index]
     keys = {key for item in settings for key in item} - NOT_FACTORS
     swept = [key for key in keys if len({_hashable(item.get(key)) for item in settings}) > 1]
     swept.sort(key=lambda key: (key not in ("aggregator", "dataset"), key))
@@ -570,8 +601,7 @@ def varying_factors(rows: pd.DataFrame, train_logs: Mapping[str, dict[str, Any]]
     return run_factors + swept + tag, swept
 
 
-def _variant(row: pd.Series, summary: Mapping[str, Any], swept: list[str]) -> Variant:
-    settings = summary.get("hyperparameters") or {}
+def _variant(row: pd.Series, settings: Mapping[str, Any], swept: list[str]) -> Variant:
     if row["kind"] == BASELINE:
         recorded = tuple((key, _hashable(settings[key])) for key in BASELINE_FACTORS if key in settings)
         return Variant(row["backbone"], row["pretraining"], row["precision"], kind=BASELINE, settings=recorded)
@@ -579,6 +609,21 @@ def _variant(row: pd.Series, summary: Mapping[str, Any], swept: list[str]) -> Va
         return Variant(row["backbone"], row["pretraining"], row["precision"], str(row.name), kind=PUBLISHED)
     levels = tuple((key, _hashable(settings.get(key))) for key in swept)
     return Variant(row["backbone"], row["pretraining"], row["precision"], row["tag"], settings=levels)
+
+
+def _split_repeated_seeds(variant_of: dict[str, Variant], rows: pd.DataFrame) -> None:
+    """Two runs of one variant with the same seed differ in something the summaries do not show:
+    such runs stay apart, each named by its run name less the seed, rather than pooled as seeds."""
+    seen: dict[tuple[Variant, float], list[str]] = {}
+    for run, variant in variant_of.items():
+        seen.setdefault((variant, rows.loc[run, "seed"]), []).append(run)
+    for (variant, seed), runs in seen.items():
+        if variant.kind != TRAINED or len(runs) < 2:
+            continue
+        log.warning("runs %s have equal settings and seed; they are kept apart", ", ".join(runs))
+        for run in runs:
+            name = run.replace(f"-s{int(seed)}", "", 1)
+            variant_of[run] = dataclasses.replace(variant, settings=variant.settings + (("run", name),))
 
 
 def _ordered_test_sets(names: list[str]) -> list[str]:
