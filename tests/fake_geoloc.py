@@ -1,9 +1,11 @@
 """A stand-in `geoloc` for workflow tests: records each call and writes what the command would.
 
-It speaks the command lines of contracts C2 (evaluate, one job for all test sets, --untrained
-baselines), C6 (--threads), C7 (cache-images) and C11 (report --conclusions-out), so the
-workflow's wiring is tested before those commands exist. Each call appends one JSON line,
-{"args": [...], "env": {the SLURM_* variables}}, to $FAKE_GEOLOC_CALLS.
+The tests put it first on PATH (tests/support/workflow.py: fake_geoloc_env) so that a workflow
+runs in seconds and shows exactly what reached each command. Each call appends one JSON line,
+{"args": [...], "env": {the SLURM_* variables}}, to $FAKE_GEOLOC_CALLS. It writes the outputs
+the rules expect: train (model.pt, train.json; rank 0 only), evaluate (a recall CSV and a
+queries CSV per --test-set, and --summary-out for a baseline), fetch-weights, synth, aggregate
+and report (with --conclusions-out); cache-images writes nothing (the rule writes its marker).
 
 $FAKE_GEOLOC_CITY: a dataset folder `synth` copies to its output.
 $FAKE_GEOLOC_TRAIN_EXIT: JSON {run name: exit code}; that run's training exits with it when it
@@ -57,7 +59,7 @@ if command == "train":
         checkpoint.write_text(json.dumps(slurm))
         print(f"geoloc train: error: exit {exit_code} as asked", file=sys.stderr)
         sys.exit(exit_code)
-    if os.environ.get("SLURM_PROCID", "0") == "0":  # rank 0 alone writes the outputs (C8)
+    if os.environ.get("SLURM_PROCID", "0") == "0":  # rank 0 alone writes the outputs, as the trainer does
         out = Path(value("--out-dir"))
         (out / "model.pt").write_text("model")
         (out / "train.json").write_text("{}")

@@ -15,10 +15,11 @@ PARTITION=${GEOLOC_SLURM_PARTITION:-debug}
 ACCOUNT=${GEOLOC_SLURM_ACCOUNT:-geoloc}
 # The node looks like a typical GPU node whatever this machine has, so the requests of the
 # shipped profiles/slurm fit unchanged; SLURM here neither binds CPUs nor enforces memory.
-# The GPUs are fake (device files linked to /dev/null).
+# The GPUs are fake (device files linked to /dev/null); 8 of them, so that the workflows of
+# several test files (make test runs them side by side) do not queue behind each other.
 CPUS=${GEOLOC_SLURM_CPUS:-16}
 MEMORY_MB=${GEOLOC_SLURM_MEMORY_MB:-128000}
-GPUS=${GEOLOC_SLURM_GPUS:-2}
+GPUS=${GEOLOC_SLURM_GPUS:-8}
 # A GPU type, so that requests naming one (--gpus=tgpu:1, --gres=gpu:tgpu:1) are tried too.
 GPU_TYPE=${GEOLOC_SLURM_GPU_TYPE:-tgpu}
 SYSTEM_CONF=/etc/slurm/slurm.conf
