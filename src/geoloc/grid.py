@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from geoloc.data.catalog import DatasetEntry, check_test_set, check_training_set
 from geoloc.errors import GeolocError
 from geoloc.model.backbones import TIMM_PREFIX
 
@@ -37,6 +38,7 @@ class Run:
     training: dict[str, Any]  # the block's overrides applied to the config's `training`
     block: int  # index of the grid block that defines it, for error messages
     overrides: tuple[str, ...] = ()  # the training keys its block overrides
+    trained: bool = True  # False: a block with `train: false`, only its untrained baseline is evaluated
 
     def key(self, name: str) -> str:
         """The config key a training setting of this run comes from."""
@@ -51,7 +53,7 @@ class Run:
 
     def settings(self) -> tuple:
         """Everything that makes two runs of the same name the same run."""
-        return (self.backbone, self.pretraining, self.precision, self.seed, self.tag,
+        return (self.backbone, self.pretraining, self.precision, self.seed, self.tag, self.trained,
                 sorted(self.training.items()))
 
 
@@ -67,8 +69,12 @@ def run_name(backbone: str, pretraining: str, precision: str, seed: int, tag: st
     return f"{name}-{tag}" if tag else name
 
 
-def expand_grid(blocks: Iterable[Mapping[str, Any]], training: Mapping[str, Any]) -> dict[str, Run]:
-    """All runs of the grid by name, in config order; a name defined twice must mean the same run."""
+def expand_grid(blocks: Iterable[Mapping[str, Any]], training: Mapping[str, Any], *,
+                untrained: bool = False) -> dict[str, Run]:
+    """The runs of the grid by name, in config order; a name defined twice must mean the same run.
+
+    The points of blocks with `train: false` (whose baselines alone are evaluated) only with `untrained`.
+    """
     runs: dict[str, Run] = {}
     for index, block in enumerate(blocks):
         overrides = dict(block.get("training") or {})
@@ -78,12 +84,15 @@ def expand_grid(blocks: Iterable[Mapping[str, Any]], training: Mapping[str, Any]
                 f"config key grid[{index}].tag: a block that overrides training settings "
                 f"({', '.join(sorted(overrides))}) needs a tag, so its runs get their own names"
             )
+        trained = block.get("train", True)
+        if not (trained or untrained):
+            continue
         points = itertools.product(block["backbones"], block["pretrainings"], block["precisions"], block["seeds"])
         for backbone, pretraining, precision, seed in points:
             run = Run(
                 name=run_name(backbone, pretraining, precision, seed, tag),
                 backbone=backbone, pretraining=pretraining, precision=precision, seed=seed, tag=tag,
-                training={**training, **overrides}, block=index, overrides=tuple(sorted(overrides)),
+                training={**training, **overrides}, block=index, overrides=tuple(sorted(overrides)), trained=trained,
             )
             _add_run(runs, run)
     return runs
@@ -237,18 +246,45 @@ def weights_files(runs: Iterable[Run], lookup: Callable[[str, str], Mapping[str,
     return files
 
 
-def check_datasets(root: str | Path, test_sets: Iterable[str]) -> None:
-    """The real datasets hold every folder the runs read (checked before any job starts)."""
-    needed = ["sf_xs/train", "sf_xs/val", *(f"{name}/test" for name in test_sets)]
-    missing = [folder for folder in needed if not (Path(root) / folder).is_dir()]
-    if missing:
-        raise ConfigError(f"config key datasets_root: {root} has no {', '.join(missing)} "
-                          f"(expected {', '.join(needed)})")
+def check_datasets(config: Mapping[str, Any], runs: Iterable[Run], catalog: Mapping[str, DatasetEntry]) -> None:
+    """Every test set and every run's training set is in the catalog with the folders it needs; for
+    real data (not the synthetic city, generated later), the folders exist and hold the expected counts."""
+    for index, name in enumerate(config["test_sets"]):
+        if name not in catalog:
+            raise ConfigError(f"config key test_sets[{index}]: {name!r} is not a dataset of the catalog; add it "
+                              f"under `datasets:` or use one of: {', '.join(sorted(catalog))}")
+        if catalog[name].test is None:
+            raise ConfigError(f"config key test_sets[{index}]: dataset {name!r} has no test folder "
+                              f"(give datasets.{name}.test)")
+    training: dict[str, str] = {}  # training set -> the config key naming it first
+    for run in runs:
+        training.setdefault(run.training["dataset"], run.key("dataset"))
+    for name, key in training.items():
+        entry = catalog.get(name)
+        if entry is None:
+            raise ConfigError(f"config key {key}: {name!r} is not a dataset of the catalog; add it under "
+                              f"`datasets:` or use one of: {', '.join(sorted(catalog))}")
+        missing = [field for field in ("train", "val") if getattr(entry, field) is None]
+        if missing:
+            raise ConfigError(f"config key {key}: dataset {name!r} has no {' and no '.join(missing)} folder "
+                              f"(give datasets.{name}.{missing[0]}); training sets: "
+                              f"{', '.join(sorted(n for n, e in catalog.items() if e.train and e.val)) or 'none'}")
+    if config["synthetic"]["enabled"]:
+        return
+    root = Path(config["datasets_root"])
+    for name in training:
+        check_training_set(catalog[name], root)
+    for name in config["test_sets"]:
+        check_test_set(catalog[name], root)
 
 
-def check_reference(reference: str, runs: Collection[str]) -> None:
+def reference_of(reference: str | None, runs: Collection[str]) -> str | None:
+    """The run the report compares the others with: the config's, else the grid's first (None: no run)."""
+    if reference is None:
+        return next(iter(runs), None)
     if reference not in runs:
         raise ConfigError(f"config key reference: {reference!r} is not a run of the grid; runs: {', '.join(runs)}")
+    return reference
 
 
 @dataclass(frozen=True)
@@ -294,6 +330,7 @@ class Study:
     runs: dict[str, Run]
     weights: dict[str, WeightsFile]
     baselines: dict[str, Baseline]
+    reference: str | None  # the config's `reference`, else the first run of the grid
 
 
 def plan_study(
@@ -305,22 +342,23 @@ def plan_study(
     lookup_weights: Callable[[str, str], Mapping[str, Any]],
     blocks_of: Callable[[str], int | None],
     input_size_problem: Callable[[str, int], str | None],
+    catalog: Mapping[str, DatasetEntry],
 ) -> Study:
     """The runs, weights files and baselines of a schema-validated config, after every check that
     needs more than the schema: numbers the schema lets through, backbones and what they can take,
-    groups, pretrainings (weights), the reference, and (for real data) the dataset folders."""
+    groups, pretrainings (weights), the reference, and the datasets (for real data, their folders)."""
     for problem in number_problems(config, schema, schema):
         raise ConfigError(problem)
-    runs = expand_grid(config["grid"], config["training"])
-    check_backbones(runs.values(), known_backbones, is_timm_model)
+    points = expand_grid(config["grid"], config["training"], untrained=True)
+    runs = {name: run for name, run in points.items() if run.trained}
+    check_backbones(points.values(), known_backbones, is_timm_model)
     check_run_settings(runs.values(), blocks_of, input_size_problem)
     resources = config["resources"]
     check_stop_margin(runs.values(), min(resources["train"]["runtime"], resources["max_runtime"]))
-    weights = weights_files(runs.values(), lookup_weights)
-    check_reference(config["reference"], runs)
-    if not config["synthetic"]["enabled"]:
-        check_datasets(config["datasets_root"], config["test_sets"])
-    return Study(runs, weights, baselines_of(runs.values()))
+    weights = weights_files(points.values(), lookup_weights)
+    reference = reference_of(config.get("reference"), runs)
+    check_datasets(config, runs.values(), catalog)
+    return Study(runs, weights, baselines_of(points.values()), reference)
 
 
 def describe_schema_error(error: Any) -> str:
