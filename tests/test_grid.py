@@ -88,6 +88,50 @@ def test_a_run_defined_twice_identically_is_one_run():
     assert runs["resnet18-none-amp-s0"].block == 0
 
 
+def test_identical_blocks_are_refused_instead_of_merged():
+    with pytest.raises(grid.ConfigError) as error:
+        grid.expand_grid([block(), block(seeds=(1,)), block(seeds=(1,))], TRAINING)
+    assert str(error.value).startswith("config key grid[2]: the same block as grid[1], which would define its runs")
+
+
+def test_a_sweep_expands_to_the_product_with_the_swept_values_in_the_names_and_no_tag():
+    runs = grid.expand_grid([block(seeds=(0, 1), training={"lr": [1.0e-5, 3.0e-5], "image_size": [320, 512]})],
+                            TRAINING)
+    assert list(runs) == [
+        f"resnet18-none-fp32-s{seed}-lr{lr}-px{px}"
+        for seed in (0, 1) for lr in ("1e-05", "3e-05") for px in (320, 512)]
+    run = runs["resnet18-none-fp32-s1-lr3e-05-px320"]
+    assert run.training == {**TRAINING, "lr": 3.0e-5, "image_size": 320} and run.swept == ("lr", "image_size")
+    assert run.key("lr") == "grid[0].training.lr"
+
+
+def test_swept_strings_and_nulls_read_as_their_value_and_a_fixed_override_still_needs_a_tag():
+    runs = grid.expand_grid([block(training={"loss": ["cosface", "arcface"], "trainable_blocks": [None, 2]})],
+                            TRAINING)
+    assert list(runs) == ["resnet18-none-fp32-s0-cosface-tbnone", "resnet18-none-fp32-s0-cosface-tb2",
+                          "resnet18-none-fp32-s0-arcface-tbnone", "resnet18-none-fp32-s0-arcface-tb2"]
+    with pytest.raises(grid.ConfigError, match=r"config key grid\[0\]\.tag: .*\(epochs\) needs a tag"):
+        grid.expand_grid([block(training={"lr": [0.1, 0.2], "epochs": 4})], TRAINING)
+    runs = grid.expand_grid([block(tag="4ep", training={"lr": [0.1], "epochs": 4})], TRAINING)
+    assert list(runs) == ["resnet18-none-fp32-s0-lr0.1-4ep"]
+
+
+def test_aggregators_are_an_axis_named_only_when_not_gem():
+    runs = grid.expand_grid([block(aggregators=("gem", "netvlad"), seeds=(0, 1))], TRAINING)
+    assert list(runs) == ["resnet18-none-fp32-s0", "resnet18-none-fp32-s1",
+                          "resnet18-none-fp32-s0-netvlad", "resnet18-none-fp32-s1-netvlad"]
+    assert runs["resnet18-none-fp32-s1-netvlad"].aggregator == "netvlad"
+    assert runs["resnet18-none-fp32-s0"].aggregator == "gem"
+
+
+def test_a_swept_name_that_a_tagged_block_gives_another_run_is_refused():
+    blocks = [block(training={"epochs": [4]}), block(tag="ep4", training={"lr": 0.5})]
+    with pytest.raises(grid.ConfigError) as error:
+        grid.expand_grid(blocks, TRAINING)
+    assert str(error.value) == ("config key grid[1]: run 'resnet18-none-fp32-s0-ep4' is also defined by grid[0] with "
+                                "different settings (epochs 4 vs 3, lr None vs 0.5); give one of the blocks another tag")
+
+
 def test_a_run_name_with_two_different_settings_names_both_blocks_and_the_difference():
     blocks = [block(tag="x"), block(tag="x", training={"epochs": 4})]
     with pytest.raises(grid.ConfigError) as error:

@@ -1,9 +1,11 @@
 """The study grid: config blocks -> named runs with their settings, checked before any job starts.
 
-A block is a product backbones x pretrainings x precisions x seeds, with an optional tag and
-training overrides. Each point is a run named `{backbone}-{pretraining}-{precision}-s{seed}`
-(+ `-{tag}`); a `timm:<model>` backbone appears as `timm_<model>` in names and file names, since
-`:` is awkward in paths and SLURM job names. Errors name the config key they come from.
+A block is a product backbones x pretrainings x precisions x aggregators x seeds x each training
+setting given as a list (a sweep), with an optional tag and training overrides. Each point is a
+run named `{backbone}-{pretraining}-{precision}-s{seed}`, then `-{aggregator}` unless GeM, the
+swept settings (`-lr3e-05-px320`) and `-{tag}`; a `timm:<model>` backbone appears as
+`timm_<model>` in names and file names, since `:` is awkward in paths and SLURM job names.
+Errors name the config key they come from.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ class Run:
     block: int  # index of the grid block that defines it, for error messages
     overrides: tuple[str, ...] = ()  # the training keys its block overrides
     trained: bool = True  # False: a block with `train: false`, only its untrained baseline is evaluated
+    aggregator: str = "gem"  # the grid's `aggregators` axis
+    swept: tuple[str, ...] = ()  # the training keys its block gives as lists (named in the run's name)
 
     def key(self, name: str) -> str:
         """The config key a training setting of this run comes from."""
@@ -53,8 +57,8 @@ class Run:
 
     def settings(self) -> tuple:
         """Everything that makes two runs of the same name the same run."""
-        return (self.backbone, self.pretraining, self.precision, self.seed, self.tag, self.trained,
-                sorted(self.training.items()))
+        return (self.backbone, self.pretraining, self.precision, self.aggregator, self.seed, self.tag,
+                self.trained, sorted(self.training.items()))
 
 
 def backbone_slug(backbone: str) -> str:
@@ -64,35 +68,69 @@ def backbone_slug(backbone: str) -> str:
     return backbone
 
 
-def run_name(backbone: str, pretraining: str, precision: str, seed: int, tag: str | None = None) -> str:
-    name = f"{backbone_slug(backbone)}-{pretraining}-{precision}-s{seed}"
-    return f"{name}-{tag}" if tag else name
+DEFAULT_AGGREGATOR = "gem"  # left out of run names, so that today's names stay
+# How a swept training key reads in a run name (`-px320`); a key not listed reads as itself
+# (`-groups_num2`), and "" gives the value alone (`-arcface`).
+SHORT_NAMES = {"image_size": "px", "batch_size": "bs", "epochs": "ep", "iterations_per_epoch": "it",
+               "classifier_lr": "clr", "fc_output_dim": "dim", "trainable_blocks": "tb",
+               "min_images_per_class": "mipc", "loss": "", "dataset": ""}
+
+
+def name_part(key: str, value: Any) -> str:
+    """One swept setting as it appears in a run name: `lr` 3e-05 -> `lr3e-05`."""
+    text = f"{value:g}" if isinstance(value, float) else "none" if value is None else str(value)
+    return f"{SHORT_NAMES.get(key, key)}{text}"
+
+
+def run_name(backbone: str, pretraining: str, precision: str, seed: int, tag: str | None = None,
+             aggregator: str = DEFAULT_AGGREGATOR, swept: Iterable[tuple[str, Any]] = ()) -> str:
+    """`{backbone}-{pretraining}-{precision}-s{seed}`, then the aggregator unless GeM, each swept
+    setting (`-lr3e-05-px320`) and the tag."""
+    parts = [backbone_slug(backbone), pretraining, precision, f"s{seed}"]
+    parts += [aggregator] if aggregator != DEFAULT_AGGREGATOR else []
+    parts += [name_part(key, value) for key, value in swept]
+    parts += [tag] if tag else []
+    return "-".join(parts)
 
 
 def expand_grid(blocks: Iterable[Mapping[str, Any]], training: Mapping[str, Any], *,
                 untrained: bool = False) -> dict[str, Run]:
     """The runs of the grid by name, in config order; a name defined twice must mean the same run.
 
-    The points of blocks with `train: false` (whose baselines alone are evaluated) only with `untrained`.
+    A block is the product of its backbones, pretrainings, precisions, aggregators, seeds and
+    each training setting it gives as a list (a sweep). The points of blocks with `train: false`
+    (whose baselines alone are evaluated) only with `untrained`.
     """
     runs: dict[str, Run] = {}
+    seen: list[Mapping[str, Any]] = []
     for index, block in enumerate(blocks):
+        if block in seen:
+            raise ConfigError(f"config key grid[{index}]: the same block as grid[{seen.index(block)}], which would "
+                              f"define its runs twice; remove one, or change a value")
+        seen.append(block)
         overrides = dict(block.get("training") or {})
+        swept = [key for key, value in overrides.items() if isinstance(value, list)]
         tag = block.get("tag")
-        if overrides and not tag:
+        fixed = sorted(set(overrides) - set(swept))
+        if fixed and not tag:
             raise ConfigError(
                 f"config key grid[{index}].tag: a block that overrides training settings "
-                f"({', '.join(sorted(overrides))}) needs a tag, so its runs get their own names"
+                f"({', '.join(fixed)}) needs a tag, so its runs get their own names (a list of values, a "
+                f"sweep, needs none: its values are in the names)"
             )
         trained = block.get("train", True)
         if not (trained or untrained):
             continue
-        points = itertools.product(block["backbones"], block["pretrainings"], block["precisions"], block["seeds"])
-        for backbone, pretraining, precision, seed in points:
+        points = itertools.product(block["backbones"], block["pretrainings"], block["precisions"],
+                                   block.get("aggregators", [DEFAULT_AGGREGATOR]), block["seeds"],
+                                   *(overrides[key] for key in swept))
+        for backbone, pretraining, precision, aggregator, seed, *values in points:
+            point = dict(zip(swept, values, strict=True))
             run = Run(
-                name=run_name(backbone, pretraining, precision, seed, tag),
+                name=run_name(backbone, pretraining, precision, seed, tag, aggregator, point.items()),
                 backbone=backbone, pretraining=pretraining, precision=precision, seed=seed, tag=tag,
-                training={**training, **overrides}, block=index, overrides=tuple(sorted(overrides)), trained=trained,
+                training={**training, **overrides, **point}, block=index, overrides=tuple(sorted(overrides)),
+                trained=trained, aggregator=aggregator, swept=tuple(swept),
             )
             _add_run(runs, run)
     return runs
@@ -182,6 +220,8 @@ def number_problems(value: Any, schema: Mapping[str, Any], root: Mapping[str, An
     (a run named `...-s1.0`) or an infinite threshold. `root` resolves `$ref`s.
     """
     schema = _dereferenced(root, schema)
+    if "anyOf" in schema:  # a training setting of a grid block: one value, or a list of them (a sweep)
+        schema = _branch(root, schema["anyOf"], value)
     types = schema.get("type", [])
     types = [types] if isinstance(types, str) else types
     if isinstance(value, float):
@@ -196,6 +236,13 @@ def number_problems(value: Any, schema: Mapping[str, Any], root: Mapping[str, An
     elif isinstance(value, list) and "items" in schema:
         for index, item in enumerate(value):
             yield from number_problems(item, schema["items"], root, f"{path}[{index}]")
+
+
+def _branch(root: Mapping[str, Any], branches: list, value: Any) -> Mapping[str, Any]:
+    """The branch of an anyOf that the value's shape asks for: the array one for a list."""
+    resolved = [_dereferenced(root, branch) for branch in branches]
+    return next((branch for branch in resolved if (branch.get("type") == "array") == isinstance(value, list)),
+                resolved[0])
 
 
 def keys_that_change(schema: Mapping[str, Any], section: str, what: str) -> list[str]:
@@ -363,6 +410,11 @@ def plan_study(
 
 def describe_schema_error(error: Any) -> str:
     """One line naming the config key of a jsonschema ValidationError."""
+    if error.validator == "anyOf":  # one value or a sweep: what went wrong in the branch the value's shape asks for
+        wanted = 1 if isinstance(error.instance, list) else 0
+        inner = [sub for sub in error.context if sub.schema_path and sub.schema_path[0] == wanted]
+        if inner:
+            return describe_schema_error(inner[0])
     path = ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in error.absolute_path).replace(".[", "[")
     if error.validator == "additionalProperties":
         unknown = sorted(set(error.instance) - set(error.schema.get("properties", {})))

@@ -18,7 +18,7 @@ from typing import Any
 
 from geoloc.data.catalog import DatasetEntry, resolve_folder
 from geoloc.grid import BASELINE_PRECISION, Baseline, Run, Study, evaluated_under_autocast
-from geoloc.train.settings import EVALUATION, TRAINING, fields_from, option_of
+from geoloc.train.settings import EVALUATION, RUN, TRAINING, fields_from, option_of
 
 # The training settings a config's `training` section (or a grid block) gives, in table order.
 MODEL_TRAINING_KEYS = tuple(field.name for field in fields_from(TRAINING))
@@ -83,9 +83,12 @@ class Jobs:
         """Exactly what makes the run's model."""
         run = self.study.runs[name]
         weights = self.study.weights.get(run.weights_id)
+        # The run's own axes by the table (backbone, precision, seed, aggregator where the table has it).
+        axes = {field.name: getattr(run, field.name, None) for field in fields_from(RUN)}
+        axes["weights_format"] = weights.format if weights else None
         return quoted({
             "--backbone": run.backbone, "--pretraining": run.pretraining, "--tag": run.tag,
-            "--weights-format": weights.format if weights else None, "--precision": run.precision, "--seed": run.seed,
+            **{option_of(name): value for name, value in axes.items()},
             **{option_of(key): run.training[key] for key in MODEL_TRAINING_KEYS},
             **{option_of(field.name): self.config["evaluation"][field.name] for field in fields_from(EVALUATION)},
         })

@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def dry_run(workdir: Path, config: dict) -> subprocess.CompletedProcess:
-    (workdir / "c.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    (workdir / "c.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     command = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "workflow" / "Snakefile"), "--directory",
                str(workdir), "--configfile", str(workdir / "c.yaml"), "--dry-run", "--printshellcmds", "--cores", "1"]
     return subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=300)
