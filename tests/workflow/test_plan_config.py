@@ -1,7 +1,9 @@
-"""Datasets by config: the catalog's folders reach the commands, and a bad set fails at parse time.
+"""Studies planned from config alone (dry runs): datasets from the catalog, and sweeps.
 
-Dry runs of the workflow on the tiny city rearranged into VPR-datasets-downloader's layout
-(`<set>/images/{train,val,test}`) under another name, with no `sf_xs` folder anywhere.
+The dataset tests use the tiny city rearranged into VPR-datasets-downloader's layout
+(`<set>/images/{train,val,test}`) under another name, with no `sf_xs` folder anywhere: the
+catalog's folders reach the commands, and a bad set fails at parse time. A sweep is one line
+of config that plans one run per value, named by its values.
 """
 
 import shutil
@@ -71,3 +73,26 @@ def test_a_count_other_than_the_expected_one_fails_before_any_job_naming_set_fol
     assert result.returncode != 0
     assert "mycity" in said and f"{root}/mycity/images/test" in said and "3" in said, said[-2000:]
     assert "rule train:" not in said and not (tmp_path / "results").exists()
+
+
+BLOCK = {"backbones": ["resnet18"], "pretrainings": ["none"], "precisions": ["fp32"], "seeds": [0, 1],
+         "training": {"lr": [1.0e-5, 3.0e-5], "image_size": [32, 64]}}
+
+
+def test_a_sweep_block_plans_every_value_under_its_own_name_and_identical_blocks_are_refused(tmp_path):
+    config = {"datasets_root": "data", "synthetic": {"enabled": True, "size": "tiny"}, "test_sets": ["sf_xs"],
+              "report": {"published": None}, "grid": [BLOCK]}
+    result = dry_run(tmp_path, config)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    names = sorted(set(line.split("--run-name ")[1].split()[0] for line in result.stdout.splitlines()
+                       if "--run-name " in line))
+    assert names == sorted(f"resnet18-none-fp32-s{seed}-lr{lr}-px{px}"
+                           for seed in (0, 1) for lr in ("1e-05", "3e-05") for px in (32, 64))
+    trained = [line for line in result.stdout.splitlines() if "--run-name resnet18-none-fp32-s1-lr3e-05-px64 " in line]
+    assert "--lr 3e-05" in trained[0] and "--image-size 64" in trained[0]
+    # no reference given: the first run is the report's
+    assert "--reference resnet18-none-fp32-s0-lr1e-05-px32 " in result.stdout
+
+    result = dry_run(tmp_path, {**config, "grid": [BLOCK, BLOCK]})
+    assert result.returncode != 0
+    assert "config key grid[1]: the same block as grid[0]" in result.stdout + result.stderr
