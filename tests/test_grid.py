@@ -3,9 +3,10 @@
 import pytest
 
 from geoloc import grid
+from geoloc.data.catalog import DatasetEntry
 from geoloc.errors import GeolocError
 
-TRAINING = {"epochs": 3, "loss": "cosface", "batch_size": 32}
+TRAINING = {"epochs": 3, "loss": "cosface", "batch_size": 32, "dataset": "sf_xs"}
 KNOWN = {"resnet18", "efficientnet_v2_s", "mobilenet_v3_large"}
 
 
@@ -32,12 +33,18 @@ def config(*blocks, reference, datasets_root="/nowhere", synthetic=True, test_se
 
 
 SCHEMA = {"type": "object", "properties": {}}  # number checks have their own tests
+CATALOG = {
+    "sf_xs": DatasetEntry("sf_xs", "SF-XS", test="sf_xs/test", train="sf_xs/train", val="sf_xs/val"),
+    "tokyo_night": DatasetEntry("tokyo_night", "Tokyo-Night", test="tokyo_night/test"),
+    "city": DatasetEntry("city", "City", test="c/images/test", train="c/images/train", val="c/images/val"),
+}
 
 
-def plan(study, lookup_weights=None, blocks_of=lambda backbone: None, input_size_problem=lambda b, s: None):
+def plan(study, lookup_weights=None, blocks_of=lambda backbone: None, input_size_problem=lambda b, s: None,
+         catalog=CATALOG):
     return grid.plan_study(study, schema=SCHEMA, known_backbones=KNOWN, is_timm_model=bool,
                            lookup_weights=lookup_weights or registry_lookup({}), blocks_of=blocks_of,
-                           input_size_problem=input_size_problem)
+                           input_size_problem=input_size_problem, catalog=catalog)
 
 
 def test_run_names_join_backbone_pretraining_precision_seed_and_tag():
@@ -79,6 +86,50 @@ def test_a_run_defined_twice_identically_is_one_run():
     runs = grid.expand_grid([block(precisions=("fp32", "amp")), block(precisions=("amp",))], TRAINING)
     assert list(runs) == ["resnet18-none-fp32-s0", "resnet18-none-amp-s0"]
     assert runs["resnet18-none-amp-s0"].block == 0
+
+
+def test_identical_blocks_are_refused_instead_of_merged():
+    with pytest.raises(grid.ConfigError) as error:
+        grid.expand_grid([block(), block(seeds=(1,)), block(seeds=(1,))], TRAINING)
+    assert str(error.value).startswith("config key grid[2]: the same block as grid[1], which would define its runs")
+
+
+def test_a_sweep_expands_to_the_product_with_the_swept_values_in_the_names_and_no_tag():
+    runs = grid.expand_grid([block(seeds=(0, 1), training={"lr": [1.0e-5, 3.0e-5], "image_size": [320, 512]})],
+                            TRAINING)
+    assert list(runs) == [
+        f"resnet18-none-fp32-s{seed}-lr{lr}-px{px}"
+        for seed in (0, 1) for lr in ("1e-05", "3e-05") for px in (320, 512)]
+    run = runs["resnet18-none-fp32-s1-lr3e-05-px320"]
+    assert run.training == {**TRAINING, "lr": 3.0e-5, "image_size": 320} and run.swept == ("lr", "image_size")
+    assert run.key("lr") == "grid[0].training.lr"
+
+
+def test_swept_strings_and_nulls_read_as_their_value_and_a_fixed_override_still_needs_a_tag():
+    runs = grid.expand_grid([block(training={"loss": ["cosface", "arcface"], "trainable_blocks": [None, 2]})],
+                            TRAINING)
+    assert list(runs) == ["resnet18-none-fp32-s0-cosface-tbnone", "resnet18-none-fp32-s0-cosface-tb2",
+                          "resnet18-none-fp32-s0-arcface-tbnone", "resnet18-none-fp32-s0-arcface-tb2"]
+    with pytest.raises(grid.ConfigError, match=r"config key grid\[0\]\.tag: .*\(epochs\) needs a tag"):
+        grid.expand_grid([block(training={"lr": [0.1, 0.2], "epochs": 4})], TRAINING)
+    runs = grid.expand_grid([block(tag="4ep", training={"lr": [0.1], "epochs": 4})], TRAINING)
+    assert list(runs) == ["resnet18-none-fp32-s0-lr0.1-4ep"]
+
+
+def test_aggregators_are_an_axis_named_only_when_not_gem():
+    runs = grid.expand_grid([block(aggregators=("gem", "netvlad"), seeds=(0, 1))], TRAINING)
+    assert list(runs) == ["resnet18-none-fp32-s0", "resnet18-none-fp32-s1",
+                          "resnet18-none-fp32-s0-netvlad", "resnet18-none-fp32-s1-netvlad"]
+    assert runs["resnet18-none-fp32-s1-netvlad"].aggregator == "netvlad"
+    assert runs["resnet18-none-fp32-s0"].aggregator == "gem"
+
+
+def test_a_swept_name_that_a_tagged_block_gives_another_run_is_refused():
+    blocks = [block(training={"epochs": [4]}), block(tag="ep4", training={"lr": 0.5})]
+    with pytest.raises(grid.ConfigError) as error:
+        grid.expand_grid(blocks, TRAINING)
+    assert str(error.value) == ("config key grid[1]: run 'resnet18-none-fp32-s0-ep4' is also defined by grid[0] with "
+                                "different settings (epochs 4 vs 3, lr None vs 0.5); give one of the blocks another tag")
 
 
 def test_a_run_name_with_two_different_settings_names_both_blocks_and_the_difference():
@@ -148,18 +199,62 @@ def test_reference_must_be_a_run_of_the_grid():
         plan({**study, "reference": "resnet18-imagenet-fp32-s0"})
 
 
-def test_real_datasets_must_hold_every_folder_the_runs_read(tmp_path):
-    for folder in ("sf_xs/train", "sf_xs/val", "sf_xs/test"):
-        (tmp_path / folder).mkdir(parents=True)
-    study = config(block(), reference="resnet18-none-fp32-s0", datasets_root=tmp_path, synthetic=False,
-                   test_sets=("sf_xs", "tokyo_night"))
+def test_a_left_out_reference_is_the_first_run_of_the_grid():
+    study = config(block(precisions=("amp", "fp32")), reference=None)
+    assert plan(study).reference == "resnet18-none-amp-s0"
+    assert plan({**study, "reference": "resnet18-none-fp32-s0"}).reference == "resnet18-none-fp32-s0"
+
+
+def test_test_sets_and_training_sets_must_be_catalog_entries_with_their_folders():
+    study = config(block(), block(tag="c", training={"dataset": "tokyo_night"}), reference=None,
+                   test_sets=("sf_xs", "nowhere"))
     with pytest.raises(grid.ConfigError) as error:
         plan(study)
-    assert str(error.value).startswith(f"config key datasets_root: {tmp_path} has no tokyo_night/test (expected ")
+    assert str(error.value).startswith("config key test_sets[1]: 'nowhere' is not a dataset of the catalog; add it ")
+    with pytest.raises(grid.ConfigError) as error:
+        plan({**study, "test_sets": ["sf_xs"]})
+    assert str(error.value) == ("config key grid[1].training.dataset: dataset 'tokyo_night' has no train and no val "
+                                "folder (give datasets.tokyo_night.train); training sets: city, sf_xs")
+
+
+def test_a_grid_that_trains_nothing_plans_baselines_and_needs_no_training_set(tmp_path):
     (tmp_path / "tokyo_night/test").mkdir(parents=True)
-    plan(study)
+    study = config(block(train=False, seeds=(4,)), reference=None, datasets_root=tmp_path, synthetic=False,
+                   test_sets=("tokyo_night",))
+    planned = plan({**study, "training": {**study["training"], "dataset": "no such set"}})
+    assert (planned.runs, planned.reference) == ({}, None)
+    assert [(b.name, b.seed) for b in planned.baselines.values()] == [("resnet18-none-baseline", 4)]
+
+
+def test_real_datasets_must_hold_every_folder_the_runs_read(tmp_path):
+    for folder in ("c/images/train", "c/images/val", "sf_xs/test"):
+        (tmp_path / folder).mkdir(parents=True)
+    study = config(block(tag="c", training={"dataset": "city"}), reference=None, datasets_root=tmp_path,
+                   synthetic=False, test_sets=("sf_xs", "tokyo_night"))
+    with pytest.raises(GeolocError) as error:
+        plan(study)
+    assert "tokyo_night" in str(error.value) and str(tmp_path / "tokyo_night/test") in str(error.value)
+    (tmp_path / "tokyo_night/test").mkdir(parents=True)
+    plan(study)  # no sf_xs/train: no run trains on sf_xs
+    (tmp_path / "c/images/val").rmdir()
+    with pytest.raises(GeolocError, match="city"):
+        plan(study)
     # a synthetic city is generated by the workflow, so it need not exist yet
     plan({**study, "datasets_root": str(tmp_path / "later"), "synthetic": {"enabled": True}})
+
+
+def test_a_count_other_than_the_expected_one_names_the_set_the_folder_and_both_counts(tmp_path):
+    for part, count in (("database", 3), ("queries", 2)):
+        (tmp_path / "t" / part).mkdir(parents=True)
+        for i in range(count):
+            (tmp_path / "t" / part / f"@0@0@@@@@@@@{i}.jpg").write_bytes(b"")
+    catalog = {"t": DatasetEntry("t", "T", test="t", expected={"database": 3, "queries": 5})}
+    study = config(block(train=False), reference=None, datasets_root=tmp_path, synthetic=False, test_sets=("t",))
+    with pytest.raises(GeolocError) as error:
+        plan(study, catalog=catalog)
+    message = str(error.value)
+    assert "t" in message and str(tmp_path / "t") in message and "5" in message and "2" in message
+    plan(study, catalog={"t": DatasetEntry("t", "T", test="t", expected={"database": 3, "queries": 2})})
 
 
 GROUPS = {"N": 5, "L": 2, "groups_num": 1, "trainable_blocks": None, "image_size": 512, "fc_output_dim": 512}
@@ -238,7 +333,7 @@ def test_plan_refuses_a_whole_number_float_before_it_names_a_run():
     with pytest.raises(grid.ConfigError, match=r"config key grid\[0\]\.seeds\[0\]: 1\.0 is not of type 'integer'"):
         grid.plan_study(study, schema=schema, known_backbones=KNOWN, is_timm_model=bool,
                         lookup_weights=registry_lookup({}), blocks_of=lambda b: None,
-                        input_size_problem=lambda b, s: None)
+                        input_size_problem=lambda b, s: None, catalog=CATALOG)
 
 
 def test_one_baseline_per_backbone_and_pretraining_with_the_first_runs_head():

@@ -15,6 +15,7 @@ from snakemake.utils import validate
 
 from geoloc import grid, jobs
 from geoloc.cli import build_parser
+from geoloc.data.catalog import DatasetEntry
 from geoloc.train.settings import EVALUATION, RUN, TRAINING, TrainSettings, fields_from
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,14 +60,22 @@ def study_config(**overrides) -> dict:
     return config
 
 
+CATALOG = {
+    "sf_xs": DatasetEntry("sf_xs", "SF-XS", test="sf_xs/test", train="sf_xs/train", val="v"),
+    "tokyo_xs": DatasetEntry("tokyo_xs", "Tokyo-XS", test="tokyo_xs/test"),
+    "tokyo_night": DatasetEntry("tokyo_night", "Tokyo-Night", test="tokyo_night/test", subset_of="tokyo_xs"),
+    "pitts30k": DatasetEntry("pitts30k", "Pitts30k", test="pitts30k/images/test", train="p/train", val="p/val",
+                             positive_dist_threshold=10, queries="/lists/p.txt"),
+    "msls_val": DatasetEntry("msls_val", "MSLS val", test="msls/val", queries="msls/official.txt"),
+}
+
+
 def planned_jobs(config: dict) -> jobs.Jobs:
     study = grid.plan_study(
         config, schema=SCHEMA, known_backbones={"resnet18"}, is_timm_model=bool,
         lookup_weights=lambda backbone, pretraining: {"format": "torchvision", "sha256": "abcdef12"},
-        blocks_of=lambda backbone: None, input_size_problem=lambda backbone, size: None)
-    root = config["datasets_root"]
-    return jobs.Jobs(config, study, registry="reg.yaml", train_dirs={"sf_xs": (f"{root}/sf_xs/train", f"{root}/v")},
-                     test_dirs={name: f"{root}/{name}/test" for name in config["test_sets"]})
+        blocks_of=lambda backbone: None, input_size_problem=lambda backbone, size: None, catalog=CATALOG)
+    return jobs.Jobs(config, study, registry="reg.yaml", catalog=CATALOG)
 
 
 def parsed(command: str, *parts: str):
@@ -154,3 +163,27 @@ def test_the_report_is_told_the_reference_and_every_expected_run():
     words = shlex.split(plan.report_settings())
     assert words[words.index("--reference") + 1] == "resnet18-none-fp32-s0"
     assert words[words.index("--expected") + 1:] == list(plan.study.runs)
+
+
+def test_each_test_set_gets_its_own_threshold_and_query_file_in_the_rerun_trigger():
+    plan = planned_jobs(study_config(test_sets=["sf_xs", "pitts30k", "msls_val"]))
+    for settings in (plan.evaluate_settings("resnet18-none-fp32-s0"), plan.baseline_settings("resnet18-none")):
+        words = shlex.split(settings)
+        assert [words[i + 1] for i, word in enumerate(words) if word == "--set-threshold"] == ["pitts30k=10"]
+        assert [words[i + 1] for i, word in enumerate(words) if word == "--set-queries"] == [
+            "pitts30k=/lists/p.txt", "msls_val=/data/msls/official.txt"]
+    words = shlex.split(plan.evaluate_runtime(["r/x/recalls/sf_xs.csv"], 1))
+    assert [words[i + 1] for i, word in enumerate(words) if word == "--test-set"] == [
+        "sf_xs=/data/sf_xs/test", "pitts30k=/data/pitts30k/images/test", "msls_val=/data/msls/val"]
+
+
+def test_a_run_trains_and_validates_on_its_training_sets_folders_and_caches_them():
+    config = study_config()
+    config["grid"][0]["training"]["dataset"] = "pitts30k"
+    plan = planned_jobs(config)
+    for name, run in plan.study.runs.items():
+        args = parsed("train", plan.train_settings(name), plan.train_runtime(name, None, "o/model.pt", 1))
+        expected = ("/data/p/train", "/data/p/val", "pitts30k") if run.tag else ("/data/sf_xs/train", "/data/v", "sf_xs")
+        assert (str(args.train_dir), str(args.val_dir), args.dataset) == expected
+    assert "--train-dir /data/p/train" in plan.cache_images_runtime(320, 1)
+    assert "--train-dir /data/sf_xs/train" in plan.cache_images_runtime(512, 1)

@@ -1,9 +1,11 @@
 """The study grid: config blocks -> named runs with their settings, checked before any job starts.
 
-A block is a product backbones x pretrainings x precisions x seeds, with an optional tag and
-training overrides. Each point is a run named `{backbone}-{pretraining}-{precision}-s{seed}`
-(+ `-{tag}`); a `timm:<model>` backbone appears as `timm_<model>` in names and file names, since
-`:` is awkward in paths and SLURM job names. Errors name the config key they come from.
+A block is a product backbones x pretrainings x precisions x aggregators x seeds x each training
+setting given as a list (a sweep), with an optional tag and training overrides. Each point is a
+run named `{backbone}-{pretraining}-{precision}-s{seed}`, then `-{aggregator}` unless GeM, the
+swept settings (`-lr3e-05-px320`) and `-{tag}`; a `timm:<model>` backbone appears as
+`timm_<model>` in names and file names, since `:` is awkward in paths and SLURM job names.
+Errors name the config key they come from.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from geoloc.data.catalog import DatasetEntry, check_test_set, check_training_set
 from geoloc.errors import GeolocError
 from geoloc.model.backbones import TIMM_PREFIX
 
@@ -37,6 +40,9 @@ class Run:
     training: dict[str, Any]  # the block's overrides applied to the config's `training`
     block: int  # index of the grid block that defines it, for error messages
     overrides: tuple[str, ...] = ()  # the training keys its block overrides
+    trained: bool = True  # False: a block with `train: false`, only its untrained baseline is evaluated
+    aggregator: str = "gem"  # the grid's `aggregators` axis
+    swept: tuple[str, ...] = ()  # the training keys its block gives as lists (named in the run's name)
 
     def key(self, name: str) -> str:
         """The config key a training setting of this run comes from."""
@@ -51,8 +57,8 @@ class Run:
 
     def settings(self) -> tuple:
         """Everything that makes two runs of the same name the same run."""
-        return (self.backbone, self.pretraining, self.precision, self.seed, self.tag,
-                sorted(self.training.items()))
+        return (self.backbone, self.pretraining, self.precision, self.aggregator, self.seed, self.tag,
+                self.trained, sorted(self.training.items()))
 
 
 def backbone_slug(backbone: str) -> str:
@@ -62,28 +68,69 @@ def backbone_slug(backbone: str) -> str:
     return backbone
 
 
-def run_name(backbone: str, pretraining: str, precision: str, seed: int, tag: str | None = None) -> str:
-    name = f"{backbone_slug(backbone)}-{pretraining}-{precision}-s{seed}"
-    return f"{name}-{tag}" if tag else name
+DEFAULT_AGGREGATOR = "gem"  # left out of run names, so that today's names stay
+# How a swept training key reads in a run name (`-px320`); a key not listed reads as itself
+# (`-groups_num2`), and "" gives the value alone (`-arcface`).
+SHORT_NAMES = {"image_size": "px", "batch_size": "bs", "epochs": "ep", "iterations_per_epoch": "it",
+               "classifier_lr": "clr", "fc_output_dim": "dim", "trainable_blocks": "tb",
+               "min_images_per_class": "mipc", "loss": "", "dataset": ""}
 
 
-def expand_grid(blocks: Iterable[Mapping[str, Any]], training: Mapping[str, Any]) -> dict[str, Run]:
-    """All runs of the grid by name, in config order; a name defined twice must mean the same run."""
+def name_part(key: str, value: Any) -> str:
+    """One swept setting as it appears in a run name: `lr` 3e-05 -> `lr3e-05`."""
+    text = f"{value:g}" if isinstance(value, float) else "none" if value is None else str(value)
+    return f"{SHORT_NAMES.get(key, key)}{text}"
+
+
+def run_name(backbone: str, pretraining: str, precision: str, seed: int, tag: str | None = None,
+             aggregator: str = DEFAULT_AGGREGATOR, swept: Iterable[tuple[str, Any]] = ()) -> str:
+    """`{backbone}-{pretraining}-{precision}-s{seed}`, then the aggregator unless GeM, each swept
+    setting (`-lr3e-05-px320`) and the tag."""
+    parts = [backbone_slug(backbone), pretraining, precision, f"s{seed}"]
+    parts += [aggregator] if aggregator != DEFAULT_AGGREGATOR else []
+    parts += [name_part(key, value) for key, value in swept]
+    parts += [tag] if tag else []
+    return "-".join(parts)
+
+
+def expand_grid(blocks: Iterable[Mapping[str, Any]], training: Mapping[str, Any], *,
+                untrained: bool = False) -> dict[str, Run]:
+    """The runs of the grid by name, in config order; a name defined twice must mean the same run.
+
+    A block is the product of its backbones, pretrainings, precisions, aggregators, seeds and
+    each training setting it gives as a list (a sweep). The points of blocks with `train: false`
+    (whose baselines alone are evaluated) only with `untrained`.
+    """
     runs: dict[str, Run] = {}
+    seen: list[Mapping[str, Any]] = []
     for index, block in enumerate(blocks):
+        if block in seen:
+            raise ConfigError(f"config key grid[{index}]: the same block as grid[{seen.index(block)}], which would "
+                              f"define its runs twice; remove one, or change a value")
+        seen.append(block)
         overrides = dict(block.get("training") or {})
+        swept = [key for key, value in overrides.items() if isinstance(value, list)]
         tag = block.get("tag")
-        if overrides and not tag:
+        fixed = sorted(set(overrides) - set(swept))
+        if fixed and not tag:
             raise ConfigError(
                 f"config key grid[{index}].tag: a block that overrides training settings "
-                f"({', '.join(sorted(overrides))}) needs a tag, so its runs get their own names"
+                f"({', '.join(fixed)}) needs a tag, so its runs get their own names (a list of values, a "
+                f"sweep, needs none: its values are in the names)"
             )
-        points = itertools.product(block["backbones"], block["pretrainings"], block["precisions"], block["seeds"])
-        for backbone, pretraining, precision, seed in points:
+        trained = block.get("train", True)
+        if not (trained or untrained):
+            continue
+        points = itertools.product(block["backbones"], block["pretrainings"], block["precisions"],
+                                   block.get("aggregators", [DEFAULT_AGGREGATOR]), block["seeds"],
+                                   *(overrides[key] for key in swept))
+        for backbone, pretraining, precision, aggregator, seed, *values in points:
+            point = dict(zip(swept, values, strict=True))
             run = Run(
-                name=run_name(backbone, pretraining, precision, seed, tag),
+                name=run_name(backbone, pretraining, precision, seed, tag, aggregator, point.items()),
                 backbone=backbone, pretraining=pretraining, precision=precision, seed=seed, tag=tag,
-                training={**training, **overrides}, block=index, overrides=tuple(sorted(overrides)),
+                training={**training, **overrides, **point}, block=index, overrides=tuple(sorted(overrides)),
+                trained=trained, aggregator=aggregator, swept=tuple(swept),
             )
             _add_run(runs, run)
     return runs
@@ -173,6 +220,8 @@ def number_problems(value: Any, schema: Mapping[str, Any], root: Mapping[str, An
     (a run named `...-s1.0`) or an infinite threshold. `root` resolves `$ref`s.
     """
     schema = _dereferenced(root, schema)
+    if "anyOf" in schema:  # a training setting of a grid block: one value, or a list of them (a sweep)
+        schema = _branch(root, schema["anyOf"], value)
     types = schema.get("type", [])
     types = [types] if isinstance(types, str) else types
     if isinstance(value, float):
@@ -187,6 +236,13 @@ def number_problems(value: Any, schema: Mapping[str, Any], root: Mapping[str, An
     elif isinstance(value, list) and "items" in schema:
         for index, item in enumerate(value):
             yield from number_problems(item, schema["items"], root, f"{path}[{index}]")
+
+
+def _branch(root: Mapping[str, Any], branches: list, value: Any) -> Mapping[str, Any]:
+    """The branch of an anyOf that the value's shape asks for: the array one for a list."""
+    resolved = [_dereferenced(root, branch) for branch in branches]
+    return next((branch for branch in resolved if (branch.get("type") == "array") == isinstance(value, list)),
+                resolved[0])
 
 
 def keys_that_change(schema: Mapping[str, Any], section: str, what: str) -> list[str]:
@@ -237,18 +293,45 @@ def weights_files(runs: Iterable[Run], lookup: Callable[[str, str], Mapping[str,
     return files
 
 
-def check_datasets(root: str | Path, test_sets: Iterable[str]) -> None:
-    """The real datasets hold every folder the runs read (checked before any job starts)."""
-    needed = ["sf_xs/train", "sf_xs/val", *(f"{name}/test" for name in test_sets)]
-    missing = [folder for folder in needed if not (Path(root) / folder).is_dir()]
-    if missing:
-        raise ConfigError(f"config key datasets_root: {root} has no {', '.join(missing)} "
-                          f"(expected {', '.join(needed)})")
+def check_datasets(config: Mapping[str, Any], runs: Iterable[Run], catalog: Mapping[str, DatasetEntry]) -> None:
+    """Every test set and every run's training set is in the catalog with the folders it needs; for
+    real data (not the synthetic city, generated later), the folders exist and hold the expected counts."""
+    for index, name in enumerate(config["test_sets"]):
+        if name not in catalog:
+            raise ConfigError(f"config key test_sets[{index}]: {name!r} is not a dataset of the catalog; add it "
+                              f"under `datasets:` or use one of: {', '.join(sorted(catalog))}")
+        if catalog[name].test is None:
+            raise ConfigError(f"config key test_sets[{index}]: dataset {name!r} has no test folder "
+                              f"(give datasets.{name}.test)")
+    training: dict[str, str] = {}  # training set -> the config key naming it first
+    for run in runs:
+        training.setdefault(run.training["dataset"], run.key("dataset"))
+    for name, key in training.items():
+        entry = catalog.get(name)
+        if entry is None:
+            raise ConfigError(f"config key {key}: {name!r} is not a dataset of the catalog; add it under "
+                              f"`datasets:` or use one of: {', '.join(sorted(catalog))}")
+        missing = [field for field in ("train", "val") if getattr(entry, field) is None]
+        if missing:
+            raise ConfigError(f"config key {key}: dataset {name!r} has no {' and no '.join(missing)} folder "
+                              f"(give datasets.{name}.{missing[0]}); training sets: "
+                              f"{', '.join(sorted(n for n, e in catalog.items() if e.train and e.val)) or 'none'}")
+    if config["synthetic"]["enabled"]:
+        return
+    root = Path(config["datasets_root"])
+    for name in training:
+        check_training_set(catalog[name], root)
+    for name in config["test_sets"]:
+        check_test_set(catalog[name], root)
 
 
-def check_reference(reference: str, runs: Collection[str]) -> None:
+def reference_of(reference: str | None, runs: Collection[str]) -> str | None:
+    """The run the report compares the others with: the config's, else the grid's first (None: no run)."""
+    if reference is None:
+        return next(iter(runs), None)
     if reference not in runs:
         raise ConfigError(f"config key reference: {reference!r} is not a run of the grid; runs: {', '.join(runs)}")
+    return reference
 
 
 @dataclass(frozen=True)
@@ -294,6 +377,7 @@ class Study:
     runs: dict[str, Run]
     weights: dict[str, WeightsFile]
     baselines: dict[str, Baseline]
+    reference: str | None  # the config's `reference`, else the first run of the grid
 
 
 def plan_study(
@@ -305,26 +389,32 @@ def plan_study(
     lookup_weights: Callable[[str, str], Mapping[str, Any]],
     blocks_of: Callable[[str], int | None],
     input_size_problem: Callable[[str, int], str | None],
+    catalog: Mapping[str, DatasetEntry],
 ) -> Study:
     """The runs, weights files and baselines of a schema-validated config, after every check that
     needs more than the schema: numbers the schema lets through, backbones and what they can take,
-    groups, pretrainings (weights), the reference, and (for real data) the dataset folders."""
+    groups, pretrainings (weights), the reference, and the datasets (for real data, their folders)."""
     for problem in number_problems(config, schema, schema):
         raise ConfigError(problem)
-    runs = expand_grid(config["grid"], config["training"])
-    check_backbones(runs.values(), known_backbones, is_timm_model)
+    points = expand_grid(config["grid"], config["training"], untrained=True)
+    runs = {name: run for name, run in points.items() if run.trained}
+    check_backbones(points.values(), known_backbones, is_timm_model)
     check_run_settings(runs.values(), blocks_of, input_size_problem)
     resources = config["resources"]
     check_stop_margin(runs.values(), min(resources["train"]["runtime"], resources["max_runtime"]))
-    weights = weights_files(runs.values(), lookup_weights)
-    check_reference(config["reference"], runs)
-    if not config["synthetic"]["enabled"]:
-        check_datasets(config["datasets_root"], config["test_sets"])
-    return Study(runs, weights, baselines_of(runs.values()))
+    weights = weights_files(points.values(), lookup_weights)
+    reference = reference_of(config.get("reference"), runs)
+    check_datasets(config, runs.values(), catalog)
+    return Study(runs, weights, baselines_of(points.values()), reference)
 
 
 def describe_schema_error(error: Any) -> str:
     """One line naming the config key of a jsonschema ValidationError."""
+    if error.validator == "anyOf":  # one value or a sweep: what went wrong in the branch the value's shape asks for
+        wanted = 1 if isinstance(error.instance, list) else 0
+        inner = [sub for sub in error.context if sub.schema_path and sub.schema_path[0] == wanted]
+        if inner:
+            return describe_schema_error(inner[0])
     path = ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in error.absolute_path).replace(".[", "[")
     if error.validator == "additionalProperties":
         unknown = sorted(set(error.instance) - set(error.schema.get("properties", {})))

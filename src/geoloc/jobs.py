@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from geoloc.data.catalog import DatasetEntry, resolve_folder
 from geoloc.grid import BASELINE_PRECISION, Baseline, Run, Study, evaluated_under_autocast
-from geoloc.train.settings import EVALUATION, TRAINING, fields_from, option_of
+from geoloc.train.settings import EVALUATION, RUN, TRAINING, fields_from, option_of
 
 # The training settings a config's `training` section (or a grid block) gives, in table order.
 MODEL_TRAINING_KEYS = tuple(field.name for field in fields_from(TRAINING))
@@ -66,8 +67,11 @@ class Jobs:
     config: Mapping[str, Any]
     study: Study
     registry: str  # the weights registry's path, as the workflow resolved it
-    train_dirs: Mapping[str, tuple[str, str]]  # training set -> (train folder, val folder)
-    test_dirs: Mapping[str, str]  # test set -> its folder (database/ and queries/)
+    catalog: Mapping[str, DatasetEntry]  # the datasets by name (the shipped catalog and config `datasets`)
+
+    def folder(self, dataset: str, field: str) -> str:
+        """A folder of a catalog entry (test, train or val) under datasets_root, in the layout found."""
+        return str(resolve_folder(Path(self.config["datasets_root"]), getattr(self.catalog[dataset], field)))
 
     @property
     def image_cache_dir(self) -> str:
@@ -79,9 +83,12 @@ class Jobs:
         """Exactly what makes the run's model."""
         run = self.study.runs[name]
         weights = self.study.weights.get(run.weights_id)
+        # The run's own axes by the table (backbone, precision, seed, aggregator where the table has it).
+        axes = {field.name: getattr(run, field.name, None) for field in fields_from(RUN)}
+        axes["weights_format"] = weights.format if weights else None
         return quoted({
             "--backbone": run.backbone, "--pretraining": run.pretraining, "--tag": run.tag,
-            "--weights-format": weights.format if weights else None, "--precision": run.precision, "--seed": run.seed,
+            **{option_of(name): value for name, value in axes.items()},
             **{option_of(key): run.training[key] for key in MODEL_TRAINING_KEYS},
             **{option_of(field.name): self.config["evaluation"][field.name] for field in fields_from(EVALUATION)},
         })
@@ -92,7 +99,7 @@ class Jobs:
         settings = run.training
         weights = self.study.weights.get(run.weights_id)
         results = self.config["results"]
-        train_dir, val_dir = self.train_dirs[settings["dataset"]]
+        train_dir, val_dir = (self.folder(settings["dataset"], field) for field in ("train", "val"))
         words = quoted({
             "--run-name": run.name, "--train-dir": train_dir, "--val-dir": val_dir,
             "--weights": weights_path if weights else "none", "--weights-sha256": weights.sha256 if weights else None,
@@ -123,12 +130,23 @@ class Jobs:
     # ------------------------------------------------------------ evaluate and baselines
 
     def _evaluation_settings(self, precision: str) -> str:
-        """What changes the recalls of a model trained in `precision`, beside the model itself."""
+        """What changes the recalls of a model trained in `precision`, beside the model itself: the
+        protocol, and each test set's own threshold and query file where it has one."""
         evaluation = self.config["evaluation"]
+        threshold = evaluation["positive_dist_threshold"]
+        entries = [self.catalog[name] for name in self.config["test_sets"]]
         return quoted({
-            "--k": evaluation["k"], "--positive-dist-threshold": evaluation["positive_dist_threshold"],
+            "--k": evaluation["k"], "--positive-dist-threshold": threshold,
             "--resize": evaluation["resize"], "--autocast": evaluated_under_autocast(precision, evaluation["autocast"]),
-        })
+        }) + "".join(
+            f" --set-threshold {shlex.quote(f'{e.name}={e.positive_dist_threshold}')}"
+            for e in entries if e.positive_dist_threshold != threshold
+        ) + "".join(
+            f" --set-queries {shlex.quote(f'{e.name}={self._file(e.queries)}')}" for e in entries if e.queries
+        )
+
+    def _file(self, path: str) -> str:
+        return path if Path(path).is_absolute() else f"{self.config['datasets_root']}/{path}"
 
     def evaluate_settings(self, name: str) -> str:
         """What changes a run's recalls beside its model."""
@@ -137,7 +155,8 @@ class Jobs:
     def evaluate_runtime(self, recalls: Iterable[str], threads: int) -> str:
         """Test sets, outputs and runtime knobs of an evaluation: never a reason to re-evaluate."""
         evaluation = self.config["evaluation"]
-        test_sets = [word for name, folder in self.test_dirs.items() for word in ("--test-set", f"{name}={folder}")]
+        test_sets = [word for name in self.config["test_sets"]
+                     for word in ("--test-set", f"{name}={self.folder(name, 'test')}")]
         options = quoted({
             "--out-dir": Path(next(iter(recalls))).parent, "--batch-size": evaluation["batch_size"],
             "--num-workers": evaluation["num_workers"], "--device": self.config["device"], "--threads": threads,
@@ -175,7 +194,7 @@ class Jobs:
     def cache_images_runtime(self, size: int, threads: int) -> str:
         """The whole command of a cache job: only whether a run caches this size decides if it builds
         (a cache turned on later is built by its first training), so none of it is a rerun trigger."""
-        train_dirs = sorted({self.train_dirs[run.training["dataset"]][0] for run in self.study.runs.values()
+        train_dirs = sorted({self.folder(run.training["dataset"], "train") for run in self.study.runs.values()
                              if run.training["image_cache"] and run.training["image_size"] == size})
         if not train_dirs:
             return f"echo no run caches its images at {size} px"
@@ -186,10 +205,10 @@ class Jobs:
     def report_settings(self) -> str:
         """What the report says, beside its inputs: the expected runs and the reference."""
         return quoted({"--positive-dist-threshold": self.config["evaluation"]["positive_dist_threshold"],
-                       "--reference": self.config["reference"], "--expected": list(self.study.runs)})
+                       "--reference": self.study.reference, "--expected": list(self.study.runs)})
 
-    def report_runtime(self, train: Iterable[str], published: str | None, conclusions: str, templates: Path) -> str:
-        return quoted({"--runs-dir": Path(next(iter(train))).parent.parent, "--templates": templates,
+    def report_runtime(self, published: str | None, conclusions: str, templates: Path) -> str:
+        return quoted({"--runs-dir": f"{self.config['results']}/runs", "--templates": templates,
                        "--published": published or None, "--conclusions-out": conclusions})
 
     def aggregate_runtime(self, summaries: Iterable[str]) -> str:

@@ -10,6 +10,7 @@
 # derived on purpose (a function of input/output/threads), carrying paths and runtime knobs
 # (device, loader workers, checkpoint interval, cache locations, batch size, threads): a new
 # value of those reruns nothing.
+import dataclasses
 import os
 import re
 import signal
@@ -23,6 +24,7 @@ from snakemake.utils import validate
 
 from geoloc import grid, jobs
 from geoloc.atomic import atomic_write_text
+from geoloc.data.catalog import load_catalog
 from geoloc.errors import GeolocError
 from geoloc.jobs import ranks
 from geoloc.model import backbones
@@ -66,8 +68,9 @@ def blocks_of(backbone: str) -> int | None:
     return backbones.STUDY_BACKBONES[backbone].blocks
 
 
-def load_study(config: dict) -> grid.Study:
-    """Validate the config (filling in defaults) and expand its grid; errors name the key."""
+def load_study(config: dict) -> tuple[grid.Study, dict]:
+    """Validate the config (filling in defaults), read the dataset catalog and expand the grid;
+    errors name the key."""
     try:
         validate(config, schema=str(SCHEMA_FILE))
     except WorkflowError as error:
@@ -75,7 +78,8 @@ def load_study(config: dict) -> grid.Study:
             raise
         raise WorkflowError(grid.describe_schema_error(error.__context__)) from None
     try:
-        return grid.plan_study(
+        catalog = load_catalog(REPO / "resources" / "datasets.yaml", config["datasets"])
+        study = grid.plan_study(
             config,
             schema=SCHEMA,
             known_backbones=backbones.STUDY_BACKBONES,
@@ -85,30 +89,23 @@ def load_study(config: dict) -> grid.Study:
             ),
             blocks_of=blocks_of,
             input_size_problem=backbones.input_size_problem,
+            catalog=catalog,
         )
     except GeolocError as error:
         raise WorkflowError(str(error)) from None
+    return study, catalog
 
 
-STUDY = load_study(config)
+STUDY, CATALOG = load_study(config)
+# Left out, the reference is the grid's first run: the report gets it, and the config it shows says so.
+config["reference"] = STUDY.reference
 WEIGHTS_REGISTRY = workflow_file(config["weights"]["registry"])
 RUNS = STUDY.runs
 BASELINES = STUDY.baselines
 TEST_SETS = config["test_sets"]
 RESULTS = config["results"]
 # Every job's command line (geoloc.jobs); the rules pass its parts as params `settings` and `runtime`.
-JOBS = jobs.Jobs(
-    config,
-    STUDY,
-    registry=WEIGHTS_REGISTRY,
-    train_dirs={
-        "sf_xs": (
-            f"{config['datasets_root']}/sf_xs/train",
-            f"{config['datasets_root']}/sf_xs/val",
-        )
-    },
-    test_dirs={name: f"{config['datasets_root']}/{name}/test" for name in TEST_SETS},
-)
+JOBS = jobs.Jobs(config, STUDY, registry=WEIGHTS_REGISTRY, catalog=CATALOG)
 
 
 pathvars:
@@ -142,6 +139,11 @@ def synthetic_datasets(wildcards) -> str | list:
 def datasets_root(wildcards) -> str:
     """The root in use: a params trigger of the local datasets rule only."""
     return config["datasets_root"]
+
+
+def dataset_fields(names) -> dict:
+    """Catalog entries as workflow/scripts/datasets.py takes them (a params trigger of rule datasets)."""
+    return {name: dataclasses.asdict(CATALOG[name]) for name in sorted(names)}
 
 
 def image_cache_marker(wildcards):

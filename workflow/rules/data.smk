@@ -36,7 +36,10 @@ rule datasets:
         "../envs/geoloc.yaml"
     params:
         root=datasets_root,
-        test_sets=TEST_SETS,
+        test_sets=lambda wildcards: dataset_fields(TEST_SETS),
+        training=lambda wildcards: dataset_fields(
+            {run.training["dataset"] for run in RUNS.values()}
+        ),
     script:
         "../scripts/datasets.py"
 

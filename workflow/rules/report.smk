@@ -74,7 +74,7 @@ rule report:
     params:
         settings=lambda wildcards: JOBS.report_settings(),
         runtime=lambda wildcards, input, output: JOBS.report_runtime(
-            input.train, input.published, output.conclusions, WORKFLOW_DIR / "report"
+            input.published, output.conclusions, WORKFLOW_DIR / "report"
         ),
     shell:
         "geoloc report --recalls {input.recalls:q} --config {input.config:q}"
