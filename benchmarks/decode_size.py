@@ -2,7 +2,7 @@
 
 512 px JPEGs (smooth noise with light sensor noise, quality 90: about what SF-XS's cost to
 decode) are decoded as a training loader worker does (`data.read_image`, JPEG draft mode),
-then one batch goes through `train.augment.augment_batch` on this device. For each
+then one batch goes through `train.augment.augment_batch` on the training device (--device). For each
 image_size: the side decoded at, decoded images/s in this process, and the augmentation's
 milliseconds per batch; the speed a loader worker gives is the decoding's.
 
@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 import torch
-from common import OUT, machine, print_table, write_json
+from common import OUT, machine, print_table, synchronize, write_json
 from PIL import Image
 
 from geoloc.data.images import decode_size, read_image
@@ -33,6 +33,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--images", type=int, default=200, help="JPEGs decoded per measurement")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3, help="best of this many timings")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="where the augmentation runs (default: cuda when there is one)")
     return parser.parse_args()
 
 
@@ -62,19 +64,25 @@ def best_seconds(function, repeats: int) -> float:
 
 def main() -> None:
     args = parse_args()
-    torch.set_num_threads(1)  # as a loader worker and as the tests run
+    torch.set_num_threads(1)  # decoding as one loader worker does
+    device = torch.device(args.device)
     paths = write_jpegs(OUT / "decode_size_jpegs", args.images)
     rows = []
     for image_size in args.image_sizes:
         for variant, side in (("before", image_size), ("after", decode_size(image_size, STORED))):
             seconds = best_seconds(lambda side=side: [read_image(path, side) for path in paths], args.repeats)
-            batch = torch.stack([read_image(path, side) for path in paths[:args.batch_size]])
-            augment = best_seconds(lambda batch=batch: augment_batch(batch, image_size, torch.Generator().manual_seed(0)),
-                                   args.repeats)
+            batch = torch.stack([read_image(path, side) for path in paths[:args.batch_size]]).to(device)
+
+            def augment(batch=batch, image_size=image_size):
+                augment_batch(batch, image_size, torch.Generator(device).manual_seed(0))
+                synchronize(device)
+
+            augment()  # warm-up: kernels, allocator
+            augment_seconds = best_seconds(augment, args.repeats)
             rows.append({"image_size": image_size, "variant": variant, "decoded_px": side,
-                         "decode_img_s": len(paths) / seconds, "augment_ms_per_batch": 1000 * augment})
+                         "decode_img_s": len(paths) / seconds, "augment_ms_per_batch": 1000 * augment_seconds})
     print_table(rows, COLUMNS)
-    write_json(OUT / "decode_size.json", {"machine": machine(torch.device("cpu")), "settings": vars(args),
+    write_json(OUT / "decode_size.json", {"machine": machine(device), "settings": vars(args),
                                           "rows": rows})
 
 
