@@ -13,7 +13,7 @@ milliseconds per batch; the speed a loader worker gives is the decoding's.
 from __future__ import annotations
 
 import argparse
-import time
+import timeit
 
 import numpy as np
 import torch
@@ -54,12 +54,7 @@ def write_jpegs(folder, count: int) -> list:
 
 
 def best_seconds(function, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return min(times)
+    return min(timeit.repeat(function, number=1, repeat=repeats))
 
 
 def main() -> None:
