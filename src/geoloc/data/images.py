@@ -12,12 +12,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import math
+
 import numpy as np
 import torch
 from PIL import Image, ImageOps
 
 from geoloc.errors import GeolocError
 
+# CosPlace's RandomResizedCrop: area 50-100 %, aspect ratio 3:4 to 4:3 (geoloc.train.augment).
+CROP_SCALE = (0.5, 1.0)
+CROP_RATIO = (3 / 4, 4 / 3)
 _BACKGROUND = (255, 255, 255, 255)  # what transparent pixels are shown over
 _ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
 _SIXTEEN_BIT_MAX = 65535
@@ -61,6 +66,28 @@ def read_image(path: Path, size: int | tuple[int, int] | None) -> torch.Tensor:
     except Exception as exc:  # PIL reports corrupt files with many exception types
         raise GeolocError(f"cannot decode image {path}: {exc}") from exc
     return torch.from_numpy(channels)
+
+
+def decode_size(image_size: int, stored_side: int, crop_scale: tuple[float, float] = CROP_SCALE,
+                crop_ratio: tuple[float, float] = CROP_RATIO) -> int:
+    """The square side training images are decoded (and cached) at, before the random-resized crop.
+
+    CosPlace cuts its crop from the stored image (512 px). Decoded at image_size instead, a
+    half-area crop would be upsampled from ~0.7 x image_size pixels; so the side is large
+    enough that the narrowest crop (smallest area, most extreme aspect ratio) still spans
+    image_size pixels, but never above the stored side (nothing to gain) nor below image_size.
+    """
+    narrowest = math.sqrt(crop_scale[0] * min(crop_ratio[0], 1 / crop_ratio[1]))
+    return max(image_size, min(math.ceil(image_size / narrowest), stored_side))
+
+
+def stored_side(path: Path) -> int:
+    """The longer side of the image at `path`, in pixels, from its header."""
+    try:
+        with Image.open(path) as image:
+            return max(image.size)
+    except Exception as exc:  # PIL reports corrupt files with many exception types
+        raise GeolocError(f"cannot decode image {path}: {exc}") from exc
 
 
 class ImageListDataset(torch.utils.data.Dataset):

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from geoloc.data.images import CROP_RATIO, CROP_SCALE
+
 # Luma weights (ITU-R 601), as torchvision's rgb_to_grayscale.
 _GRAY = torch.tensor([0.299, 0.587, 0.114])
 # RGB <-> YIQ: hue is the angle of the (I, Q) chroma vector.
@@ -31,8 +33,8 @@ class AugmentConfig:
     contrast: float = 0.7
     saturation: float = 0.7
     hue: float = 0.5
-    crop_scale: tuple[float, float] = (0.5, 1.0)
-    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    crop_scale: tuple[float, float] = CROP_SCALE
+    crop_ratio: tuple[float, float] = CROP_RATIO
 
 
 @dataclass(frozen=True)
@@ -84,22 +86,28 @@ def color_jitter(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Gene
     return images.clamp_(0, 1)
 
 
-def random_resized_crop(
-    images: torch.Tensor, size: int, cfg: AugmentConfig, generator: torch.Generator,
-    rows: _Rows | None = None,
-) -> torch.Tensor:
-    """Crop a random area (scale and aspect ratio per image) and resize it to size x size."""
-    n, device = images.shape[0], images.device
+def crop_boxes(n: int, cfg: AugmentConfig, generator: torch.Generator, device,
+               rows: _Rows | None = None) -> tuple[torch.Tensor, ...]:
+    """Random crops (w, h, cx, cy) of n images: width and height as fractions of the image, centre
+    in normalised [-1, 1] coordinates, one area and aspect ratio per image, the crop inside."""
     rows = rows or _Rows(0, n, n)
     area = _uniform(rows, *cfg.crop_scale, generator, device)
     log_ratio = _uniform(rows, math.log(cfg.crop_ratio[0]), math.log(cfg.crop_ratio[1]), generator, device)
     ratio = torch.exp(log_ratio)
-    # Crop width/height as fractions of the image, clamped so the crop fits.
     w = torch.sqrt(area * ratio).clamp(max=1.0)
     h = torch.sqrt(area / ratio).clamp(max=1.0)
-    # Crop centre in normalised [-1, 1] coordinates, anywhere the crop stays inside.
     cx = (rows.rand(generator, device) * 2 - 1) * (1 - w)
     cy = (rows.rand(generator, device) * 2 - 1) * (1 - h)
+    return w, h, cx, cy
+
+
+def random_resized_crop(
+    images: torch.Tensor, size: int, cfg: AugmentConfig, generator: torch.Generator,
+    rows: _Rows | None = None,
+) -> torch.Tensor:
+    """Crop a random area (scale and aspect ratio per image, `crop_boxes`) and resize it to size x size."""
+    n, device = images.shape[0], images.device
+    w, h, cx, cy = crop_boxes(n, cfg, generator, device, rows)
     theta = torch.zeros(n, 2, 3, device=device, dtype=images.dtype)
     theta[:, 0, 0], theta[:, 0, 2] = w, cx
     theta[:, 1, 1], theta[:, 1, 2] = h, cy

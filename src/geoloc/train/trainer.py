@@ -31,6 +31,7 @@ from tqdm import tqdm
 from geoloc.data.datasets import TestSet, TrainGroupDataset
 from geoloc.data.groups import build_groups
 from geoloc.data.image_cache import ImageCache
+from geoloc.data.images import decode_size, stored_side
 from geoloc.data.listing import Listing
 from geoloc.device import autocast, channels_last, resolve_device
 from geoloc.errors import GeolocError
@@ -143,12 +144,14 @@ class Trainer:
         if settings.groups_num > len(groups):
             raise GeolocError(f"groups_num={settings.groups_num} but {train_dir} has only {len(groups)} "
                               "non-empty groups with these M, alpha, N, L")
+        # Decoded large enough that a random-resized crop keeps the stored images' detail.
+        self.decode_size = decode_size(settings.image_size, stored_side(groups.listing[0]))
         cache = None
         if image_cache_dir is not None:
-            cache = open_image_cache(groups.listing, settings.image_size, image_cache_dir, image_cache_copy_to,
+            cache = open_image_cache(groups.listing, self.decode_size, image_cache_dir, image_cache_copy_to,
                                       num_workers, max_bad_images)
         self.image_cache_build_seconds = None if cache is None else cache.build_seconds
-        self.datasets = [TrainGroupDataset(groups[g], settings.image_size, cache=cache)
+        self.datasets = [TrainGroupDataset(groups[g], self.decode_size, cache=cache)
                          for g in range(settings.groups_num)]
         for g, ds in enumerate(self.datasets):
             if settings.batch_size > len(ds):
@@ -276,7 +279,7 @@ class Trainer:
         loss_weight = (stop_row - start_row) / s.batch_size
         sampler = GroupBatchSampler(dataset.images_per_class, s.batch_size, s.seed, epoch,
                                     progress["iteration"], s.iterations_per_epoch, part=(start_row, stop_row))
-        loader = training_loader(dataset, sampler, s.image_size, self.num_workers, device)
+        loader = training_loader(dataset, sampler, self.decode_size, self.num_workers, device)
         self.model.train()
         log.info("epoch %d: training group %d (%d classes) for %d iterations", epoch, group, len(dataset),
                  s.iterations_per_epoch - progress["iteration"])
@@ -442,6 +445,7 @@ class Trainer:
             "gflops_per_image": gflops_per_image(self.model, self.s.image_size),
             # Validation (and evaluation) resize each image to the nearest multiple of this (a ViT's patch).
             "eval_size_multiple": input_size_multiple(self.model),
+            "decode_size": self.decode_size,  # training images' side before the random-resized crop
             "resumed_from_iteration": progress["resumed_from_iteration"],
             "versions": package_versions(), "started_at": progress["started_at"], "finished_at": now(),
         }
