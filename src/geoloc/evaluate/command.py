@@ -10,6 +10,7 @@ written together at the end (geoloc.evaluate.writing.write_all_or_none).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import filecmp
 import functools
 import json
@@ -29,6 +30,7 @@ from geoloc.evaluate.batches import upright_size
 from geoloc.evaluate.evaluation import Embedding, checked_k, checked_positives, embed, score
 from geoloc.evaluate.writing import Provenance, recall_row, write_all_or_none, write_queries, write_recalls
 from geoloc.grid import NO_PRETRAINING
+from geoloc.locking import locked
 from geoloc.model.network import load_model
 from geoloc.model.weights import FORMATS
 from geoloc.provenance import checked_model, device_name
@@ -98,6 +100,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     _check_model_flags(args)
     _check_outputs(args)
+    folders = {args.out_dir.resolve(): "--out-dir"}
+    if args.untrained:
+        folders.setdefault(args.summary_out.parent.resolve(), "--summary-out's folder")
+    with contextlib.ExitStack() as locks:  # a second evaluation into the same files is refused
+        for folder, flag in folders.items():
+            locks.enter_context(locked(folder, flag))
+        return _evaluate(args)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     test_sets = {name: TestSet(folder) for name, folder in args.test_sets}
     threshold = float(args.positive_dist_threshold)  # one spelling in messages and CSVs: 25.0
