@@ -101,8 +101,10 @@ def run(args: argparse.Namespace) -> int:
     _check_model_flags(args)
     _check_outputs(args)
     folders = {args.out_dir.resolve(): "--out-dir"}
-    if args.untrained:
-        folders.setdefault(args.summary_out.parent.resolve(), "--summary-out's folder")
+    if args.untrained:  # a baseline folder that holds the recalls folder stands for both
+        summary_folder = args.summary_out.parent.resolve()
+        folders = {summary_folder: "--summary-out's folder",
+                   **{folder: flag for folder, flag in folders.items() if not folder.is_relative_to(summary_folder)}}
     with contextlib.ExitStack() as locks:  # a second evaluation into the same files is refused
         for folder, flag in folders.items():
             locks.enter_context(locked(folder, flag))
