@@ -12,7 +12,8 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "geoloc"
 STAGES = ("data", "model", "train", "evaluate", "report")
 # What every stage may use: the shared plumbing at the top of the package.
-PLUMBING = {"geoloc", "geoloc.atomic", "geoloc.errors", "geoloc.device", "geoloc.arguments", "geoloc.provenance"}
+PLUMBING = {"geoloc", "geoloc.atomic", "geoloc.errors", "geoloc.device", "geoloc.arguments", "geoloc.provenance",
+            "geoloc.locking"}
 # The modules outside a stage's own folder that it may import.
 ALLOWED = {
     "data": set(),

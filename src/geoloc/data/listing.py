@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,6 +12,8 @@ import numpy as np
 from geoloc.data.names import IMAGE_EXTENSIONS
 from geoloc.data.packed import PackedNames
 from geoloc.errors import GeolocError
+
+_CHUNK = 1 << 16  # names digested per string join: a few MB at a time
 
 
 def list_images(folder: Path) -> list[Path]:
@@ -51,23 +54,59 @@ def image_names(folder: Path) -> list[str]:
     a sub-folder `a/` sorts after a file or folder `a-b`, since '-' comes before '/'.
     Plain strings, not Paths: pathlib costs microseconds per file on real training sets.
     """
-    if not folder.is_dir():
-        raise GeolocError(f"image folder {folder} does not exist or is not a folder")
-    names: list[str] = []
-    for root, dirs, files in os.walk(folder, onerror=_raise_listing_error):
-        dirs[:] = [name for name in dirs if not name.startswith(".")]
-        relative_root = os.path.relpath(root, folder)
-        prefix = "" if relative_root == "." else relative_root.replace(os.sep, "/") + "/"
-        names += [
-            prefix + name
-            for name in files
-            if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
-        ]
-    if not names:
-        raise GeolocError(f"image folder {folder} holds no image ({', '.join(IMAGE_EXTENSIONS)}, any case)")
-    names.sort()
+    names = sorted(name for name, _ in _image_entries(Path(folder)))
     _reject_duplicate_names(folder, names)
     return names
+
+
+def listing_fingerprint(folder: Path) -> dict[str, int | str]:
+    """What a folder of images holds, cheaply: the number of images and the sha256 of their
+    relative names, sizes and modification times (ns), in `image_names` order.
+
+    A file added, removed, renamed, resized or rewritten in place changes it; where the folder
+    lies does not, nor does a move or a copy that keeps the times (`cp -a`, `rsync -a`). One stat
+    per image: the cost at SF-XL's million names is in benchmarks/listing_fingerprint.py.
+    """
+    entries = sorted((name, entry.stat()) for name, entry in _image_entries(Path(folder)))
+    _reject_duplicate_names(folder, [name for name, _ in entries])
+    digest = hashlib.sha256()
+    for first in range(0, len(entries), _CHUNK):
+        chunk = entries[first:first + _CHUNK]
+        lines = (f"{len(name)}:{name}\0{stat.st_size}\0{stat.st_mtime_ns}\n" for name, stat in chunk)
+        digest.update("".join(lines).encode("utf-8", "surrogateescape"))
+    return {"images": len(entries), "sha256": digest.hexdigest()}
+
+
+def _image_entries(folder: Path) -> list[tuple[str, os.DirEntry]]:
+    """(relative POSIX name, directory entry) of every image file under `folder`, unsorted.
+
+    Hidden files and folders are skipped, and links to folders are not followed (as os.walk
+    does). A name that looks like an image but is no regular file (a FIFO, a socket, a device,
+    a dangling link) is refused: opening a FIFO to decode it would wait forever.
+    """
+    if not folder.is_dir():
+        raise GeolocError(f"image folder {folder} does not exist or is not a folder")
+    found: list[tuple[str, os.DirEntry]] = []
+    pending = [("", os.fspath(folder))]
+    while pending:
+        prefix, path = pending.pop()
+        try:
+            with os.scandir(path) as entries:
+                for entry in entries:
+                    if entry.name.startswith("."):
+                        continue
+                    if entry.is_dir(follow_symlinks=False):
+                        pending.append((f"{prefix}{entry.name}/", entry.path))
+                    elif entry.name.lower().endswith(IMAGE_EXTENSIONS) and not entry.is_dir():
+                        if not entry.is_file():
+                            raise GeolocError(f"{entry.path} is named like an image but is no regular file (a FIFO, "
+                                              "socket, device or dangling link): remove it from the dataset")
+                        found.append((prefix + entry.name, entry))
+        except OSError as exc:
+            _raise_listing_error(exc)
+    if not found:
+        raise GeolocError(f"image folder {folder} holds no image ({', '.join(IMAGE_EXTENSIONS)}, any case)")
+    return found
 
 
 def _raise_listing_error(error: OSError) -> None:
@@ -76,19 +115,29 @@ def _raise_listing_error(error: OSError) -> None:
 
 def _reject_duplicate_names(folder: Path, names: list[str]) -> None:
     # The file name is the image's metadata: the same name twice in one set is a copy of
-    # one image (a botched merge of folders) that would silently count twice. Only names in
-    # different folders can repeat. The file names are compared by hash first: a dict of a
-    # million of them would double the listing's memory.
-    if not any("/" in name for name in names):
+    # one image (a botched merge of folders) that would silently count twice. Names compare
+    # with their extension's case folded (x.jpg and x.JPG are one image on any disk). Only
+    # names in different folders, or with an extension not in lower case, can repeat. The
+    # names are compared by hash first: a dict of a million of them would double the
+    # listing's memory.
+    if not any("/" in name or not name.endswith(IMAGE_EXTENSIONS) for name in names):
         return
-    hashes = np.fromiter((hash(name.rpartition("/")[2]) for name in names), dtype=np.int64, count=len(names))
+    keys = [_image_key(name) for name in names]
+    hashes = np.fromiter((hash(key) for key in keys), dtype=np.int64, count=len(keys))
     _, inverse, counts = np.unique(hashes, return_inverse=True, return_counts=True)
     first_seen: dict[str, str] = {}
     for index in np.flatnonzero(counts[inverse.reshape(-1)] > 1):  # the few names whose hash repeats
-        name = names[index]
-        file_name = name.rpartition("/")[2]
-        if file_name in first_seen:
+        name, key = names[index], keys[index]
+        if key in first_seen:
             raise GeolocError(
-                f"duplicate image name {file_name}: {folder / first_seen[file_name]} and {folder / name}"
+                f"duplicate image name {key}: {Path(folder) / first_seen[key]} and {Path(folder) / name} "
+                "(one image twice): remove one of them"
             )
-        first_seen[file_name] = name
+        first_seen[key] = name
+
+
+def _image_key(name: str) -> str:
+    """The file name of `name` with its extension in lower case."""
+    file_name = name.rpartition("/")[2]
+    stem, dot, extension = file_name.rpartition(".")
+    return f"{stem}{dot}{extension.lower()}"

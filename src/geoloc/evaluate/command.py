@@ -10,6 +10,7 @@ written together at the end (geoloc.evaluate.writing.write_all_or_none).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import filecmp
 import functools
 import json
@@ -31,6 +32,7 @@ from geoloc.evaluate.descriptors import nearest_multiple
 from geoloc.evaluate.evaluation import Embedding, checked_k, checked_positives, embed, score
 from geoloc.evaluate.writing import Provenance, recall_row, write_all_or_none, write_queries, write_recalls
 from geoloc.grid import NO_PRETRAINING
+from geoloc.locking import locked
 from geoloc.model.backbones import input_size_multiple
 from geoloc.model.network import load_model
 from geoloc.model.weights import FORMATS
@@ -119,6 +121,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     _check_model_flags(args)
     _check_outputs(args)
+    folders = {args.out_dir.resolve(): "--out-dir"}
+    if args.untrained:  # a baseline folder that holds the recalls folder stands for both
+        summary_folder = args.summary_out.parent.resolve()
+        folders = {summary_folder: "--summary-out's folder",
+                   **{folder: flag for folder, flag in folders.items() if not folder.is_relative_to(summary_folder)}}
+    with contextlib.ExitStack() as locks:  # a second evaluation into the same files is refused
+        for folder, flag in folders.items():
+            locks.enter_context(locked(folder, flag))
+        return _evaluate(args)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     queries_files = _per_set(args, "--set-queries", args.set_queries)
     test_sets = {name: TestSet(folder, queries_files.get(name)) for name, folder in args.test_sets}

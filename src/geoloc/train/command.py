@@ -8,6 +8,7 @@ local ranks (geoloc.train.distributed); rank 0 writes the outputs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
@@ -17,6 +18,7 @@ from geoloc.arguments import integer
 from geoloc.atomic import atomic_outputs, remove_stale_temporaries
 from geoloc.device import cpu_budget, resolve_device
 from geoloc.errors import GeolocError
+from geoloc.locking import locked
 from geoloc.model.network import save_model
 from geoloc.model.weights import sha256_file
 from geoloc.train import checkpoint as ckpt
@@ -97,7 +99,11 @@ def run(args: argparse.Namespace) -> int:
     if launched is not None:
         ranks = distributed.start(*launched, resolve_device(args.device))
     try:
-        return _train(args, settings, weights, ranks, deadline)
+        with contextlib.ExitStack() as locks:
+            if ranks.is_main:  # one training per run folder and checkpoint folder, whichever clone started it
+                locks.enter_context(locked(args.out_dir, "--out-dir"))
+                locks.enter_context(locked(args.checkpoint_dir, "--checkpoint-dir"))
+            return _train(args, settings, weights, ranks, deadline)
     finally:
         distributed.stop()
 
