@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from geoloc.device import PRECISIONS
 from geoloc.errors import GeolocError
+from geoloc.model.aggregators import AGGREGATORS
 from geoloc.model.losses import LOSSES
 
 
@@ -30,7 +31,8 @@ class TrainSettings:
     L: int = 2  # heading bins between two classes of the same group
     min_images_per_class: int = 10
     groups_num: int = 1
-    fc_output_dim: int = 512
+    fc_output_dim: int = 512  # descriptor size of the aggregators that end in a linear layer (gem, netvlad)
+    aggregator: str = "gem"  # geoloc.model.aggregators.AGGREGATORS
     trainable_blocks: int | None = None  # None: the study's default for the backbone
     positive_dist_threshold: float = 25.0
 
@@ -45,6 +47,8 @@ class TrainSettings:
                 raise GeolocError(f"{name} must be positive, got {getattr(self, name)}")
         if self.precision not in PRECISIONS:
             raise GeolocError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.aggregator not in AGGREGATORS:
+            raise GeolocError(f"aggregator must be one of {', '.join(AGGREGATORS)}, got {self.aggregator!r}")
         if self.loss not in LOSSES:
             raise GeolocError(f"loss must be one of {LOSSES}, got {self.loss!r}")
         if self.alpha > 360:
