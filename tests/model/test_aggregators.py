@@ -123,3 +123,20 @@ def test_netvlad_residuals_match_the_definition():
         vlad = torch.stack([(assign[:, k:k + 1] * (local - head.centroids[k])).sum(0) for k in range(2)])
         expected = torch.nn.functional.normalize(torch.nn.functional.normalize(vlad, dim=1).flatten(), dim=0)
     torch.testing.assert_close(got[0], expected)
+
+
+@pytest.mark.parametrize("name", ["mixvpr", "boq"])  # a fixed input size; attention (FLOPs counted)
+def test_each_aggregator_trains_with_cosplaces_recipe_on_the_tiny_city(tiny_city, tmp_path, name):
+    from geoloc.train.settings import RunInfo, TrainSettings
+    from geoloc.train.trainer import Trainer
+
+    settings = TrainSettings(backbone="resnet18", epochs=1, iterations_per_epoch=2, batch_size=4, image_size=64,
+                             lr=1e-3, alpha=45, N=2, L=1, min_images_per_class=3, fc_output_dim=16, aggregator=name)
+    trainer = Trainer(settings, RunInfo(f"resnet18-none-fp32-s0-{name}", "resnet18", "none", "fp32", 0, None),
+                      train_dir=tiny_city / "sf_xs" / "train", val_dir=tiny_city / "sf_xs" / "val", weights=None,
+                      checkpoint_dir=tmp_path / "ckpt", cache_dir=tmp_path / "cache", device="cpu", num_workers=0,
+                      checkpoint_every=2)
+    summary = trainer.summary(trainer.fit())
+    assert trainer.model.aggregator == name
+    assert torch.isfinite(torch.tensor(summary["epochs"][0]["loss"]))
+    assert 0 <= summary["epochs"][0]["val_recalls"]["r1"] <= 100

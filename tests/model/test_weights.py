@@ -280,6 +280,32 @@ def test_project_registry_covers_the_study_with_torchvision_hash_prefixes():
     assert lookup(REGISTRY, "timm:resnet10t", "imagenet")["format"] == "timm"
 
 
+def test_a_users_registry_adds_to_the_shipped_one(tmp_path, capsys):
+    source = tmp_path / "src.pth"
+    source.write_bytes(PAYLOAD)
+    mine = _write_registry(tmp_path / "mine.yaml", {
+        "resnet18": {"mine": _entry(source.as_uri())},  # a pretraining added beside the shipped ones
+        "timm:vit_base_patch14_dinov2": {"lvd142m": _entry(source.as_uri(), fmt="timm")},  # replaced
+    })
+    assert lookup([REGISTRY, mine], "resnet18", "mine")["url"] == source.as_uri()
+    assert lookup([REGISTRY, mine], "resnet18", "imagenet") == lookup(REGISTRY, "resnet18", "imagenet")
+    assert lookup([REGISTRY, mine], "timm:vit_base_patch14_dinov2", "lvd142m")["sha256"] == PAYLOAD_SHA
+    with pytest.raises(GeolocError, match="has no backbone 'swin_tiny'"):
+        lookup(mine, "swin_tiny", "imagenet")  # alone, the user's file knows only its own entries
+    out = tmp_path / "w.pth"
+    assert main(["fetch-weights", "--registry", str(REGISTRY), "--registry", str(mine), "--backbone", "resnet18",
+                 "--pretraining", "mine", "--out", str(out), "--retries", "0"]) == 0
+    assert out.read_bytes() == PAYLOAD
+
+
+def test_project_registry_has_dinov2_small_and_base_with_and_without_registers():
+    for model in ("vit_small_patch14_dinov2", "vit_base_patch14_dinov2", "vit_small_patch14_reg4_dinov2",
+                  "vit_base_patch14_reg4_dinov2"):
+        entry = lookup(REGISTRY, f"timm:{model}", "lvd142m")
+        assert entry["format"] == "timm"
+        assert entry["url"] == f"https://huggingface.co/timm/{model}.lvd142m/resolve/main/model.safetensors"
+
+
 def test_project_registry_urls_match_the_installed_torchvision():
     weights = {"resnet18": torchvision.models.ResNet18_Weights, "swin_tiny": torchvision.models.Swin_T_Weights,
                "efficientnet_v2_s": torchvision.models.EfficientNet_V2_S_Weights,

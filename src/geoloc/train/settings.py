@@ -15,6 +15,7 @@ from typing import Any
 from geoloc.arguments import integer, number
 from geoloc.device import PRECISIONS
 from geoloc.errors import GeolocError
+from geoloc.model.aggregators import AGGREGATORS
 from geoloc.model.losses import LOSSES
 
 # Where the workflow takes a setting from: the config's `training` section (a grid block may
@@ -58,7 +59,8 @@ class TrainSettings:
     L: int = setting(2, minimum=1, help="heading bins between two classes of the same group")
     min_images_per_class: int = setting(10, minimum=1)
     groups_num: int = setting(1, minimum=1)
-    fc_output_dim: int = setting(512, minimum=1)
+    fc_output_dim: int = setting(512, minimum=1, help="descriptor size of the aggregators that end in a linear layer")
+    aggregator: str = setting("gem", source=RUN, choices=tuple(AGGREGATORS))
     trainable_blocks: int | None = setting(None, minimum=0, help="None: the study's default for the backbone")
     positive_dist_threshold: float = setting(25.0, source=EVALUATION, exclusive_minimum=0)
 

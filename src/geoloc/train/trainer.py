@@ -165,14 +165,15 @@ class Trainer:
 
         torch.manual_seed(settings.seed)
         model = build_model(settings.backbone, settings.fc_output_dim, weights=weights,
-                            weights_format=settings.weights_format, trainable_blocks=settings.trainable_blocks)
+                            weights_format=settings.weights_format, trainable_blocks=settings.trainable_blocks,
+                            aggregator=settings.aggregator, image_size=settings.image_size)
         if ranks.world > 1:
             model = sync_batchnorm(model, self.device)
         self.model = model.to(self.device)
         self.channels_last = channels_last(self.device, settings.precision)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.classifiers = [build_classifier(settings.loss, settings.fc_output_dim, len(ds)) for ds in self.datasets]
+        self.classifiers = [build_classifier(settings.loss, model.descriptor_dim, len(ds)) for ds in self.datasets]
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.model_opt = adam(trainable, settings.lr, self.device)
         self.classifier_opts = [adam(c.parameters(), settings.classifier_lr, self.device) for c in self.classifiers]
@@ -367,7 +368,8 @@ class Trainer:
         mean = progress["loss_sum"] / max(progress["loss_count"], 1)
         scalars = {"train/lr_backbone": self.model_opt.param_groups[0]["lr"],
                    "train/lr_classifier": self.classifier_opts[0].param_groups[0]["lr"],
-                   "train/gem_p": float(self.model.aggregation.gem.p.detach())}
+                   **({"train/gem_p": float(self.model.aggregation.gem.p.detach())}
+                      if hasattr(self.model.aggregation, "gem") else {})}
         if losses:
             scalars["train/images_per_second"] = len(losses) * s.batch_size / max(seconds, 1e-9)
         events.scalars(progress["global_iteration"], scalars)

@@ -207,7 +207,9 @@ class BoQBlock(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         tokens = self.encoder(tokens)
-        queries = self.queries.expand(tokens.shape[0], -1, -1)
+        # A copy, not an expanded view: a view of a parameter made under no_grad claims to need
+        # gradients without having a gradient function, which FLOP counting's hooks refuse.
+        queries = self.queries.repeat(tokens.shape[0], 1, 1)
         queries = self.norm_q(queries + self.self_attn(queries, queries, queries, need_weights=False)[0])
         return tokens, self.norm_out(self.cross_attn(queries, tokens, tokens, need_weights=False)[0])
 
