@@ -8,7 +8,7 @@ import torch
 from geoloc.errors import GeolocError
 from geoloc.model.losses import LOSSES, ArcFace, CosFace, SphereFace, build_classifier
 
-S = 30.0
+S = 30.0  # the scale of every loss
 
 
 def _two_class(loss: str) -> torch.nn.Module:
@@ -34,6 +34,13 @@ def test_losses_are_the_three_of_the_study():
     assert isinstance(build_classifier("cosface", 4, 3), CosFace)
     assert isinstance(build_classifier("arcface", 4, 3), ArcFace)
     assert isinstance(build_classifier("sphereface", 4, 3), SphereFace)
+
+
+def test_each_loss_has_the_scale_and_margin_of_the_study():
+    built = {loss: build_classifier(loss, 4, 3) for loss in LOSSES}
+    assert {loss: (c.scale, c.margin) for loss, c in built.items()} == {
+        "cosface": (S, 0.4), "arcface": (S, 0.5), "sphereface": (S, 1.5)}
+    assert "scale=30.0, margin=0.4" in repr(built["cosface"])
 
 
 def test_unknown_loss_is_refused_naming_the_known_ones():

@@ -82,10 +82,10 @@ def test_resumed_run_ends_exactly_like_an_uninterrupted_one(tiny_city, tmp_path,
     second = make_trainer(tiny_city, tmp_path, name="resumed")
     progress = second.fit()
 
-    assert progress["resumed_from_iteration"] == 9
+    assert progress.resumed_from_iteration == 9
     for key, value in straight.model.state_dict().items():
         assert torch.equal(value, second.model.state_dict()[key]), key
-    assert [e["val_recalls"] for e in progress["history"]] == \
+    assert [e["val_recalls"] for e in progress.history] == \
         [e["val_recalls"] for e in straight.summary(straight.fit())["epochs"]]
 
 

@@ -1,9 +1,10 @@
 """Margin-based classifiers of the CosPlace training: CosFace, ArcFace and SphereFace.
 
 Each classifier holds one weight vector per class and turns descriptors into logits
-`s * cos(theta_j)` for every class j, with a margin applied to the target class only; the
-trainer applies `CrossEntropyLoss` to the logits. The three losses differ only in that
-margin, written on the target cosine:
+`s * cos(theta_j)` for every class j (s, the `scale`: cosines in [-1, 1] would make too flat a
+softmax), with a margin m (`margin`) applied to the target class only; the trainer applies
+`CrossEntropyLoss` to the logits. The three losses differ only in that margin, written on the
+target cosine:
 - CosFace (CosPlace's MarginCosineProduct): cos(theta) - m, s=30, m=0.4.
 - ArcFace: cos(theta + m), s=30, m=0.5.
 - SphereFace (as the study used it, OpenSphere's head): psi(theta) = (-1)^k cos(m theta) - 2k
@@ -29,17 +30,17 @@ _COS_CLAMP = 1.0 - 1e-7
 
 
 class MarginClassifier(nn.Module):
-    """Cosine classifier: logits = s * cos(theta), the target class' cosine replaced by its margin version."""
+    """Cosine classifier: logits = scale * cos(theta), the target class' cosine replaced by its margin version."""
 
-    def __init__(self, in_features: int, out_features: int, s: float, m: float):
+    def __init__(self, in_features: int, out_features: int, scale: float, margin: float):
         super().__init__()
         if in_features < 1 or out_features < 1:
             raise GeolocError(f"a classifier needs in_features and out_features >= 1, "
                               f"got {in_features} and {out_features}")
         self.in_features = in_features
         self.out_features = out_features
-        self.s = s
-        self.m = m
+        self.scale = scale
+        self.margin = margin
         self.weight = nn.Parameter(torch.empty(out_features, in_features))
         nn.init.xavier_uniform_(self.weight)
 
@@ -52,42 +53,43 @@ class MarginClassifier(nn.Module):
         target = cosine.gather(1, labels.view(-1, 1))
         with torch.no_grad():
             offset = self.target_cosine(target) - target
-        margin = torch.zeros_like(cosine).scatter_(1, labels.view(-1, 1), offset)
-        return self.s * (cosine + margin)
+        offsets = torch.zeros_like(cosine).scatter_(1, labels.view(-1, 1), offset)
+        return self.scale * (cosine + offsets)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, s={self.s}, m={self.m}"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, scale={self.scale}, "
+                f"margin={self.margin}")
 
 
 class CosFace(MarginClassifier):
     """Large margin cosine loss (CosPlace's MarginCosineProduct): target logit s * (cos - m)."""
 
-    def __init__(self, in_features: int, out_features: int, s: float = 30.0, m: float = 0.4):
-        super().__init__(in_features, out_features, s, m)
+    def __init__(self, in_features: int, out_features: int, scale: float = 30.0, margin: float = 0.4):
+        super().__init__(in_features, out_features, scale, margin)
 
     def target_cosine(self, cosine: torch.Tensor) -> torch.Tensor:
-        return cosine - self.m
+        return cosine - self.margin
 
 
 class ArcFace(MarginClassifier):
     """Additive angular margin: target logit s * cos(theta + m), theta + m capped at pi."""
 
-    def __init__(self, in_features: int, out_features: int, s: float = 30.0, m: float = 0.5):
-        super().__init__(in_features, out_features, s, m)
+    def __init__(self, in_features: int, out_features: int, scale: float = 30.0, margin: float = 0.5):
+        super().__init__(in_features, out_features, scale, margin)
 
     def target_cosine(self, cosine: torch.Tensor) -> torch.Tensor:
         theta = torch.acos(cosine.clamp(-_COS_CLAMP, _COS_CLAMP))
-        return torch.cos((theta + self.m).clamp(max=math.pi))
+        return torch.cos((theta + self.margin).clamp(max=math.pi))
 
 
 class SphereFace(MarginClassifier):
     """Multiplicative angular margin: target logit s * psi(theta), psi(theta) = (-1)^k cos(m theta) - 2k."""
 
-    def __init__(self, in_features: int, out_features: int, s: float = 30.0, m: float = 1.5):
-        super().__init__(in_features, out_features, s, m)
+    def __init__(self, in_features: int, out_features: int, scale: float = 30.0, margin: float = 1.5):
+        super().__init__(in_features, out_features, scale, margin)
 
     def target_cosine(self, cosine: torch.Tensor) -> torch.Tensor:
-        m_theta = self.m * torch.acos(cosine.clamp(-_COS_CLAMP, _COS_CLAMP))
+        m_theta = self.margin * torch.acos(cosine.clamp(-_COS_CLAMP, _COS_CLAMP))
         k = torch.floor(m_theta / math.pi)
         sign = 1.0 - 2.0 * torch.remainder(k, 2)  # (-1)^k
         return sign * torch.cos(m_theta) - 2.0 * k
@@ -102,7 +104,7 @@ LOSSES: tuple[str, ...] = tuple(_CLASSIFIERS)
 
 
 def build_classifier(loss: str, in_features: int, out_features: int) -> MarginClassifier:
-    """The classifier of `loss` ("cosface", "arcface" or "sphereface") with the study's s and m."""
+    """The classifier of `loss` ("cosface", "arcface" or "sphereface") with the study's scale and margin."""
     if loss not in _CLASSIFIERS:
         raise GeolocError(f"unknown loss {loss!r}; known losses: {', '.join(LOSSES)}")
     return _CLASSIFIERS[loss](in_features, out_features)
