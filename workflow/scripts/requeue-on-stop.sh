@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # requeue-on-stop.sh MAX COMMAND...: run COMMAND (a training); if it exits 3, it stopped
-# before its time limit after writing a checkpoint (contract C10), and inside a SLURM job
-# this asks SLURM to requeue the same job, which then resumes from the checkpoint, at most
-# MAX times (SLURM counts them as the job's Restarts; the job step Snakemake starts does not
-# see SLURM_RESTART_COUNT). Snakemake keeps waiting for a requeued job as for a pending one. Any other exit code ends the job with that code: a bad
-# input (2) or a bug (1) would fail the same way again, so it never queues for a GPU twice.
+# before its time limit after writing a checkpoint, and inside a SLURM job this asks SLURM to
+# requeue the same job, which then resumes from the checkpoint, at most MAX times (SLURM counts
+# them as the job's Restarts; the job step Snakemake starts does not see SLURM_RESTART_COUNT).
+# Snakemake keeps waiting for a requeued job as for a pending one. Any other exit code ends the
+# job with that code: a bad input (2) or a bug (1) would fail the same way again, so it never
+# queues for a GPU twice.
 set -uo pipefail
 max=$1
 shift
