@@ -218,7 +218,8 @@ def test_test_sets_and_training_sets_must_be_catalog_entries_with_their_folders(
 
 
 def test_a_grid_that_trains_nothing_plans_baselines_and_needs_no_training_set(tmp_path):
-    (tmp_path / "tokyo_night/test").mkdir(parents=True)
+    for part in ("database", "queries"):
+        (tmp_path / "tokyo_night/test" / part).mkdir(parents=True)
     study = config(block(train=False, seeds=(4,)), reference=None, datasets_root=tmp_path, synthetic=False,
                    test_sets=("tokyo_night",))
     planned = plan({**study, "training": {**study["training"], "dataset": "no such set"}})
@@ -227,14 +228,15 @@ def test_a_grid_that_trains_nothing_plans_baselines_and_needs_no_training_set(tm
 
 
 def test_real_datasets_must_hold_every_folder_the_runs_read(tmp_path):
-    for folder in ("c/images/train", "c/images/val", "sf_xs/test"):
+    for folder in ("c/images/train", "c/images/val", "sf_xs/test/database", "sf_xs/test/queries"):
         (tmp_path / folder).mkdir(parents=True)
     study = config(block(tag="c", training={"dataset": "city"}), reference=None, datasets_root=tmp_path,
                    synthetic=False, test_sets=("sf_xs", "tokyo_night"))
     with pytest.raises(GeolocError) as error:
         plan(study)
     assert "tokyo_night" in str(error.value) and str(tmp_path / "tokyo_night/test") in str(error.value)
-    (tmp_path / "tokyo_night/test").mkdir(parents=True)
+    for part in ("database", "queries"):
+        (tmp_path / "tokyo_night/test" / part).mkdir(parents=True)
     plan(study)  # no sf_xs/train: no run trains on sf_xs
     (tmp_path / "c/images/val").rmdir()
     with pytest.raises(GeolocError, match="city"):

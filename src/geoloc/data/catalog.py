@@ -161,6 +161,10 @@ def keep_queries(names: list[str], listed: list[str], queries_file: Path, folder
 
 def _test_counts(entry: DatasetEntry, root: Path) -> tuple[Path, dict[str, int]]:
     folder = _existing(entry, "test", root)
+    for part in _COUNT_KEYS:
+        if not (folder / part).is_dir():
+            raise GeolocError(f"dataset {entry.name}: test folder {folder} has no {part}/ folder (a test set holds "
+                              f"database/ and queries/; config key datasets.{entry.name}.test)")
     counts = {part: len(image_names(folder / part)) for part in _COUNT_KEYS}
     if entry.queries is not None:
         queries_file = resolve_file(root, entry.queries)
