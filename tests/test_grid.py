@@ -217,9 +217,16 @@ def test_test_sets_and_training_sets_must_be_catalog_entries_with_their_folders(
                                 "folder (give datasets.tokyo_night.train); training sets: city, sf_xs")
 
 
+def make_test_folder(folder, database: int = 1, queries: int = 1) -> None:
+    """A test set's folders with that many (empty) images: planning counts names, it decodes nothing."""
+    for part, count in (("database", database), ("queries", queries)):
+        (folder / part).mkdir(parents=True)
+        for i in range(count):
+            (folder / part / f"@0@0@@@@@@@@{i}.jpg").write_bytes(b"")
+
+
 def test_a_grid_that_trains_nothing_plans_baselines_and_needs_no_training_set(tmp_path):
-    for part in ("database", "queries"):
-        (tmp_path / "tokyo_night/test" / part).mkdir(parents=True)
+    make_test_folder(tmp_path / "tokyo_night/test")
     study = config(block(train=False, seeds=(4,)), reference=None, datasets_root=tmp_path, synthetic=False,
                    test_sets=("tokyo_night",))
     planned = plan({**study, "training": {**study["training"], "dataset": "no such set"}})
@@ -228,15 +235,15 @@ def test_a_grid_that_trains_nothing_plans_baselines_and_needs_no_training_set(tm
 
 
 def test_real_datasets_must_hold_every_folder_the_runs_read(tmp_path):
-    for folder in ("c/images/train", "c/images/val", "sf_xs/test/database", "sf_xs/test/queries"):
+    for folder in ("c/images/train", "c/images/val"):
         (tmp_path / folder).mkdir(parents=True)
+    make_test_folder(tmp_path / "sf_xs/test")
     study = config(block(tag="c", training={"dataset": "city"}), reference=None, datasets_root=tmp_path,
                    synthetic=False, test_sets=("sf_xs", "tokyo_night"))
     with pytest.raises(GeolocError) as error:
         plan(study)
     assert "tokyo_night" in str(error.value) and str(tmp_path / "tokyo_night/test") in str(error.value)
-    for part in ("database", "queries"):
-        (tmp_path / "tokyo_night/test" / part).mkdir(parents=True)
+    make_test_folder(tmp_path / "tokyo_night/test")
     plan(study)  # no sf_xs/train: no run trains on sf_xs
     (tmp_path / "c/images/val").rmdir()
     with pytest.raises(GeolocError, match="city"):
@@ -246,10 +253,7 @@ def test_real_datasets_must_hold_every_folder_the_runs_read(tmp_path):
 
 
 def test_a_count_other_than_the_expected_one_names_the_set_the_folder_and_both_counts(tmp_path):
-    for part, count in (("database", 3), ("queries", 2)):
-        (tmp_path / "t" / part).mkdir(parents=True)
-        for i in range(count):
-            (tmp_path / "t" / part / f"@0@0@@@@@@@@{i}.jpg").write_bytes(b"")
+    make_test_folder(tmp_path / "t", database=3, queries=2)
     catalog = {"t": DatasetEntry("t", "T", test="t", expected={"database": 3, "queries": 5})}
     study = config(block(train=False), reference=None, datasets_root=tmp_path, synthetic=False, test_sets=("t",))
     with pytest.raises(GeolocError) as error:
