@@ -33,9 +33,9 @@ lock: $(PIP_COMPILE)
 demo: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --profile profiles/demo
 
-# pytest-xdist: one worker per core (at most 4), each test file on one worker (its module fixtures run once).
+# pytest-xdist: one worker per logical CPU (at most 4), each test file on one worker (its module fixtures run once).
 test: $(STAMP)
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -n auto --maxprocesses=4 --dist loadfile --durations=30 $(PYTEST_ARGS)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -n logical --maxprocesses=4 --dist loadfile --durations=30 $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff format --check .

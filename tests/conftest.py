@@ -66,8 +66,11 @@ def one_torch_thread_per_worker():
 
 
 def pytest_collection_modifyitems(config, items):
-    """Files holding slow tests first: pytest-xdist hands whole files to its workers in this
-    order (make test: --dist loadfile), so the long ones start at once and the short ones fill
-    the other worker around them."""
-    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.path not in slow_files)  # stable: files keep their order
+    """Files holding slow tests first, the longest first (`@pytest.mark.slow(minutes=10)`; 1 if
+    not said): pytest-xdist hands whole files to its workers in this order (make test: --dist
+    loadfile), so the long ones start at once and the short ones fill the other worker."""
+    minutes: dict = {}
+    for item in items:
+        slow = item.get_closest_marker("slow")
+        minutes[item.path] = max(minutes.get(item.path, 0), slow.kwargs.get("minutes", 1) if slow else 0)
+    items.sort(key=lambda item: -minutes[item.path])  # stable: files and tests keep their order

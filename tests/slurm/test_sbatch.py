@@ -21,7 +21,7 @@ from support.slurm import (
 )
 from support.workflow import calls_with_env, fake_geoloc_env, write_yaml
 
-pytestmark = pytest.mark.slurm
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 
 def fake_config(city: Path, grid: list[dict], **resources) -> dict:

@@ -24,7 +24,7 @@ from support.slurm import (
     snakemake,
 )
 
-pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+pytestmark = [pytest.mark.slurm, pytest.mark.slow(minutes=3)]
 
 PRETRAINED_RUN = "resnet18-imagenet-fp32-s0"  # its weights file is broken at first
 WEIGHTS_FILE = "weights/resnet18-imagenet.pth"  # config weights.dir is "weights"

@@ -33,7 +33,7 @@ from support.slurm import (
     workflow_in_background,
 )
 
-pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+pytestmark = [pytest.mark.slurm, pytest.mark.slow(minutes=5)]
 
 DDP_RUN = f"{SCRATCH_RUN}-ddp"
 RUNS = (SCRATCH_RUN, DDP_RUN)

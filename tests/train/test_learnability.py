@@ -29,7 +29,7 @@ def r1(model, city, test):
     return result.recalls[1]
 
 
-@pytest.mark.slow
+@pytest.mark.slow(minutes=10)
 def test_700_iterations_of_cpu_training_beat_the_untrained_network(tmp_path):
     city = tmp_path / "city"
     generate_city(city, seed=0, size="demo")
