@@ -28,7 +28,7 @@ def config(*blocks, reference, datasets_root="/nowhere", synthetic=True, test_se
     training = {**TRAINING, "N": 5, "L": 2, "groups_num": 1, "trainable_blocks": None, "image_size": 512,
                 "fc_output_dim": 512, "stop_margin_minutes": 10}
     return {"grid": list(blocks), "training": training, "reference": reference,
-            "resources": {"train": {"runtime": 480}, "max_runtime": 1440},
+            "resources": resources(),
             "datasets_root": str(datasets_root), "synthetic": {"enabled": synthetic}, "test_sets": list(test_sets)}
 
 
@@ -366,11 +366,45 @@ def test_the_keys_a_schema_marks_changing_the_model_in_schema_order():
     assert grid.keys_that_change(schema, "training", "nothing") == ["num_workers"]
 
 
+def resources(**train):
+    return {"train": {"runtime": 480, "mem_mb": 48000, "threads": 8, **train}, "evaluate": {"runtime": 120,
+            "mem_mb": 32000}, "max_runtime": 1440, "gpu_model": None, "growth": 1.5, "max_mem_mb": None}
+
+
 def test_a_stop_margin_as_long_as_the_jobs_time_limit_is_refused():
     runs = grid.expand_grid([block(), block(tag="m", training={"stop_margin_minutes": 30})],
                             {"stop_margin_minutes": 10})
-    grid.check_stop_margin([runs["resnet18-none-fp32-s0"]], 11)
+    grid.check_stop_margin([runs["resnet18-none-fp32-s0"]], resources(runtime=11))
     with pytest.raises(grid.ConfigError) as error:
-        grid.check_stop_margin(runs.values(), 30)
+        grid.check_stop_margin(runs.values(), resources(runtime=30))
     assert str(error.value) == ("config key grid[1].training.stop_margin_minutes: 30 minutes leave no time to train "
                                 "in a job of 30 minutes (resources.train.runtime, at most resources.max_runtime)")
+    runs = grid.expand_grid([block(resources={"runtime": 10})], {"stop_margin_minutes": 10})
+    with pytest.raises(grid.ConfigError, match=r"job of 10 minutes \(grid\[0\]\.resources\.runtime, at most"):
+        grid.check_stop_margin(runs.values(), resources())
+
+
+def test_a_blocks_resources_are_its_trainings_and_the_rest_keep_the_configs():
+    runs = grid.expand_grid([block(), block(backbones=("efficientnet_v2_s",), resources={
+        "mem_mb": 90000, "runtime": 900, "gpu_model": "a100", "threads": 16, "gpus": 2})], {"gpus_per_run": 1})
+    small, big = runs["resnet18-none-fp32-s0"], runs["efficientnet_v2_s-none-fp32-s0"]
+    asked = {key: (grid.job_resource(resources(), "train", key, small), grid.job_resource(resources(), "train", key, big))
+             for key in ("mem_mb", "runtime", "gpu_model", "threads")}
+    assert asked == {"mem_mb": (48000, 90000), "runtime": (480, 900), "gpu_model": (None, "a100"), "threads": (8, 16)}
+    assert (small.training["gpus_per_run"], big.training["gpus_per_run"]) == (1, 2)
+    assert big.name == "efficientnet_v2_s-none-fp32-s0"  # resources change nothing: no tag, no other name
+    with pytest.raises(grid.ConfigError, match=r"config key grid\[0\]\.resources\.gpus: the block also sets"):
+        grid.expand_grid([block(tag="x", training={"gpus_per_run": 2}, resources={"gpus": 2})], {})
+
+
+def test_each_retry_asks_for_more_memory_and_time_within_the_caps():
+    run = grid.expand_grid([block(resources={"mem_mb": 40000})], {})["resnet18-none-fp32-s0"]
+    config = {**resources(runtime=600), "max_mem_mb": 80000}
+    asked = [(grid.job_resource(config, "train", "mem_mb", run, attempt),
+              grid.job_resource(config, "train", "runtime", run, attempt)) for attempt in (1, 2, 3, 4)]
+    assert asked == [(40000, 600), (60000, 900), (80000, 1350), (80000, 1440)]
+    assert [grid.job_resource(config, "evaluate", "mem_mb", None, attempt) for attempt in (1, 2, 3)] == [
+        32000, 48000, 72000]
+    # a cap below the first ask limits only the growth
+    assert grid.job_resource({**config, "max_mem_mb": 1000}, "train", "mem_mb", run, 3) == 40000
+

@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ class Run:
     trained: bool = True  # False: a block with `train: false`, only its untrained baseline is evaluated
     aggregator: str = "gem"  # the grid's `aggregators` axis
     swept: tuple[str, ...] = ()  # the training keys its block gives as lists (named in the run's name)
+    resources: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # its block's own `resources`
 
     def key(self, name: str) -> str:
         """The config key a training setting of this run comes from."""
@@ -121,6 +123,12 @@ def expand_grid(blocks: Iterable[Mapping[str, Any]], training: Mapping[str, Any]
         trained = block.get("train", True)
         if not (trained or untrained):
             continue
+        resources = dict(block.get("resources") or {})
+        if "gpus" in resources:  # the block's GPUs per node are its runs' gpus_per_run
+            if "gpus_per_run" in overrides:
+                raise ConfigError(f"config key grid[{index}].resources.gpus: the block also sets "
+                                  f"training.gpus_per_run; give one of them")
+            training = {**training, "gpus_per_run": resources.pop("gpus")}
         points = itertools.product(block["backbones"], block["pretrainings"], block["precisions"],
                                    block.get("aggregators", [DEFAULT_AGGREGATOR]), block["seeds"],
                                    *(overrides[key] for key in swept))
@@ -130,7 +138,7 @@ def expand_grid(blocks: Iterable[Mapping[str, Any]], training: Mapping[str, Any]
                 name=run_name(backbone, pretraining, precision, seed, tag, aggregator, point.items()),
                 backbone=backbone, pretraining=pretraining, precision=precision, seed=seed, tag=tag,
                 training={**training, **overrides, **point}, block=index, overrides=tuple(sorted(overrides)),
-                trained=trained, aggregator=aggregator, swept=tuple(swept),
+                trained=trained, aggregator=aggregator, swept=tuple(swept), resources=resources,
             )
             _add_run(runs, run)
     return runs
@@ -202,15 +210,38 @@ def check_run_settings(
                 raise ConfigError(f"config key {run.key('image_size')}: {problem} (run {run.name})")
 
 
-def check_stop_margin(runs: Iterable[Run], time_limit_minutes: int) -> None:
+def check_stop_margin(runs: Iterable[Run], resources: Mapping[str, Any]) -> None:
     """Training stops `stop_margin_minutes` before its job's time limit: the margin must leave time."""
     for run in runs:
-        margin = run.training["stop_margin_minutes"]
-        if margin >= time_limit_minutes:
+        margin, limit = run.training["stop_margin_minutes"], job_resource(resources, "train", "runtime", run)
+        if margin >= limit:
+            where = f"grid[{run.block}].resources.runtime" if "runtime" in run.resources else "resources.train.runtime"
             raise ConfigError(
                 f"config key {run.key('stop_margin_minutes')}: {margin} minutes leave no time to train in a "
-                f"job of {time_limit_minutes} minutes (resources.train.runtime, at most resources.max_runtime)"
+                f"job of {limit} minutes ({where}, at most resources.max_runtime)"
             )
+
+
+GROWING = ("mem_mb", "runtime")  # what a retry asks more of
+
+
+def job_resource(resources: Mapping[str, Any], rule: str, key: str, run: Run | None = None, attempt: int = 1) -> Any:
+    """What one job of `rule` asks for (config `resources`; a training's own grid block's first).
+
+    Memory and time grow by `resources.growth` with each attempt after the first, so a job killed
+    for either gets more when Snakemake resubmits it (`resources.retries`); time never exceeds
+    `resources.max_runtime`, memory never `resources.max_mem_mb` (null: no cap).
+    """
+    value = resources["gpu_model"] if key == "gpu_model" else resources[rule][key]
+    if run is not None and key in run.resources:
+        value = run.resources[key]
+    if key not in GROWING:
+        return value
+    grown = math.ceil(value * resources["growth"] ** (attempt - 1))
+    if key == "runtime":
+        return min(grown, resources["max_runtime"])
+    cap = resources["max_mem_mb"]
+    return grown if cap is None else max(value, min(grown, cap))  # the cap limits growth, not the first ask
 
 
 def number_problems(value: Any, schema: Mapping[str, Any], root: Mapping[str, Any], path: str = "") -> Iterator[str]:
@@ -401,7 +432,7 @@ def plan_study(
     check_backbones(points.values(), known_backbones, is_timm_model)
     check_run_settings(runs.values(), blocks_of, input_size_problem)
     resources = config["resources"]
-    check_stop_margin(runs.values(), min(resources["train"]["runtime"], resources["max_runtime"]))
+    check_stop_margin(runs.values(), resources)
     weights = weights_files(points.values(), lookup_weights)
     reference = reference_of(config.get("reference"), runs)
     check_datasets(config, runs.values(), catalog)

@@ -96,3 +96,25 @@ def test_a_sweep_block_plans_every_value_under_its_own_name_and_identical_blocks
     result = dry_run(tmp_path, {**config, "grid": [BLOCK, BLOCK]})
     assert result.returncode != 0
     assert "config key grid[1]: the same block as grid[0]" in result.stdout + result.stderr
+
+
+def test_a_blocks_resources_reach_its_training_jobs_only(tmp_path):
+    big = {"backbones": ["resnet18"], "pretrainings": ["none"], "precisions": ["amp"], "seeds": [0],
+           "resources": {"mem_mb": 90000, "runtime": 900, "gpu_model": "a100", "threads": 3, "gpus": 2}}
+    config = {"datasets_root": "data", "synthetic": {"enabled": True, "size": "tiny"}, "test_sets": ["sf_xs"],
+              "report": {"published": None}, "resources": {"retries": 2, "gpu_model": "v100"},
+              "grid": [{**big, "precisions": ["fp32"], "resources": {}}, big]}
+    result = dry_run(tmp_path, config)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    asked = {}
+    for block in result.stdout.split("\n\n"):
+        if "rule train:" in block:
+            run = block.split("wildcards: run=")[1].split()[0]
+            line = next(line for line in block.splitlines() if line.strip().startswith("resources:"))
+            asked[run] = {key: value for key, value in (item.split("=", 1) for item in line.split(": ", 1)[1].split(", "))
+                          if key in ("mem_mb", "runtime", "gpu_model", "cpus_per_task", "gpu", "tasks")}
+    assert asked == {
+        "resnet18-none-fp32-s0": {"mem_mb": "48000", "runtime": "480", "gpu_model": "v100", "cpus_per_task": "8",
+                                  "gpu": "1"},
+        "resnet18-none-amp-s0": {"mem_mb": "180000", "runtime": "900", "gpu_model": "a100", "cpus_per_task": "3",
+                                 "gpu": "2", "tasks": "2"}}

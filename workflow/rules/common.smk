@@ -176,10 +176,15 @@ def job_resources(rule: str) -> dict:
     return config["resources"][rule]
 
 
-def runtime_of(rule: str):
-    """Minutes per attempt: the same every attempt, never above resources.max_runtime."""
-    minutes = min(job_resources(rule)["runtime"], config["resources"]["max_runtime"])
-    return lambda wildcards: minutes
+def resource_of(rule: str, key: str):
+    """A resource of the jobs of `rule`: a training's block's own, else the config's; memory and
+    time grow with each attempt (grid.job_resource)."""
+
+    def value(wildcards, attempt):
+        run = RUNS[wildcards.run] if rule == "train" else None
+        return grid.job_resource(config["resources"], rule, key, run, attempt)
+
+    return value
 
 
 def gpus(wildcards) -> int | None:
@@ -192,10 +197,16 @@ def gpus(wildcards) -> int | None:
     return per_node * nodes
 
 
+def model_of_gpu(wildcards) -> str | None:
+    """The GPU type a job asks for: its run's block's, else resources.gpu_model."""
+    run = RUNS[wildcards.run] if "run" in wildcards.keys() else None
+    return grid.job_resource(config["resources"], "train", "gpu_model", run)
+
+
 def gpu_model(wildcards) -> str | None:
     if config["resources"]["gpu_request"] != "gpus":
         return None
-    return config["resources"]["gpu_model"]
+    return model_of_gpu(wildcards)
 
 
 def gres(wildcards) -> str | None:
@@ -203,7 +214,7 @@ def gres(wildcards) -> str | None:
     if config["resources"]["gpu_request"] != "gres":
         return None
     per_node = ranks(RUNS[wildcards.run])[0] if "run" in wildcards.keys() else 1
-    model = config["resources"]["gpu_model"]
+    model = model_of_gpu(wildcards)
     return f"gpu:{model}:{per_node}" if model else f"gpu:{per_node}"
 
 
@@ -226,13 +237,15 @@ def multi_rank(resource: str):
     return value
 
 
-def train_mem_mb(wildcards) -> int:
-    """Memory per node: resources.train.mem_mb for each training process on it."""
-    return job_resources("train")["mem_mb"] * ranks(RUNS[wildcards.run])[0]
+def train_mem_mb(wildcards, attempt) -> int:
+    """Memory per node: a training process's memory for each one on it."""
+    per_process = resource_of("train", "mem_mb")(wildcards, attempt)
+    return per_process * ranks(RUNS[wildcards.run])[0]
 
 
 def train_threads(wildcards) -> int:
-    return job_resources("train")["threads"] * ranks(RUNS[wildcards.run])[0]
+    """CPUs per node: a training process's threads for each one on it."""
+    return resource_of("train", "threads")(wildcards, 1) * ranks(RUNS[wildcards.run])[0]
 
 
 def train_slurm_extra(wildcards) -> str:

@@ -76,12 +76,13 @@ rule cache_images:
         "<logs>/cache_images/{size}px.log",
     benchmark:
         "<benchmarks>/cache_images/{size}px.tsv"
+    retries: config["resources"]["retries"]
     conda:
         "../envs/geoloc.yaml"
     threads: config["resources"]["cache_images"]["threads"]
     resources:
-        runtime=runtime_of("cache_images"),
-        mem_mb=job_resources("cache_images")["mem_mb"],
+        runtime=resource_of("cache_images", "runtime"),
+        mem_mb=resource_of("cache_images", "mem_mb"),
         cpus_per_task=job_resources("cache_images")["threads"],
         slurm_extra=slurm_extra_of("cache_images"),
     params:

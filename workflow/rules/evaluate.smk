@@ -16,13 +16,13 @@ rule evaluate:
         "<logs>/evaluate/{run}.log",
     benchmark:
         "<benchmarks>/evaluate/{run}.tsv"
-    retries: 0
+    retries: config["resources"]["retries"]
     conda:
         "../envs/geoloc.yaml"
     threads: config["resources"]["evaluate"]["threads"]
     resources:
-        runtime=runtime_of("evaluate"),
-        mem_mb=job_resources("evaluate")["mem_mb"],
+        runtime=resource_of("evaluate", "runtime"),
+        mem_mb=resource_of("evaluate", "mem_mb"),
         cpus_per_task=job_resources("evaluate")["threads"],
         gpu=gpus,
         gpu_model=gpu_model,
@@ -56,13 +56,13 @@ rule baseline:
         "<logs>/baseline/{baseline}.log",
     benchmark:
         "<benchmarks>/baseline/{baseline}.tsv"
-    retries: 0
+    retries: config["resources"]["retries"]
     conda:
         "../envs/geoloc.yaml"
     threads: config["resources"]["evaluate"]["threads"]
     resources:
-        runtime=runtime_of("evaluate"),
-        mem_mb=job_resources("evaluate")["mem_mb"],
+        runtime=resource_of("evaluate", "runtime"),
+        mem_mb=resource_of("evaluate", "mem_mb"),
         cpus_per_task=job_resources("evaluate")["threads"],
         gpu=gpus,
         gpu_model=gpu_model,

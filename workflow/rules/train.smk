@@ -15,16 +15,17 @@ rule train:
     benchmark:
         "<benchmarks>/train/{run}.tsv"
     # A training that stopped at its time limit requeues its own SLURM job (params.launch);
-    # Snakemake retries would queue failures that a retry cannot fix for a GPU again.
-    retries: 0
+    # Snakemake's retries (resources.retries, default none) are for jobs killed for memory or
+    # time: each attempt asks for more (resource_of).
+    retries: config["resources"]["retries"]
     conda:
         "../envs/geoloc.yaml"
     # CPUs of all training processes on a node; each gets threads / gpus_per_run.
     threads: train_threads
     resources:
-        runtime=runtime_of("train"),
+        runtime=resource_of("train", "runtime"),
         mem_mb=train_mem_mb,
-        cpus_per_task=job_resources("train")["threads"],
+        cpus_per_task=resource_of("train", "threads"),
         gpu=gpus,
         gpu_model=gpu_model,
         gres=gres,
