@@ -19,10 +19,10 @@ import argparse
 import os
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 from common import OUT, print_table, write_json
+from train_fingerprint import best_seconds
 
 from geoloc.data.listing import image_names, listing_fingerprint
 from geoloc.data.names import format_image_name
@@ -47,15 +47,6 @@ def make_files(root: Path, n: int) -> None:
         name = format_image_name(540000.0 + index * 0.7, 4180000.0 + index * 0.3, 30.0 * (index % 12),
                                  utm_zone="10", zone_letter="S", pano_id=f"{index:016x}", timestamp="201311")
         os.close(os.open(root / f"{index % FOLDERS:03d}" / name, os.O_CREAT | os.O_WRONLY, 0o644))
-
-
-def best_seconds(function, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main() -> None:
