@@ -534,7 +534,8 @@ def test_run_missing_a_test_set_is_listed_and_seeds_are_pooled(tmp_path):
         RunSpec("swin_tiny", "imagenet", "fp32", 0.5, 900.0),
     )
     tree = write_results_tree(tmp_path, runs, test_sets=("sf_xs", "tokyo_night"))
-    (tree.runs_dir / "swin_tiny-imagenet-fp32-s0" / "recalls" / "tokyo_night.csv").unlink()
+    for name in ("tokyo_night.csv", "tokyo_night.queries.csv"):  # never evaluated there (a lone deleted CSV is refused)
+        (tree.runs_dir / "swin_tiny-imagenet-fp32-s0" / "recalls" / name).unlink()
     tree.aggregate()
     html = render(tree, tmp_path / "report.html")
     assert "<code>swin_tiny-imagenet-fp32-s0</code>: no results on Tokyo-Night" in html
