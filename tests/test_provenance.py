@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from geoloc import cli
 from geoloc.errors import GeolocError
 from geoloc.provenance import checked_model
 
@@ -33,3 +34,14 @@ def test_a_model_with_flipped_bytes_is_refused_naming_both_files_to_delete(tmp_p
 def test_a_model_without_train_json_beside_it_has_nothing_to_compare(tmp_path):
     (tmp_path / "model.pt").write_bytes(b"weights")
     assert checked_model(tmp_path / "model.pt") == hashlib.sha256(b"weights").hexdigest()
+
+
+def test_geoloc_evaluate_refuses_a_model_that_changed_after_training_in_one_line(tiny_city, tmp_path, capsys):
+    write_run(tmp_path / "run", b"not the trained model", b"the trained model")
+    code = cli.main(["evaluate", "--model", str(tmp_path / "run" / "model.pt"), "--test-set",
+                     f"tokyo_xs={tiny_city / 'tokyo_xs' / 'test'}", "--out-dir", str(tmp_path / "run" / "recalls")])
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == cli.EXIT_BAD_INPUT
+    assert last.startswith(f"geoloc evaluate: error: {tmp_path / 'run' / 'model.pt'}: its sha256 ")
+    assert last.endswith("and rerun the workflow (it retrains the run)")
+    assert not (tmp_path / "run" / "recalls").exists()

@@ -25,7 +25,7 @@ import traceback
 from collections.abc import Iterator
 
 from geoloc import __version__
-from geoloc.arguments import integer
+from geoloc.arguments import integer, number
 from geoloc.device import apply_thread_budget, cpu_budget, prepare_openmp
 from geoloc.errors import GeolocError, StopRequested
 
@@ -40,6 +40,9 @@ COMMANDS = {
     "report": ("geoloc.report.render", "render the HTML study report"),
 }
 EXIT_BUG, EXIT_BAD_INPUT, EXIT_STOPPED, EXIT_CTRL_C = 1, 2, 3, 130
+# The pixel cap of geoloc.data.images (named here too: that module imports torch, which a
+# command that decodes no image never pays for).
+MAX_PIXELS_VARIABLE = "GEOLOC_MAX_IMAGE_PIXELS"
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
 
 
@@ -55,6 +58,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
             "--threads", type=integer(minimum=1), default=None,
             help="CPUs this command may use (torch's threads plus loader workers); default: "
                  "SLURM_CPUS_PER_TASK inside a SLURM job, else the CPUs this process may run on")
+        sub_parser.add_argument(
+            "--max-image-megapixels", type=number(exclusive_minimum=0), default=None,
+            help="an image larger than this (width x height, read from its header before decoding) is refused; "
+                 f"default: ${MAX_PIXELS_VARIABLE} (in pixels), else 50")
         if name == command:
             module = importlib.import_module(module_name)
             module.add_arguments(sub_parser)
@@ -65,28 +72,32 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     command = next((a for a in argv if not a.startswith("-")), None)
-    prepare_openmp()  # before the command's module loads torch
-    args = build_parser(command).parse_args(argv)
-    args.argv = argv  # what the command was given: train's --nproc launcher reruns it per rank
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    # From the first line on: a signal while the command's module imports torch (seconds) ends
+    # with the error line and exit code of any other stop.
     with _stop_signals_raise():
         try:
+            prepare_openmp()  # before the command's module loads torch
+            args = build_parser(command).parse_args(argv)
+            args.argv = argv  # what the command was given: train's --nproc launcher reruns it per rank
+            logging.basicConfig(
+                level=logging.DEBUG if args.verbose else logging.INFO,
+                format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                stream=sys.stderr,
+            )
+            if args.max_image_megapixels is not None:  # read by every image decoder, loader workers included
+                os.environ[MAX_PIXELS_VARIABLE] = str(int(args.max_image_megapixels * 1_000_000))
             apply_thread_budget(cpu_budget(args.threads), getattr(args, "num_workers", 0) or 0)
             return int(args._module.run(args) or 0)
         except GeolocError as exc:
-            return _fail(args.command, str(exc), EXIT_BAD_INPUT)
+            return _fail(command, str(exc), EXIT_BAD_INPUT)
         except StopRequested as exc:
-            return _fail(args.command, str(exc), EXIT_CTRL_C if exc.signum == signal.SIGINT else EXIT_STOPPED)
+            return _fail(command, str(exc), EXIT_CTRL_C if exc.signum == signal.SIGINT else EXIT_STOPPED)
         except KeyboardInterrupt:
-            return _fail(args.command, "interrupted by Ctrl-C (SIGINT); nothing was finished, rerun it", EXIT_CTRL_C)
+            return _fail(command, "interrupted by Ctrl-C (SIGINT); nothing was finished, rerun it", EXIT_CTRL_C)
         except Exception as exc:
             traceback.print_exc()
-            return _fail(args.command, f"unexpected {type(exc).__name__}: {exc} (a bug: the traceback above "
-                                       "says where)", EXIT_BUG)
+            return _fail(command, f"unexpected {type(exc).__name__}: {exc} (a bug: the traceback above "
+                                  "says where)", EXIT_BUG)
 
 
 def _fail(command: str, message: str, code: int) -> int:
@@ -94,6 +105,8 @@ def _fail(command: str, message: str, code: int) -> int:
     one_line = "; ".join(line.strip() for line in message.splitlines() if line.strip())
     sys.stderr.flush()
     print(f"geoloc {command}: error: {one_line}", file=sys.stderr, flush=True)
+    # Nothing logs after it: libraries (torch) that log from exit handlers would bury the line.
+    logging.disable(logging.CRITICAL)
     return code
 
 

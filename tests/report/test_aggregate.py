@@ -300,3 +300,10 @@ def test_a_model_changed_after_training_is_refused_naming_both_files_to_delete(t
     with pytest.raises(GeolocError, match=r"model.pt: its sha256 .* is not the model_sha256 .*: delete "
                                           r".*run-a/model.pt and .*run-a/train.json and rerun the workflow"):
         aggregate_runs([run])
+
+
+def test_a_deleted_recall_csv_is_refused_not_left_out(tmp_path):
+    run = write_run(tmp_path, "run-a", recalls={"sf_xs": 25.0, "tokyo_xs": 30.0})
+    (run / "recalls" / "tokyo_xs.csv").unlink()
+    with pytest.raises(GeolocError, match=r"tokyo_xs.csv: missing beside tokyo_xs.queries.csv: delete .*run-a/recalls"):
+        aggregate_runs([run])

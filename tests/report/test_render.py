@@ -143,6 +143,10 @@ def write_results_tree(
     folders = [runs_dir / s.name for s in runs] + [baselines_dir / f"{b}-{p}" for b, p in pairs]
     tree = ResultsTree(root / "results" / "recalls.csv", runs_dir, config, folders)
     tree.aggregate()
+    if reported_sizes:  # as if evaluated on the full-size set: the per-query files are its first queries
+        table = pd.read_csv(tree.recalls_csv, dtype=str, keep_default_na=False)
+        table["n_queries"], table["n_database"] = map(str, reported_sizes)
+        table.to_csv(tree.recalls_csv, index=False)
     return tree
 
 
@@ -206,7 +210,7 @@ def _write_jpeg(folder: Path, east: float, north: float, color: tuple[int, int, 
 def _write_recalls(run_dir, test_set, test_dir, ranks, queries, database, reported_sizes, model_sha256, kind="trained"):
     recalls = run_dir / "recalls"
     recalls.mkdir(parents=True, exist_ok=True)
-    n_queries, n_database = reported_sizes or (len(queries), len(database))
+    n_queries, n_database = len(queries), len(database)
     r = {k: 100.0 * np.mean((ranks >= 1) & (ranks <= k)) for k in (1, 5, 10, 20)}
     with open(recalls / f"{test_set}.csv", "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
@@ -551,7 +555,8 @@ def test_run_missing_a_test_set_is_listed_and_seeds_are_pooled(tmp_path):
         RunSpec("swin_tiny", "imagenet", "fp32", 0.5, 900.0),
     )
     tree = write_results_tree(tmp_path, runs, test_sets=("sf_xs", "tokyo_night"))
-    (tree.runs_dir / "swin_tiny-imagenet-fp32-s0" / "recalls" / "tokyo_night.csv").unlink()
+    for name in ("tokyo_night.csv", "tokyo_night.queries.csv"):  # never evaluated there (a lone deleted CSV is refused)
+        (tree.runs_dir / "swin_tiny-imagenet-fp32-s0" / "recalls" / name).unlink()
     tree.aggregate()
     html = render(tree, tmp_path / "report.html")
     assert "<code>swin_tiny-imagenet-fp32-s0</code>: no results on Tokyo-Night" in html

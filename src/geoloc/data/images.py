@@ -6,10 +6,15 @@ mode: 16-bit grayscale is scaled to 8 bits (PIL's own conversion clips it, so an
 them on its default page (PIL's conversion drops the alpha and shows whatever colour the
 transparent pixels happen to store); CMYK, palette and 1-bit images go through PIL's
 conversion. EXIF orientation is applied, as viewers do.
+
+An image of more pixels than the cap (`geoloc --max-image-megapixels`, which sets
+$GEOLOC_MAX_IMAGE_PIXELS; default 50 million) is refused from its header, before decoding: a
+12000 x 12000 JPEG took a minute and 11 GB to decode on a CPU.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import math
@@ -26,6 +31,27 @@ CROP_RATIO = (3 / 4, 4 / 3)
 _BACKGROUND = (255, 255, 255, 255)  # what transparent pixels are shown over
 _ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
 _SIXTEEN_BIT_MAX = 65535
+MAX_PIXELS_VARIABLE = "GEOLOC_MAX_IMAGE_PIXELS"
+DEFAULT_MAX_PIXELS = 50_000_000
+
+
+def max_pixels() -> int:
+    """The pixel cap in force (read each time: loader workers inherit the environment)."""
+    value = os.environ.get(MAX_PIXELS_VARIABLE, "")
+    try:
+        return int(value) if value.strip() else DEFAULT_MAX_PIXELS
+    except ValueError:
+        raise GeolocError(f"${MAX_PIXELS_VARIABLE} is {value!r}, not a number of pixels") from None
+
+
+def check_pixels(path: Path, size: tuple[int, int]) -> None:
+    """Refuse an image larger than the cap, from the (width, height) its header gives."""
+    cap = max_pixels()
+    if size[0] * size[1] > cap:
+        raise GeolocError(
+            f"image {path} is {size[0]} x {size[1]} = {size[0] * size[1] / 1e6:.1f} megapixels, more than the "
+            f"{cap / 1e6:g} allowed: shrink it, or raise --max-image-megapixels (${MAX_PIXELS_VARIABLE})"
+        )
 
 
 def viewer_rgb(image: Image.Image) -> Image.Image:
@@ -53,6 +79,7 @@ def read_image(path: Path, size: int | tuple[int, int] | None) -> torch.Tensor:
     height, width = (size, size) if isinstance(size, int) else size or (None, None)
     try:
         with Image.open(path) as image:
+            check_pixels(path, image.size)
             if size is not None:
                 # JPEGs decode directly at 1/2, 1/4 or 1/8 scale, never below the longer side
                 # asked for (whichever way EXIF turns the image): a fraction of a full decode.
@@ -63,6 +90,8 @@ def read_image(path: Path, size: int | tuple[int, int] | None) -> torch.Tensor:
                 rgb = rgb.resize((width, height), Image.Resampling.BILINEAR)
             # Stacking the bands gives channel-first memory directly (cheaper than a permute copy).
             channels = np.stack([np.asarray(band) for band in rgb.split()])
+    except GeolocError:
+        raise
     except Exception as exc:  # PIL reports corrupt files with many exception types
         raise GeolocError(f"cannot decode image {path}: {exc}") from exc
     return torch.from_numpy(channels)

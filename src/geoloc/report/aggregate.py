@@ -103,6 +103,11 @@ def read_run(run_dir: Path) -> list[dict[str, Any]]:
     recall_files = sorted(
         path for path in (run_dir / "recalls").glob("*.csv") if not path.name.endswith(".queries.csv")
     )
+    for queries in sorted((run_dir / "recalls").glob("*.queries.csv")):
+        recall = queries.with_name(queries.name.removesuffix(".queries.csv") + ".csv")
+        if recall not in recall_files:  # a deleted summary must not make its test set vanish from the study
+            raise GeolocError(f"{recall}: missing beside {queries.name}: delete {queries.parent} and rerun the "
+                              f"workflow (it re-evaluates {run_dir.name})")
     if recall_files and (run_dir / "model.pt").exists():  # a run folder copied without it has nothing to compare
         checked_model(run_dir / "model.pt")
     rows = []

@@ -16,7 +16,7 @@ from pathlib import Path
 import jinja2
 from markupsafe import Markup
 
-from geoloc.atomic import atomic_write_text
+from geoloc.atomic import atomic_outputs
 from geoloc.errors import GeolocError
 from geoloc.report import formatting, plots
 from geoloc.report.conclusions import (
@@ -116,11 +116,14 @@ def run(args: argparse.Namespace) -> None:
         templates=args.templates or find_project_path(TEMPLATES),
         positive_dist_threshold=threshold,
     )
-    atomic_write_text(args.out, html)
+    texts = {args.out: html}
+    if args.conclusions_out:
+        texts[args.conclusions_out] = "".join(line + "\n" for line in conclusion_lines(conclusions))
+    with atomic_outputs(*texts) as temporaries:  # both or neither, also on a full disk
+        for temporary, text in zip(temporaries, texts.values()):
+            temporary.write_text(text, encoding="utf-8")
     megabytes = len(html.encode("utf-8")) / 1e6
     log.log(logging.WARNING if megabytes > SIZE_BUDGET_MB else logging.INFO, "wrote %s (%.2f MB)", args.out, megabytes)
-    if args.conclusions_out:
-        atomic_write_text(args.conclusions_out, "".join(line + "\n" for line in conclusion_lines(conclusions)))
 
 
 def conclusion_lines(conclusions: list[Conclusion]) -> list[str]:
