@@ -6,6 +6,9 @@ torchvision's ResNet as `backbone.model`, BoQ numbers its cut ResNet as `backbon
 and BoQ hold DINOv2's hub model (`backbone.model` / `backbone.dino`, with its mask_token).
 """
 
+import csv
+import hashlib
+
 import pytest
 import torch
 import torchvision
@@ -116,3 +119,21 @@ def test_a_file_of_another_release_is_refused_naming_its_tensors(tmp_path):
         load_published("cosplace-resnet50-2048", tmp_path / "boq.pth")
     with pytest.raises(GeolocError, match="unknown published model 'netvlad-vgg16'; known: cosplace-resnet50-2048"):
         load_published("netvlad-vgg16", tmp_path / "boq.pth")
+
+
+def test_evaluate_runs_a_published_model_from_its_release_file(tiny_city, tmp_path, capsys):
+    from geoloc.cli import main
+
+    torch.manual_seed(0)
+    release = tmp_path / "ResNet50_2048_cosplace.pth"
+    torch.save(RELEASES["cosplace-resnet50-2048"](), release)
+    test_set = f"t={tiny_city / 'sf_xs' / 'test'}"
+    code = main(["evaluate", "--published", "cosplace-resnet50-2048", "--weights", str(release), "--test-set", test_set,
+                 "--out-dir", str(tmp_path / "out")])
+    assert code == 0, capsys.readouterr().err
+    with open(tmp_path / "out" / "t.csv", newline="") as handle:
+        (row,) = csv.DictReader(handle)
+    assert (row["kind"], row["model_sha256"]) == ("published", hashlib.sha256(release.read_bytes()).hexdigest())
+    assert main(["evaluate", "--published", "cosplace-resnet50-2048", "--test-set", test_set,
+                 "--out-dir", str(tmp_path / "out2")]) != 0
+    assert "--published takes its file as --weights and none of --backbone" in capsys.readouterr().err

@@ -30,6 +30,7 @@ from geoloc.evaluate.evaluation import Embedding, checked_k, checked_positives, 
 from geoloc.evaluate.writing import Provenance, recall_row, write_all_or_none, write_queries, write_recalls
 from geoloc.grid import NO_PRETRAINING
 from geoloc.model.network import load_model
+from geoloc.model.published import PUBLISHED, load_published
 from geoloc.model.weights import FORMATS, sha256_file
 from geoloc.provenance import device_name
 
@@ -65,6 +66,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--model", type=Path, help="model.pt written by geoloc train")
     source.add_argument("--untrained", action="store_true",
                         help="the network as training starts it (seeded, pretrained weights, random GeM/fc)")
+    source.add_argument("--published", choices=list(PUBLISHED),
+                        help="a released model (geoloc.model.published), its file given by --weights")
     model.add_argument("--backbone", help="with --untrained: a study backbone or timm:<name>")
     model.add_argument("--pretraining",
                        help=f"with --untrained: the weights' label ({NO_PRETRAINING!r}: random initialisation)")
@@ -112,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     resize = tuple(args.resize) if args.resize else None
     provenance = Provenance(model_sha256=model_sha256, k=args.k, positive_dist_threshold=threshold,
                             resize=resize, autocast=args.autocast, device=device_name(device),
-                            kind="baseline" if args.untrained else "trained")
+                            kind="baseline" if args.untrained else "published" if args.published else "trained")
     embed_images = functools.partial(embed, model, batch_size=args.batch_size, device=device,
                                      num_workers=args.num_workers, resize=resize, autocast=args.autocast)
 
@@ -153,6 +156,9 @@ def _model(args: argparse.Namespace, seed: int, device: torch.device) -> tuple[t
         model = build_baseline(args.backbone, fc_output_dim=fc_output_dim, seed=seed, weights=args.weights,
                                weights_format=args.weights_format).to(device)
         model_sha256 = ""
+    elif args.published:
+        model = load_published(args.published, args.weights).to(device)
+        model_sha256 = sha256_file(args.weights)
     else:
         model = load_model(args.model, map_location=device)
         model_sha256 = sha256_file(args.model)
@@ -163,6 +169,11 @@ def _model(args: argparse.Namespace, seed: int, device: torch.device) -> tuple[t
 
 def _check_model_flags(args: argparse.Namespace) -> None:
     given = [name for name in _UNTRAINED_ONLY if getattr(args, name) is not None]
+    if args.published:
+        if args.weights is None or given != ["weights"]:
+            others = (f"--{name.replace('_', '-')}" for name in _UNTRAINED_ONLY if name != "weights")
+            raise GeolocError(f"--published takes its file as --weights and none of {', '.join(others)}")
+        return
     if not args.untrained:
         if given:
             raise GeolocError(f"--{given[0].replace('_', '-')} goes with --untrained, not --model")
