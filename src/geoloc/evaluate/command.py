@@ -35,7 +35,8 @@ from geoloc.grid import NO_PRETRAINING
 from geoloc.locking import locked
 from geoloc.model.backbones import input_size_multiple
 from geoloc.model.network import load_model
-from geoloc.model.weights import FORMATS
+from geoloc.model.published import PUBLISHED, load_published
+from geoloc.model.weights import FORMATS, sha256_file
 from geoloc.provenance import checked_model, device_name
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--model", type=Path, help="model.pt written by geoloc train")
     source.add_argument("--untrained", action="store_true",
                         help="the network as training starts it (seeded, pretrained weights, random GeM/fc)")
+    source.add_argument("--published", choices=list(PUBLISHED),
+                        help="a released model (geoloc.model.published), its file given by --weights")
     model.add_argument("--backbone", help="with --untrained: a study backbone or timm:<name>")
     model.add_argument("--pretraining",
                        help=f"with --untrained: the weights' label ({NO_PRETRAINING!r}: random initialisation)")
@@ -148,9 +151,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     seed = _DEFAULT_SEED if args.seed is None else args.seed
     model, model_sha256 = _model(args, seed, device)
     resize = tuple(args.resize) if args.resize else None
+    kind = "baseline" if args.untrained else "published" if args.published else "trained"
     provenance = functools.partial(Provenance, model_sha256=model_sha256, k=args.k,  # the threshold: per set
-                                   resize=resize, autocast=args.autocast, device=device_name(device),
-                                   kind="baseline" if args.untrained else "trained")
+                                   resize=resize, autocast=args.autocast, device=device_name(device), kind=kind)
     embed_images = functools.partial(embed, model, batch_size=args.batch_size, device=device,
                                      num_workers=args.num_workers, resize=resize, autocast=args.autocast)
 
@@ -205,6 +208,9 @@ def _model(args: argparse.Namespace, seed: int, device: torch.device) -> tuple[t
         model = build_baseline(args.backbone, fc_output_dim=fc_output_dim, seed=seed, weights=args.weights,
                                weights_format=args.weights_format).to(device)
         model_sha256 = ""
+    elif args.published:
+        model = load_published(args.published, args.weights).to(device)
+        model_sha256 = sha256_file(args.weights)
     else:
         model_sha256 = checked_model(args.model)  # before a changed file is unpickled
         model = load_model(args.model, map_location=device)
@@ -215,6 +221,11 @@ def _model(args: argparse.Namespace, seed: int, device: torch.device) -> tuple[t
 
 def _check_model_flags(args: argparse.Namespace) -> None:
     given = [name for name in _UNTRAINED_ONLY if getattr(args, name) is not None]
+    if args.published:
+        if args.weights is None or given != ["weights"]:
+            others = (f"--{name.replace('_', '-')}" for name in _UNTRAINED_ONLY if name != "weights")
+            raise GeolocError(f"--published takes its file as --weights and none of {', '.join(others)}")
+        return
     if not args.untrained:
         if given:
             raise GeolocError(f"--{given[0].replace('_', '-')} goes with --untrained, not --model")

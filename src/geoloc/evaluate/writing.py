@@ -32,7 +32,7 @@ class Provenance:
     resize: tuple[int, int] | None
     autocast: bool
     device: str  # as geoloc.provenance.device_name gives it
-    kind: str  # "trained" or "baseline"
+    kind: str  # "trained", "baseline" or "published"
 
 
 def recall_row(result: EvalResult, test_set_name: str, test_dir: Path, provenance: Provenance) -> dict[str, object]:

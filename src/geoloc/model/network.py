@@ -6,8 +6,8 @@ statistics the backbone's pretrained weights expect (timm's pretrained_cfg; Imag
 torchvision study backbones); model.pt records them with the aggregator and its hyperparameters.
 
 One registry (`geoloc.model.backbones`, plain data; `BACKBONES` here) maps each study backbone to
-its torchvision constructor and what the study did with it: which top-level modules are kept (the classifier and the pooling
-before it are cut), how many trailing blocks train (the rest is frozen) and how many
+its torchvision constructor and what the study did with it: which top-level modules are kept
+(the classifier and the pooling before it are cut), how many trailing blocks train (the rest is frozen) and how many
 channels come out. Any timm model can be named as `timm:<model_name>` as well.
 
 A backbone's *blocks* are its kept modules that hold parameters, with `features` counted
@@ -88,15 +88,25 @@ def backbone_spec(name: str) -> BackboneSpec:
 
 
 class TimmTokens(TimmFeatures):
-    """A timm ViT's patch tokens on their grid (NCHW) and its class token (N, C), both after its final norm."""
+    """A timm ViT's patch tokens on their grid (NCHW), and its class token (N, C) when `class_token`.
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    `norm`: after the ViT's final norm (as `TimmFeatures`), or straight from its last block (as
+    BoQ's DINOv2 backbone takes them).
+    """
+
+    def __init__(self, name: str, body: nn.Module, *, class_token: bool = True, norm: bool = True):
+        super().__init__(name, body)
+        self.class_token = class_token
+        self.norm = norm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         try:
-            maps, prefixes = self.body.forward_intermediates(x, indices=1, norm=True, output_fmt="NCHW",
-                                                             intermediates_only=True, return_prefix_tokens=True)[-1]
+            last = self.body.forward_intermediates(x, indices=1, norm=self.norm, output_fmt="NCHW",
+                                                   intermediates_only=True,
+                                                   return_prefix_tokens=self.class_token)[-1]
         except AssertionError as exc:  # timm checks input sizes with asserts
             raise GeolocError(f"{self.name} cannot take {x.shape[-2]}x{x.shape[-1]} images: {exc}") from exc
-        return maps, prefixes[:, 0]
+        return (last[0], last[1][:, 0]) if self.class_token else last
 
 
 def _has_class_token(body: nn.Module) -> bool:
@@ -175,7 +185,7 @@ def build_model(backbone: str, fc_output_dim: int = 512, weights: Path | None = 
         state = load_state_dict(Path(weights), weights_format or spec.weights_format, drop_prefixes=cut)
         source = f"weights file {weights} ({backbone})"
         _check_finite(state, source)
-        _load_checked(full, state, cut, source)
+        load_checked(full, state, cut, source)
     mean, std = normalization or _pretrained_normalization(spec, full)
     body = spec.truncate(full)
     blocks = spec.block_parameters(body)
@@ -206,7 +216,7 @@ def _check_finite(state: Mapping[str, torch.Tensor], source: str) -> None:
         raise GeolocError(f"{source} is damaged: non-finite values (NaN or inf) in {_first(not_finite)}")
 
 
-def _load_checked(full: nn.Module, state: Mapping[str, torch.Tensor], cut: tuple[str, ...], source: str) -> None:
+def load_checked(full: nn.Module, state: Mapping[str, torch.Tensor], cut: tuple[str, ...], source: str) -> None:
     """Load `state` into `full`; every tensor of the kept part must be there with its shape."""
     expected = {key: value for key, value in full.state_dict().items() if not key.startswith(cut)}
     # Old checkpoints lack BatchNorm's step counters; torch fills them in.
@@ -270,7 +280,7 @@ def load_model(path: Path, map_location: str | torch.device = "cpu") -> GeoLocNe
                                            tuple(payload.get("std", IMAGENET_STD))))
     except TypeError as exc:  # hyperparameters the aggregator's module does not take
         raise GeolocError(f"model file {path} is damaged: its aggregator hyperparameters do not fit: {exc}") from exc
-    _load_checked(model, payload["state_dict"], (), f"model file {path}")
+    load_checked(model, payload["state_dict"], (), f"model file {path}")
     return model.to(map_location)
 
 
