@@ -117,3 +117,7 @@ def test_a_training_stopped_at_its_time_limit_requeues_itself_and_bad_input_fail
     assert (workdir / "results" / "runs" / SCRATCH_RUN / "recalls" / "sf_xs.csv").is_file()
     log = (workdir / "results" / "logs" / "train" / f"{SCRATCH_RUN}.log").read_text()
     assert log == ""  # the attempt that finished wrote this log; the first one said why it requeued
+    # ... and that first segment is kept, after its marker line, in the log's .segments file
+    segments = (workdir / "results" / "logs" / "train" / f"{SCRATCH_RUN}.log.segments").read_text()
+    assert segments.count("=== geoloc train segment:") == 2
+    assert f"requeued SLURM job {trains[SCRATCH_RUN].job_id}" in segments

@@ -149,7 +149,7 @@ def schema_error(config: dict) -> str:
 
 
 def module_snakefile(workdir: Path, config_name: str) -> Path:
-    """A project of a user's own that uses the workflow as a Snakemake module, as README.md says
+    """A project of a user's own that uses the workflow as a Snakemake module, as docs/configuration.md says
     (Snakemake runs the onsuccess handler of the main Snakefile only: it calls the module's)."""
     snakefile = workdir / "Snakefile"
     snakefile.write_text(

@@ -61,7 +61,7 @@ def test_post_deploy_installs_the_workflow_from_a_copy_anywhere_in_a_conda_prefi
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "GEOLOC_SOURCE": str(REPO)}
     done = subprocess.run(["bash", str(script)], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert (tmp_path / "pip-args").read_text().split() == ["-m", "pip", "install", "--no-deps", str(REPO)]
+    assert (tmp_path / "pip-args").read_text().split() == ["-m", "pip", "install", "--no-deps", "--no-build-isolation", "--editable", str(REPO)]
     del env["GEOLOC_SOURCE"]
     done = subprocess.run(["bash", str(script)], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert done.returncode != 0 and "GEOLOC_SOURCE is set by workflow/rules/common.smk" in done.stderr
