@@ -1,6 +1,6 @@
 """What a cluster site relies on (docs/cluster.md): the locked venv, the profile template, the
 Apptainer definition, ranks.sh inside a container, the controller job and the training log kept
-across requeues. SLURM commands are stand-ins here (the real cluster: tests/test_slurm*.py)."""
+across requeues. SLURM commands are stand-ins here (the real cluster: tests/slurm/test_slurm*.py)."""
 
 from __future__ import annotations
 
