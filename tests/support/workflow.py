@@ -87,9 +87,13 @@ def write_yaml(path: Path, data: dict) -> Path:
 
 
 def dataset_layout(root: Path, test_sets=TEST_SETS) -> Path:
-    """The folders of the real datasets (empty: enough to plan, not to run)."""
-    for folder in ("sf_xs/train", "sf_xs/val", *(f"{name}/test" for name in test_sets)):
+    """The folders of the real datasets, each with one empty image file: enough to plan (planning
+    counts the images of every test set), not to run."""
+    folders = ["sf_xs/train", *(f"{name}/{part}" for name in ("sf_xs/val", *(f"{t}/test" for t in test_sets))
+                                for part in ("database", "queries"))]
+    for folder in folders:
         (root / folder).mkdir(parents=True, exist_ok=True)
+        (root / folder / "@0@0@10@S@0@0@@@0@@@@@@.jpg").write_bytes(b"")
     return root
 
 

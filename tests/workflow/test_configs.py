@@ -103,7 +103,7 @@ def test_schema_fills_in_the_defaults():
     ({"training": {"batch_size": "32"}}, "config key training.batch_size: '32' is not of type 'integer'"),
     ({"training": {"iterations_per_epoch": -5}}, "config key training.iterations_per_epoch: -5 is less than"),
     ({"training": {"epoch": 3}}, "config key training: unknown key 'epoch'"),
-    ({"test_sets": ["pitts30k"]}, "config key test_sets[0]: 'pitts30k' is not one of"),
+    ({"test_sets": ["pitts 30k"]}, "config key test_sets[0]: 'pitts 30k' is not allowed: a dataset name"),
     ({"grid": [{**BLOCK, "precisions": ["fp16"]}]}, "config key grid[0].precisions[0]: 'fp16' is not one of"),
     ({"grid": [{**BLOCK, "seeds": ["0"]}]}, "config key grid[0].seeds[0]: '0' is not of type 'integer'"),
     ({"grid": [{**BLOCK, "seeds": [2**64]}]}, "config key grid[0].seeds[0]: 18446744073709551616 is greater than"),

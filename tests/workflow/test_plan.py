@@ -125,4 +125,4 @@ def test_datasets_root_missing_a_test_set_fails_before_any_job(tmp_path):
     config = small_config(root, tmp_path / "results", test_sets=["sf_xs", "tokyo_night"])
     result = snakemake(tmp_path, "-n", "--configfile", str(write_yaml(tmp_path / "c.yaml", config)))
     assert result.returncode != 0
-    assert f"config key datasets_root: {root} has no tokyo_night/test" in result.stdout + result.stderr
+    assert f"dataset tokyo_night: test folder {root / 'tokyo_night/test'} does not exist" in result.stdout

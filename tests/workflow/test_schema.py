@@ -51,9 +51,9 @@ def test_schema_model_keys_are_exactly_the_training_settings_the_trainer_fingerp
     schema = load_schema()
     model_keys = set(grid.keys_that_change(schema, "training", "model"))
     model_keys |= {key for key in grid.keys_that_change(schema, "evaluation", "model")}
-    # The grid gives the rest: a block's backbone, precision and seed, and the weights format
-    # of its pretraining (from the weights registry).
-    model_keys |= {"backbone", "precision", "seed", "weights_format"}
+    # The grid gives the rest: a block's backbone, precision, aggregator and seed, and the weights
+    # format of its pretraining (from the weights registry).
+    model_keys |= {"backbone", "precision", "aggregator", "seed", "weights_format"}
     fields = {field.name for field in dataclasses.fields(TrainSettings)}
     assert model_keys == fields
 
