@@ -128,8 +128,9 @@ def test_a_swept_name_that_a_tagged_block_gives_another_run_is_refused():
     blocks = [block(training={"epochs": [4]}), block(tag="ep4", training={"lr": 0.5})]
     with pytest.raises(grid.ConfigError) as error:
         grid.expand_grid(blocks, TRAINING)
-    assert str(error.value) == ("config key grid[1]: run 'resnet18-none-fp32-s0-ep4' is also defined by grid[0] with "
-                                "different settings (epochs 4 vs 3, lr None vs 0.5); give one of the blocks another tag")
+    assert str(error.value) == (
+        "config key grid[1]: run 'resnet18-none-fp32-s0-ep4' is also defined by grid[0] with "
+        "different settings (epochs 4 vs 3, lr None vs 0.5); give one of the blocks another tag")
 
 
 def test_a_run_name_with_two_different_settings_names_both_blocks_and_the_difference():
@@ -388,7 +389,7 @@ def test_a_blocks_resources_are_its_trainings_and_the_rest_keep_the_configs():
     runs = grid.expand_grid([block(), block(backbones=("efficientnet_v2_s",), resources={
         "mem_mb": 90000, "runtime": 900, "gpu_model": "a100", "threads": 16, "gpus": 2})], {"gpus_per_run": 1})
     small, big = runs["resnet18-none-fp32-s0"], runs["efficientnet_v2_s-none-fp32-s0"]
-    asked = {key: (grid.job_resource(resources(), "train", key, small), grid.job_resource(resources(), "train", key, big))
+    asked = {key: tuple(grid.job_resource(resources(), "train", key, run) for run in (small, big))
              for key in ("mem_mb", "runtime", "gpu_model", "threads")}
     assert asked == {"mem_mb": (48000, 90000), "runtime": (480, 900), "gpu_model": (None, "a100"), "threads": (8, 16)}
     assert (small.training["gpus_per_run"], big.training["gpus_per_run"]) == (1, 2)

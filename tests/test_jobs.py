@@ -87,7 +87,7 @@ def test_the_training_command_parses_back_into_exactly_the_runs_settings():
     for name, run in plan.study.runs.items():
         settings = plan.train_settings(name)
         args = parsed("train", settings, plan.train_runtime(name, "w/x.pth", f"out/{name}/model.pt", 4))
-        trained = TrainSettings(**{field.name: getattr(args, field.name) for field in dataclasses.fields(TrainSettings)})
+        trained = TrainSettings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainSettings)})
         assert trained == TrainSettings(
             backbone=run.backbone, precision=run.precision, seed=run.seed, positive_dist_threshold=25,
             weights_format=None if run.pretraining == "none" else "torchvision",
@@ -183,7 +183,8 @@ def test_a_run_trains_and_validates_on_its_training_sets_folders_and_caches_them
     plan = planned_jobs(config)
     for name, run in plan.study.runs.items():
         args = parsed("train", plan.train_settings(name), plan.train_runtime(name, None, "o/model.pt", 1))
-        expected = ("/data/p/train", "/data/p/val", "pitts30k") if run.tag else ("/data/sf_xs/train", "/data/v", "sf_xs")
+        expected = ("/data/p/train", "/data/p/val", "pitts30k") if run.tag else (
+            "/data/sf_xs/train", "/data/v", "sf_xs")
         assert (str(args.train_dir), str(args.val_dir), args.dataset) == expected
     assert "--train-dir /data/p/train" in plan.cache_images_runtime(320, 1)
     assert "--train-dir /data/sf_xs/train" in plan.cache_images_runtime(512, 1)

@@ -111,7 +111,8 @@ def test_a_blocks_resources_reach_its_training_jobs_only(tmp_path):
         if "rule train:" in block:
             run = block.split("wildcards: run=")[1].split()[0]
             line = next(line for line in block.splitlines() if line.strip().startswith("resources:"))
-            asked[run] = {key: value for key, value in (item.split("=", 1) for item in line.split(": ", 1)[1].split(", "))
+            items = (item.split("=", 1) for item in line.split(": ", 1)[1].split(", "))
+            asked[run] = {key: value for key, value in items
                           if key in ("mem_mb", "runtime", "gpu_model", "cpus_per_task", "gpu", "tasks")}
     assert asked == {
         "resnet18-none-fp32-s0": {"mem_mb": "48000", "runtime": "480", "gpu_model": "v100", "cpus_per_task": "8",

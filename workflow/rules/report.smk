@@ -38,9 +38,9 @@ rule effective_config:
         "<logs>/effective_config.log",
     localrule: True
     params:
-        text=config_as_yaml,
+        settings=config_as_yaml,
     run:
-        atomic_write_text(output[0], params.text)
+        atomic_write_text(output[0], params.settings)
 
 
 rule report:
