@@ -56,8 +56,8 @@ def main() -> None:
         root = Path(tempfile.mkdtemp(prefix="listing-", dir=args.dir))
         try:
             make_files(root, n)
-            listing = best_seconds(lambda: image_names(root), args.repeats)
-            fingerprint = best_seconds(lambda: listing_fingerprint(root), args.repeats)
+            listing = best_seconds(lambda folder=root: image_names(folder), args.repeats)
+            fingerprint = best_seconds(lambda folder=root: listing_fingerprint(folder), args.repeats)
         finally:
             shutil.rmtree(root)
         rows.append({"names": n, "listing_seconds": listing, "fingerprint_seconds": fingerprint,

@@ -26,8 +26,9 @@ def test_the_model_train_json_records_passes_with_its_digest(tmp_path):
 
 def test_a_model_with_flipped_bytes_is_refused_naming_both_files_to_delete(tmp_path):
     write_run(tmp_path / "run", b"weightz", b"weights")
-    with pytest.raises(GeolocError, match=r"run/model.pt: its sha256 .* is not the model_sha256 .* that .*run/train.json "
-                                          r"records .*: delete .*run/model.pt and .*run/train.json and rerun the workflow"):
+    with pytest.raises(GeolocError, match=r"run/model.pt: its sha256 .* is not the model_sha256 .* that "
+                                          r".*run/train.json records .*: delete .*run/model.pt and "
+                                          r".*run/train.json and rerun the workflow"):
         checked_model(tmp_path / "run" / "model.pt")
 
 

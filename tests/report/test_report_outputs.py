@@ -16,7 +16,8 @@ from geoloc.report import render
 @pytest.fixture
 def quick_report(monkeypatch):
     """`render.run` with the study reading and the page rendering stubbed: only the writing is real."""
-    plan = SimpleNamespace(runs={}, baselines={}, config={"reference": "r", "evaluation": {"positive_dist_threshold": 25}})
+    config = {"reference": "r", "evaluation": {"positive_dist_threshold": 25}}
+    plan = SimpleNamespace(runs={}, baselines={}, config=config)
     monkeypatch.setattr(render, "read_config", lambda path: ("config", plan))
     monkeypatch.setattr(render, "load_study", lambda *args: "study")
     monkeypatch.setattr(render, "check_against_config", lambda study, plan: None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from geoloc.data.packed import PackedNames
 from geoloc.errors import GeolocError
 
 _CHUNK = 1 << 16  # names digested per string join: a few MB at a time
+_STAT_CHUNK, _STAT_THREADS = 4096, 8
 
 
 def list_images(folder: Path) -> list[Path]:
@@ -67,14 +69,23 @@ def listing_fingerprint(folder: Path) -> dict[str, int | str]:
     lies does not, nor does a move or a copy that keeps the times (`cp -a`, `rsync -a`). One stat
     per image: the cost at SF-XL's million names is in benchmarks/listing_fingerprint.py.
     """
-    entries = sorted((name, entry.stat()) for name, entry in _image_entries(Path(folder)))
-    _reject_duplicate_names(folder, [name for name, _ in entries])
+    found = sorted(_image_entries(Path(folder)), key=lambda item: item[0])
+    _reject_duplicate_names(folder, [name for name, _ in found])
+    # A stat is a round trip to the server on a network file system: several at a time.
+    chunks = [found[first:first + _STAT_CHUNK] for first in range(0, len(found), _STAT_CHUNK)]
+    with ThreadPoolExecutor(_STAT_THREADS) as pool:
+        stats = [stat for chunk in pool.map(_stats, chunks) for stat in chunk]
+    entries = [(name, stat) for (name, _), stat in zip(found, stats)]
     digest = hashlib.sha256()
     for first in range(0, len(entries), _CHUNK):
         chunk = entries[first:first + _CHUNK]
         lines = (f"{len(name)}:{name}\0{stat.st_size}\0{stat.st_mtime_ns}\n" for name, stat in chunk)
         digest.update("".join(lines).encode("utf-8", "surrogateescape"))
     return {"images": len(entries), "sha256": digest.hexdigest()}
+
+
+def _stats(entries: list[tuple[str, os.DirEntry]]) -> list[os.stat_result]:
+    return [entry.stat() for _, entry in entries]
 
 
 def _image_entries(folder: Path) -> list[tuple[str, os.DirEntry]]:
