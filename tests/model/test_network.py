@@ -290,6 +290,9 @@ def test_a_dinov2_vit_feeds_its_patch_tokens_to_the_aggregator(monkeypatch, tmp_
     assert trained == {"blocks.1", "norm.weight", "norm.bias"}
     if aggregator == "boq":
         assert model.aggregator_params["proj_channels"] == 384  # as BoQ's released DINOv2 model
+    # by default SALAD and BoQ train the last 4 transformer blocks (here: both of the 2), GeM the last one
+    default = build_model(TINY_DINOV2, DIM, aggregator=aggregator).trainable_blocks
+    assert default == (1 if aggregator == "gem" else 2)
     save_model(tmp_path / "model.pt", model)
     images = torch.rand(1, 3, 56, 56)
     with torch.no_grad():

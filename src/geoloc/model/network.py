@@ -168,8 +168,8 @@ def build_model(backbone: str, fc_output_dim: int = 512, weights: Path | None = 
                 normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None) -> GeoLocNet:
     """The network of `backbone` and `aggregator`, randomly initialised or with backbone `weights` loaded.
 
-    `trainable_blocks`: how many trailing backbone blocks train (None: the study's default);
-    the head always trains. `image_size`: the training size, needed by an aggregator built for
+    `trainable_blocks`: how many trailing backbone blocks train (None: the study's default, or
+    for a ViT the aggregator's reference default where it has one); the head always trains. `image_size`: the training size, needed by an aggregator built for
     one feature-map size (MixVPR). `aggregator_params` (complete, as model.pt records them) and
     `normalization` (mean, std) rebuild a saved model; by default they follow the backbone.
     """
@@ -189,7 +189,11 @@ def build_model(backbone: str, fc_output_dim: int = 512, weights: Path | None = 
     mean, std = normalization or _pretrained_normalization(spec, full)
     body = spec.truncate(full)
     blocks = spec.block_parameters(body)
-    trainable = spec.default_trainable_blocks if trainable_blocks is None else trainable_blocks
+    vit = isinstance(body, TimmFeatures) and hasattr(body.body, "patch_embed")
+    default = spec.default_trainable_blocks
+    if vit and entry.vit_trainable_blocks is not None:  # e.g. SALAD and BoQ train DINOv2's last 4 blocks
+        default = min(entry.vit_trainable_blocks, len(blocks))
+    trainable = default if trainable_blocks is None else trainable_blocks
     if not 0 <= trainable <= len(blocks):
         raise GeolocError(f"trainable_blocks for {backbone} must be between 0 and {len(blocks)}, got {trainable}")
     for param in body.parameters():
@@ -202,7 +206,6 @@ def build_model(backbone: str, fc_output_dim: int = 512, weights: Path | None = 
     input_size = (image_size, image_size) if entry.fixed_feature_map else None
     if aggregator_params is None:
         feature_hw = feature_map_size(backbone, image_size) if entry.fixed_feature_map else (0, 0)
-        vit = isinstance(body, TimmFeatures) and hasattr(body.body, "patch_embed")
         aggregator_params = resolve_hyperparameters(aggregator, spec.output_channels(body), fc_output_dim=fc_output_dim,
                                                      feature_hw=feature_hw, vit=vit)
     return GeoLocNet(backbone, body, aggregator, aggregator_params, fc_output_dim, trainable, mean, std, input_size)

@@ -29,6 +29,7 @@ class AggregatorEntry:
     uses_fc_output_dim: bool = False  # a linear layer maps to fc_output_dim (else the size is its own)
     fixed_feature_map: bool = False  # built for one feature-map size (MixVPR): the image size is fixed
     uses_class_token: bool = False  # takes a ViT's class token beside its patch tokens (SALAD)
+    vit_trainable_blocks: int | None = None  # transformer blocks its reference trains (None: the backbone's default)
     reference: str = ""
 
 
@@ -49,10 +50,11 @@ AGGREGATORS: dict[str, AggregatorEntry] = {
         reference="MixVPR (amaralibey/MixVPR main.py): 4 feature mixers, 1024 channels x 4 rows"),
     "salad": AggregatorEntry(
         "SALAD", "SALAD", {"num_clusters": 64, "cluster_dim": 128, "token_dim": 256, "dropout": 0.3},
-        uses_class_token=True,
+        uses_class_token=True, vit_trainable_blocks=4,
         reference="SALAD (serizba/salad hubconf.py): 64 clusters of 128, a 256-d scene token"),
     "boq": AggregatorEntry(
         "BoQ", "BoQ", {"proj_channels": None, "num_queries": 64, "num_layers": 2, "row_dim": 32},
+        vit_trainable_blocks=4,
         reference="Bag-of-Queries (amaralibey/Bag-of-Queries hubconf.py): 2 blocks of 64 queries, 32 rows; "
                   "proj_channels 512 on a CNN, 384 on DINOv2 (None: chosen by the input)"),
 }
