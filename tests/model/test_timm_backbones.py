@@ -1,6 +1,7 @@
 """timm backbones at any image size they can take: ViTs (DeiT, DINOv2 with and without register
 tokens) through timm's dynamic image size, Swin at a size it was not built for, and the refusal
-of sizes a model cannot take, before any job runs. Random weights, 32-64 px."""
+of sizes a model cannot take, before any job runs. Random weights, 32-64 px. And backbone
+names: `timm:<model>` or a study backbone, parsed and refused in one place."""
 
 import subprocess
 import sys
@@ -9,7 +10,7 @@ import pytest
 import torch
 
 from geoloc.errors import GeolocError
-from geoloc.model.backbones import input_size_problem
+from geoloc.model.backbones import BackboneName, block_count, check_backbone, input_size_problem, parse_backbone
 from geoloc.model.network import backbone_spec, build_model, load_model, save_model
 
 DIM = 16
@@ -133,3 +134,37 @@ def test_the_backbone_registry_asks_torch_and_timm_only_for_timm_backbones():
             "assert p('timm:resnet10t', 64) is None and 'timm' in sys.modules; print('ok')")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.stdout.strip() == "ok", result.stderr
+
+
+@pytest.mark.parametrize("name, parsed", [
+    ("resnet18", BackboneName(None, "resnet18")),
+    ("timm:convnext_small.fb_in22k", BackboneName("timm", "convnext_small.fb_in22k")),  # timm's tag kept
+])
+def test_a_backbone_name_is_split_into_its_source_and_model(name, parsed):
+    assert parse_backbone(name) == parsed
+    assert check_backbone(name) == parsed
+
+
+@pytest.mark.parametrize("name", ["resnet19", "timm:", "hf-hub:timm/resnet18", "ResNet18"])
+def test_an_unknown_backbone_is_the_same_error_wherever_it_is_met(name):
+    expected = (f"unknown backbone {name!r}; known backbones: convnext_tiny, efficientnet_b0, efficientnet_b1, "
+                "efficientnet_b2, efficientnet_v2_s, mobilenet_v3_large, mobilenet_v3_small, resnet18, swin_tiny, "
+                "or timm:<timm model name>")
+    for meet in (check_backbone, backbone_spec, lambda name: build_model(name, DIM), block_count):
+        with pytest.raises(GeolocError) as error:
+            meet(name)
+        assert str(error.value) == expected
+    assert input_size_problem(name, 64) == expected
+
+
+def test_the_known_study_backbones_can_be_narrowed():
+    assert check_backbone("resnet18", known={"resnet18"}) == BackboneName(None, "resnet18")
+    assert check_backbone("timm:resnet10t", known={"resnet18"}) == BackboneName("timm", "resnet10t")
+    with pytest.raises(GeolocError, match="^unknown backbone 'swin_tiny'; known backbones: resnet18, or timm:"):
+        check_backbone("swin_tiny", known={"resnet18"})
+
+
+def test_trainable_blocks_of_a_timm_backbone_are_counted_only_once_it_is_built():
+    assert block_count("resnet18") == 6  # conv1, bn1, layer1-4
+    assert block_count("swin_tiny") == 9
+    assert block_count("timm:vit_tiny_patch16_224") is None

@@ -1,16 +1,25 @@
-"""The registry of study backbones, as plain data (no torch import).
+"""The registry of study backbones, as plain data (no torch import), and backbone names.
 
 The workflow validates backbone names, `trainable_blocks` and `image_size` when Snakemake
 parses it, for every job; importing torch there would add seconds to each.
 `geoloc.model.network` builds the networks from these entries.
+
+A backbone is named as a study backbone (`resnet18`) or as `timm:<model name>`, any timm model.
+`parse_backbone` splits a name and `check_backbone` refuses an unknown one, for every module
+that reads backbone names. timm has its own `parse_model_name` for the same job on its names; importing it
+here would cost the seconds above, and the model name goes to timm untouched, to parse.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from dataclasses import dataclass
 
-TIMM_PREFIX = "timm:"  # any timm model is a backbone too: `timm:<model_name>`
+from geoloc.errors import GeolocError
+
+TIMM = "timm"  # the source of `timm:<model_name>` backbones
+TIMM_PREFIX = f"{TIMM}:"
 
 
 @dataclass(frozen=True)
@@ -50,6 +59,38 @@ STUDY_BACKBONES: dict[str, StudyBackbone] = {
 }
 
 
+@dataclass(frozen=True)
+class BackboneName:
+    """A backbone's name split into its source and model, as timm's `parse_model_name` splits
+    `hf-hub:<id>`: `timm:convnext_small` is ("timm", "convnext_small"), `resnet18` (None, "resnet18")."""
+
+    source: str | None  # None: the study's registry (STUDY_BACKBONES)
+    model: str  # the registry's key, or the model name as timm takes it (a pretrained tag after ".")
+
+
+def parse_backbone(name: str) -> BackboneName:
+    """`name` split at its first ":", unchecked (`check_backbone` checks it)."""
+    source, colon, model = name.partition(":")
+    return BackboneName(source, model) if colon else BackboneName(None, name)
+
+
+def check_backbone(name: str, known: Collection[str] = STUDY_BACKBONES) -> BackboneName:
+    """`name` parsed, or a GeolocError unless it is one of the `known` study backbones or
+    `timm:<model>` (whether timm has that model is timm's to say, when it builds it)."""
+    parsed = parse_backbone(name)
+    if parsed.source is None and parsed.model in known or parsed.source == TIMM and parsed.model:
+        return parsed
+    raise GeolocError(f"unknown backbone {name!r}; known backbones: {', '.join(sorted(known))}, "
+                      f"or {TIMM_PREFIX}<timm model name>")
+
+
+def block_count(backbone: str) -> int | None:
+    """The blocks `trainable_blocks` counts. None for a timm model: its blocks are its feature
+    stages, known only once it is built, so `geoloc train` refuses too many there."""
+    parsed = check_backbone(backbone)
+    return None if parsed.source == TIMM else STUDY_BACKBONES[parsed.model].blocks
+
+
 def input_size_problem(backbone: str, image_size: int) -> str | None:
     """Why `backbone` cannot take image_size x image_size images, or None when it can.
 
@@ -57,13 +98,15 @@ def input_size_problem(backbone: str, image_size: int) -> str | None:
     (timm, and torch, are imported then, and only then): e.g. a ViT whose patch size does not
     divide the size, or a model built for one size only.
     """
-    if backbone.startswith(TIMM_PREFIX):
+    try:
+        parsed = check_backbone(backbone)
+    except GeolocError as exc:
+        return str(exc)
+    if parsed.source == TIMM:
         from geoloc.model.timm_backbone import timm_input_size_problem
 
-        return timm_input_size_problem(backbone[len(TIMM_PREFIX):], image_size)
-    entry = STUDY_BACKBONES.get(backbone)
-    if entry is None:
-        return f"unknown backbone {backbone!r}; known backbones: {', '.join(STUDY_BACKBONES)}, or {TIMM_PREFIX}<timm model name>"
+        return timm_input_size_problem(parsed.model, image_size)
+    entry = STUDY_BACKBONES[parsed.model]
     if image_size < entry.min_image_size:
         return f"backbone {backbone} needs images of at least {entry.min_image_size} px, not {image_size}"
     return None

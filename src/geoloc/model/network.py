@@ -38,7 +38,7 @@ from geoloc.atomic import atomic_torch_save
 from geoloc.errors import GeolocError
 from geoloc.model.aggregators import DEFAULT_AGGREGATOR, aggregator_entry
 from geoloc.model.aggregators.layers import build_aggregator, resolve_hyperparameters
-from geoloc.model.backbones import STUDY_BACKBONES, TIMM_PREFIX, StudyBackbone
+from geoloc.model.backbones import STUDY_BACKBONES, TIMM, StudyBackbone, check_backbone
 from geoloc.model.timm_backbone import TimmBackbone, TimmFeatures
 from geoloc.model.weights import load_state_dict, read_torch_file
 
@@ -79,12 +79,8 @@ BackboneSpec = TorchvisionBackbone | TimmBackbone
 
 def backbone_spec(name: str) -> BackboneSpec:
     """The registry entry of `name`: a study backbone or `timm:<model_name>`."""
-    if name.startswith(TIMM_PREFIX) and name[len(TIMM_PREFIX):]:
-        return TimmBackbone(name[len(TIMM_PREFIX):])
-    if name not in BACKBONES:
-        raise GeolocError(f"unknown backbone {name!r}; known backbones: {', '.join(BACKBONES)}, "
-                          f"or {TIMM_PREFIX}<timm model name>")
-    return BACKBONES[name]
+    parsed = check_backbone(name)
+    return TimmBackbone(parsed.model) if parsed.source == TIMM else BACKBONES[parsed.model]
 
 
 class TimmTokens(TimmFeatures):
