@@ -20,7 +20,7 @@ from typing import Any
 
 from geoloc.data.catalog import DatasetEntry, check_test_set, check_training_set
 from geoloc.errors import GeolocError
-from geoloc.model.backbones import TIMM_PREFIX
+from geoloc.model.backbones import TIMM, check_backbone, parse_backbone
 
 NO_PRETRAINING = "none"  # random initialisation: never has a weights entry
 BASELINE_PRECISION = "fp32"  # a baseline is the untrained network, evaluated in fp32 (contract C2)
@@ -65,9 +65,8 @@ class Run:
 
 def backbone_slug(backbone: str) -> str:
     """The backbone as it appears in run names and weights file names."""
-    if backbone.startswith(TIMM_PREFIX):
-        return "timm_" + backbone[len(TIMM_PREFIX):]
-    return backbone
+    parsed = parse_backbone(backbone)
+    return f"{parsed.source}_{parsed.model}" if parsed.source else backbone
 
 
 DEFAULT_AGGREGATOR = "gem"  # left out of run names, so that today's names stay
@@ -166,16 +165,13 @@ def _difference(a: Run, b: Run) -> str:
 def check_backbones(runs: Iterable[Run], known: Collection[str], is_timm_model: Callable[[str], bool]) -> None:
     """Every backbone is in the model registry, or a `timm:` name that timm knows."""
     for run in runs:
-        if run.backbone in known:
-            continue
         key = f"config key grid[{run.block}].backbones"
-        if run.backbone.startswith(TIMM_PREFIX):
-            if not is_timm_model(run.backbone[len(TIMM_PREFIX):]):
-                raise ConfigError(f"{key}: timm has no model {run.backbone[len(TIMM_PREFIX):]!r}")
-            continue
-        raise ConfigError(
-            f"{key}: unknown backbone {run.backbone!r}; known: {', '.join(sorted(known))}, or timm:<model name>"
-        )
+        try:
+            parsed = check_backbone(run.backbone, known)
+        except GeolocError as error:
+            raise ConfigError(f"{key}: {error}") from None
+        if parsed.source == TIMM and not is_timm_model(parsed.model):
+            raise ConfigError(f"{key}: timm has no model {parsed.model!r}")
 
 
 def check_run_settings(

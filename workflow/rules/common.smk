@@ -60,14 +60,6 @@ def is_timm_model(name: str) -> bool:
     return timm.is_model(name)
 
 
-def blocks_of(backbone: str) -> int | None:
-    """The blocks `trainable_blocks` counts. None for a timm model: its blocks are its feature
-    stages, known only once it is built, so `geoloc train` refuses too many there."""
-    if backbone.startswith(backbones.TIMM_PREFIX):
-        return None
-    return backbones.STUDY_BACKBONES[backbone].blocks
-
-
 def load_study(config: dict) -> tuple[grid.Study, dict]:
     """Validate the config (filling in defaults), read the dataset catalog and expand the grid;
     errors name the key."""
@@ -87,7 +79,7 @@ def load_study(config: dict) -> tuple[grid.Study, dict]:
             lookup_weights=partial(
                 lookup, Path(workflow_file(config["weights"]["registry"]))
             ),
-            blocks_of=blocks_of,
+            blocks_of=backbones.block_count,
             input_size_problem=backbones.input_size_problem,
             catalog=catalog,
         )
