@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -56,8 +56,8 @@ def image_names(folder: Path) -> list[str]:
     a sub-folder `a/` sorts after a file or folder `a-b`, since '-' comes before '/'.
     Plain strings, not Paths: pathlib costs microseconds per file on real training sets.
     """
-    names = sorted(name for name, _ in _image_entries(Path(folder)))
-    _reject_duplicate_names(folder, names)
+    names = sorted(name for name, _ in _image_entries(Path(folder)))  # no entry is kept: millions of them
+    _reject_duplicate_names(folder, _some(folder, names))
     return names
 
 
@@ -70,7 +70,7 @@ def listing_fingerprint(folder: Path) -> dict[str, int | str]:
     per image: the cost at SF-XL's million names is in benchmarks/listing_fingerprint.py.
     """
     found = sorted(_image_entries(Path(folder)), key=lambda item: item[0])
-    _reject_duplicate_names(folder, [name for name, _ in found])
+    _reject_duplicate_names(folder, _some(folder, [name for name, _ in found]))
     # A stat is a round trip to the server on a network file system: several at a time.
     chunks = [found[first:first + _STAT_CHUNK] for first in range(0, len(found), _STAT_CHUNK)]
     with ThreadPoolExecutor(_STAT_THREADS) as pool:
@@ -88,7 +88,7 @@ def _stats(entries: list[tuple[str, os.DirEntry]]) -> list[os.stat_result]:
     return [entry.stat() for _, entry in entries]
 
 
-def _image_entries(folder: Path) -> list[tuple[str, os.DirEntry]]:
+def _image_entries(folder: Path) -> Iterator[tuple[str, os.DirEntry]]:
     """(relative POSIX name, directory entry) of every image file under `folder`, unsorted.
 
     Hidden files and folders are skipped, and links to folders are not followed (as os.walk
@@ -97,27 +97,33 @@ def _image_entries(folder: Path) -> list[tuple[str, os.DirEntry]]:
     """
     if not folder.is_dir():
         raise GeolocError(f"image folder {folder} does not exist or is not a folder")
-    found: list[tuple[str, os.DirEntry]] = []
     pending = [("", os.fspath(folder))]
     while pending:
         prefix, path = pending.pop()
         try:
             with os.scandir(path) as entries:
                 for entry in entries:
-                    if entry.name.startswith("."):
+                    name = entry.name
+                    if name.startswith("."):
                         continue
-                    if entry.is_dir(follow_symlinks=False):
-                        pending.append((f"{prefix}{entry.name}/", entry.path))
-                    elif entry.name.lower().endswith(IMAGE_EXTENSIONS) and not entry.is_dir():
-                        if not entry.is_file():
+                    # The name first: one type check per image (from the directory entry, no stat).
+                    if name.lower().endswith(IMAGE_EXTENSIONS):
+                        if entry.is_file():
+                            yield prefix + name, entry
+                            continue
+                        if not entry.is_dir():
                             raise GeolocError(f"{entry.path} is named like an image but is no regular file (a FIFO, "
                                               "socket, device or dangling link): remove it from the dataset")
-                        found.append((prefix + entry.name, entry))
+                    if entry.is_dir(follow_symlinks=False):
+                        pending.append((f"{prefix}{name}/", entry.path))
         except OSError as exc:
             _raise_listing_error(exc)
-    if not found:
+
+
+def _some(folder: Path, names: list[str]) -> list[str]:
+    if not names:
         raise GeolocError(f"image folder {folder} holds no image ({', '.join(IMAGE_EXTENSIONS)}, any case)")
-    return found
+    return names
 
 
 def _raise_listing_error(error: OSError) -> None:
@@ -150,5 +156,7 @@ def _reject_duplicate_names(folder: Path, names: list[str]) -> None:
 def _image_key(name: str) -> str:
     """The file name of `name` with its extension in lower case."""
     file_name = name.rpartition("/")[2]
+    if file_name.endswith(IMAGE_EXTENSIONS):  # nearly all names: nothing to fold
+        return file_name
     stem, dot, extension = file_name.rpartition(".")
     return f"{stem}{dot}{extension.lower()}"
