@@ -111,7 +111,7 @@ def _check_training(name: str, train: Mapping[str, Any], plan: Plan) -> None:
             raise GeolocError(
                 f"run {name}: {config_key} is {_show(wanted)} in {plan.path} but {_show(recorded[key])} "
                 f"in its train.json (fingerprint.settings.{key}); these results come from another config: "
-                "rerun the workflow with this one"
+                f"delete the run folder runs/{name} and rerun the workflow with this one (it retrains the run)"
             )
 
 
@@ -132,6 +132,7 @@ def _settings(run: Run, config: Mapping[str, Any]) -> dict[str, tuple[str, Any]]
         backbone=(f"{block}.backbones", run.backbone),
         pretraining=(f"{block}.pretrainings", run.pretraining),
         precision=(f"{block}.precisions", run.precision),
+        aggregator=(f"{block}.aggregators", run.aggregator),
         seed=(f"{block}.seeds", run.seed),
     )
     return settings
@@ -156,7 +157,7 @@ def _check_evaluation(name: str, row: Any, plan: Plan, keys: tuple[str, ...], th
             raise GeolocError(
                 f"{_what(row)} {name}: {source[key].format(_show(evaluation[key]))} but "
                 f"{_show(getattr(row, key))} in recalls/{row.test_set}.csv; these recalls come from another "
-                "config: rerun the workflow with this one"
+                f"config: delete the recalls folder of {name} and rerun the workflow with this one (it re-evaluates)"
             )
 
 
@@ -165,7 +166,8 @@ def _check_model(name: str, row: Any, train: Mapping[str, Any]) -> None:
         raise GeolocError(
             f"run {name}: recalls/{row.test_set}.csv evaluated a model.pt with sha256 "
             f"{_show(row.model_sha256)}, but its train.json records model_sha256 {_show(train['model_sha256'])} "
-            "(the model changed after its evaluation): rerun the workflow"
+            f"(the model changed after its evaluation): delete runs/{name}/recalls and rerun the workflow (it "
+            "re-evaluates the run; should geoloc evaluate then refuse model.pt, delete it and train.json too)"
         )
 
 
