@@ -77,7 +77,7 @@ def child(args: argparse.Namespace) -> None:
                           checkpoint_dir=Path(scratch) / "ckpt", cache_dir=data / "groups", device="cpu",
                           num_workers=args.num_workers, checkpoint_every=10**9)
         progress = trainer.fit()
-    print(json.dumps({"images_per_second": args.iterations * args.batch_size / progress["train_seconds"],
+    print(json.dumps({"images_per_second": args.iterations * args.batch_size / progress.train_seconds,
                       "torch_threads": torch.get_num_threads(),
                       "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}))
 

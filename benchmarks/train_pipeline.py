@@ -123,7 +123,7 @@ def measure(args: argparse.Namespace, trainer: Trainer, step: ComputeOnlyStep, b
         with cpu_time_outside_training() as outside:
             cpu_start, start = time.process_time(), time.perf_counter()
             progress = trainer.fit(fresh=True)
-            compile_seconds = compile_seconds or progress["compile_seconds"]  # the first round compiles
+            compile_seconds = compile_seconds or progress.compile_seconds  # the first round compiles
             fit_seconds, fit_cpu = time.perf_counter() - start, time.process_time() - cpu_start
         cpu_start = time.process_time()
         compute_seconds += step.seconds(half)
@@ -131,9 +131,9 @@ def measure(args: argparse.Namespace, trainer: Trainer, step: ComputeOnlyStep, b
         compute_images = 2 * half * args.batch_size
         rounds.append({
             "compute_img_s": compute_images / compute_seconds,
-            "pipeline_img_s": images / progress["train_seconds"],
-            "efficiency": images / progress["train_seconds"] / (compute_images / compute_seconds),
-            "epoch_fixed_seconds": fit_seconds - progress["val_seconds"] - progress["train_seconds"]})
+            "pipeline_img_s": images / progress.train_seconds,
+            "efficiency": images / progress.train_seconds / (compute_images / compute_seconds),
+            "epoch_fixed_seconds": fit_seconds - progress.val_seconds - progress.train_seconds})
         if args.num_workers == 0 and step.device.type == "cpu":  # this process does all the work
             rounds[-1]["cpu_efficiency"] = images / (fit_cpu - outside["seconds"]) / (compute_images / compute_cpu)
     counted = rounds[1:] or rounds

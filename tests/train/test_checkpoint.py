@@ -3,7 +3,6 @@ import torch
 
 from geoloc.errors import GeolocError
 from geoloc.train.checkpoint import (
-    PROGRESS_FIELDS,
     checkpoint_files,
     load_latest_checkpoint,
     remove_stale_checkpoint_files,
@@ -66,19 +65,6 @@ def test_hand_edited_checkpoint_is_refused_naming_the_field(tmp_path, edit, fiel
         load_latest_checkpoint(tmp_path, FP)
     assert str(error.value).startswith(f"checkpoint {path}: field {field} should be {expected}, found {found}")
     assert "--fresh" in str(error.value)
-
-
-def test_the_checked_fields_are_those_the_trainer_writes(tiny_city, tmp_path):
-    from geoloc.train.settings import RunInfo, TrainSettings
-    from geoloc.train.trainer import Trainer
-
-    settings = TrainSettings(epochs=1, iterations_per_epoch=1, batch_size=4, image_size=32, alpha=45, N=2, L=1,
-                             min_images_per_class=3, fc_output_dim=16)
-    trainer = Trainer(settings, RunInfo("r", "resnet18", "none", "fp32", 0, None),
-                      train_dir=tiny_city / "sf_xs" / "train", val_dir=tiny_city / "sf_xs" / "val", weights=None,
-                      checkpoint_dir=tmp_path / "ckpt", cache_dir=tmp_path / "cache", device="cpu",
-                      num_workers=0, checkpoint_every=1)
-    assert set(trainer._fresh_progress()) == set(PROGRESS_FIELDS)
 
 
 def test_stale_temporary_checkpoint_files_are_removed_and_checkpoints_kept(tmp_path):

@@ -113,5 +113,5 @@ def test_a_deadline_passed_in_validation_stops_after_that_epoch_unless_it_was_th
         with pytest.raises(TrainingInterrupted, match="^stopped after epoch 0, 60 s before the SLURM job's time"):
             trainer.fit()
     else:  # writing the outputs takes seconds: no requeue for them
-        assert trainer.fit()["epoch"] == 1
+        assert trainer.fit().epoch == 1
     assert [path.name for path in (tmp_path / "ckpt").iterdir()] == ["ckpt-000000006.pt"]
