@@ -205,6 +205,7 @@ def tiny_vit14():
     """A one-block DINOv2-style ViT with 14 px patches (timm, random weights), cut as geoloc cuts it."""
     import timm
 
+    from geoloc.model.aggregators.layers import resolve_hyperparameters
     from geoloc.model.network import GeoLocNet
     from geoloc.model.timm_backbone import TimmBackbone
 
@@ -213,7 +214,8 @@ def tiny_vit14():
                              num_heads=2, dynamic_img_size=True)
     spec = TimmBackbone("vit_small_patch14_dinov2")
     body = spec.truncate(full)
-    return GeoLocNet("timm:vit_small_patch14_dinov2", body, spec.output_channels(body), 8, 1).eval()
+    gem = resolve_hyperparameters("gem", spec.output_channels(body), fc_output_dim=8, feature_hw=(0, 0), vit=True)
+    return GeoLocNet("timm:vit_small_patch14_dinov2", body, "gem", gem, 8, 1).eval()
 
 
 def test_a_patch_14_vit_embeds_images_of_any_size_at_the_nearest_multiple_of_14(tmp_path, tiny_vit14):
