@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+from support.workflow import dataset_layout
 
 REPO = Path(__file__).resolve().parents[1]
 LOCK = REPO / "requirements" / "venv.txt"
@@ -116,8 +117,7 @@ def job_resources(plan: str, rule: str) -> dict[str, str]:
 
 
 def test_the_template_filled_in_sends_each_rule_to_its_partition_qos_and_constraint(tmp_path):
-    for folder in ("sf_xs/train", "sf_xs/val", "sf_xs/test", "tokyo_xs/test", "tokyo_night/test"):
-        (tmp_path / "datasets" / folder).mkdir(parents=True)
+    dataset_layout(tmp_path / "datasets")
     env = stand_ins(tmp_path / "bin", apptainer='echo "apptainer version 1.3.4"')
     plan = subprocess.run(
         [
@@ -309,9 +309,7 @@ def test_a_controller_whose_snakemake_ends_by_itself_ends_with_its_exit_code_and
 def test_every_segment_of_a_training_stays_in_its_segments_log(tmp_path):
     """A training stopped at its time limit (exit 3) resumes when run again, as after a requeue;
     Snakemake deletes the rule's log at every start."""
-    datasets = tmp_path / "datasets"
-    for folder in ("sf_xs/train", "sf_xs/val", "sf_xs/test"):
-        (datasets / folder).mkdir(parents=True)
+    datasets = dataset_layout(tmp_path / "datasets", test_sets=("sf_xs",))
     config = {
         "datasets_root": str(datasets),
         "results": str(tmp_path / "results"),

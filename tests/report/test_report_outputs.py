@@ -28,7 +28,7 @@ def quick_report(monkeypatch):
 
 def arguments(tmp_path):
     return SimpleNamespace(config=tmp_path / "config.yaml", expected=None, baselines_dir=None, runs_dir=tmp_path,
-                           recalls=tmp_path / "recalls.csv", reference=None, positive_dist_threshold=None,
+                           recalls=tmp_path / "recalls.csv", reference=None, positive_dist_threshold=None, datasets=None,
                            published=None, templates=tmp_path, out=tmp_path / "report.html",
                            conclusions_out=tmp_path / "conclusions.txt")
 
