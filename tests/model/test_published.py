@@ -9,13 +9,17 @@ and BoQ hold DINOv2's hub model (`backbone.model` / `backbone.dino`, with its ma
 import csv
 import hashlib
 
+from pathlib import Path
+
 import pytest
 import torch
 import torchvision
+import yaml
 
 from geoloc.errors import GeolocError
 from geoloc.model.aggregators.layers import build_aggregator
 from geoloc.model.published import PUBLISHED, load_published
+from geoloc.model.weights import lookup
 
 RESNET_CHILDREN = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
 
@@ -110,6 +114,14 @@ def test_a_release_state_dict_loads_into_geolocs_network(tiny_dinov2, tmp_path, 
         descriptors = model(torch.rand(1, 3, 70, 84))  # resized to the release's protocol size, if it has one
     assert descriptors.shape == (1, dim) and model.input_size == size
     torch.testing.assert_close(descriptors.norm(dim=1), torch.ones(1))
+
+
+def test_the_weights_registry_says_where_each_release_is():
+    registry = Path(__file__).resolve().parents[2] / "resources" / "weights.yaml"
+    for name in PUBLISHED:
+        entry = lookup(registry, "published", name)
+        assert entry["format"] == "published" and entry["url"].startswith("https://")
+    assert set(yaml.safe_load(registry.read_text())["published"]) == set(PUBLISHED)
 
 
 def test_a_file_of_another_release_is_refused_naming_its_tensors(tmp_path):

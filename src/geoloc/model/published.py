@@ -1,18 +1,16 @@
 """Published VPR models, evaluated as reference rows beside a study (not trained here).
 
-Each entry says where its authors released the checkpoint, how that checkpoint's tensors are
-named (its own module layout) and which of geoloc's networks they fill: backbone, aggregator
-with its hyperparameters, and the image size and normalisation of the authors' evaluation
-protocol. The network resizes its images to that size itself, so evaluation needs no flag.
-
-No release publishes a sha256 or a size for its file: both are null (fetch-weights accepts the
-download and prints its digest, to pin it). Google Drive releases (MixVPR) may need the
-manual fallback of `geoloc fetch-weights` (download with a browser, put the file in place).
+Each entry says how its release's tensors are named (its own module layout) and which of
+geoloc's networks they fill: backbone, aggregator with its hyperparameters, and the image size
+and normalisation of the authors' evaluation protocol. The network resizes its images to that
+size itself, so evaluation needs no flag. Where the file is (URL, sha256, size) is in the
+weights registry, resources/weights.yaml, under `published`: `geoloc fetch-weights --backbone
+published --pretraining NAME` downloads it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +27,7 @@ from geoloc.model.network import (
     backbone_spec,
     load_checked,
 )
-from geoloc.model.weights import read_torch_file
+from geoloc.model.weights import load_state_dict
 
 _RESNET = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
 # ResNet-50 as the releases cut it: to layer4 (CosPlace, EigenPlaces) or to layer3 (MixVPR, BoQ).
@@ -48,7 +46,6 @@ def _prefixed(outer: str, inner: str, pairs: tuple[tuple[str, str], ...]) -> tup
 @dataclass(frozen=True)
 class PublishedModel:
     label: str
-    url: str
     backbone: str  # a key of _BACKBONES or a `timm:` backbone
     aggregator: str
     params: dict[str, Any]  # the aggregator's hyperparameters but in_channels
@@ -59,9 +56,6 @@ class PublishedModel:
     vit_final_norm: bool = True  # the ViT's final LayerNorm is applied to the patch tokens
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
-    sha256: str | None = None
-    size: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 _GEM_2048 = {"p": 3.0, "eps": 1e-6, "fc_output_dim": 2048}
@@ -71,33 +65,32 @@ _DINOV2_B = "timm:vit_base_patch14_dinov2"
 
 PUBLISHED: dict[str, PublishedModel] = {
     "cosplace-resnet50-2048": PublishedModel(
-        "CosPlace ResNet-50 2048", "https://github.com/gmberton/CosPlace/releases/download/v1.0/ResNet50_2048_cosplace.pth",
+        "CosPlace ResNet-50 2048",
         "resnet50", "gem", _GEM_2048, _GEM_RENAMES, None,
         "gmberton/CosPlace hubconf.py; tested at each image's own resolution"),
     "eigenplaces-resnet50-2048": PublishedModel(
         "EigenPlaces ResNet-50 2048",
-        "https://github.com/gmberton/EigenPlaces/releases/download/v1.0/ResNet50_2048_eigenplaces.pth",
         "resnet50", "gem", _GEM_2048, _GEM_RENAMES, None,
         "gmberton/EigenPlaces hubconf.py (CosPlace's network); tested at each image's own resolution"),
     "mixvpr-resnet50-4096": PublishedModel(
-        "MixVPR ResNet-50 4096", "https://drive.google.com/uc?export=download&id=1vuz3PvnR7vxnDDLQrdHJaOA04SQrtk5L",
+        "MixVPR ResNet-50 4096",
         "resnet50_layer3", "mixvpr",
         {"in_h": 20, "in_w": 20, "out_channels": 1024, "mix_depth": 4, "mlp_ratio": 1, "out_rows": 4},
         (("backbone.model.", "backbone."), ("aggregator.", "aggregation.")), (320, 320),
         "amaralibey/MixVPR README (Lightning checkpoint, images resized to 320x320)"),
     "salad-dinov2": PublishedModel(
-        "SALAD DINOv2 ViT-B/14", "https://github.com/serizba/salad/releases/download/v1.0.0/dino_salad.ckpt",
+        "SALAD DINOv2 ViT-B/14",
         _DINOV2_B, "salad", {"num_clusters": 64, "cluster_dim": 128, "token_dim": 256, "dropout": 0.3},
         (("backbone.model.", "backbone.body."), ("aggregator.", "aggregation.")), (322, 322),
         "serizba/salad hubconf.py and README (eval.py --image_size 322 322)", dropped=("backbone.model.mask_token",)),
     "boq-dinov2": PublishedModel(
-        "BoQ DINOv2 ViT-B/14 12288", "https://github.com/amaralibey/Bag-of-Queries/releases/download/v1.0/dinov2_12288.pth",
+        "BoQ DINOv2 ViT-B/14 12288",
         _DINOV2_B, "boq", {"proj_channels": 384, "num_queries": 64, "num_layers": 2, "row_dim": 32},
         (("backbone.dino.", "backbone.body."), ("aggregator.", "aggregation.")), (322, 322),
         "amaralibey/Bag-of-Queries hubconf.py and README (322x322 for DINOv2); patch tokens without the final norm",
         dropped=("backbone.dino.mask_token",), vit_final_norm=False),
     "boq-resnet50": PublishedModel(
-        "BoQ ResNet-50 16384", "https://github.com/amaralibey/Bag-of-Queries/releases/download/v1.0/resnet50_16384.pth",
+        "BoQ ResNet-50 16384",
         "resnet50_layer3", "boq", {"proj_channels": 512, "num_queries": 64, "num_layers": 2, "row_dim": 32},
         (*_prefixed("backbone.net.", "backbone.", _SEQUENTIAL_RESNET), ("aggregator.", "aggregation.")), (384, 384),
         "amaralibey/Bag-of-Queries hubconf.py and README (384x384 for ResNet-50)"),
@@ -147,12 +140,7 @@ def to_geoloc_keys(name: str, state: dict[str, torch.Tensor]) -> dict[str, torch
 
 def load_published(name: str, path: Path) -> GeoLocNet:
     """Published model `name` with its release file `path` loaded (tensors only), in eval mode."""
-    path = Path(path)
-    content = read_torch_file(path, f"published model file ({name})")
-    if isinstance(content, dict) and isinstance(content.get("state_dict"), dict):  # a Lightning checkpoint
-        content = content["state_dict"]
-    if not isinstance(content, dict):
-        raise GeolocError(f"{path} holds a {type(content).__name__}, not the state dict of {name}")
     model = build_published(name)
-    load_checked(model, to_geoloc_keys(name, content), (), f"published model file {path} ({name})")
+    state = load_state_dict(Path(path), "published")
+    load_checked(model, to_geoloc_keys(name, state), (), f"published model file {path} ({name})")
     return model

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 # are training checkpoints, the benchmark's Places365/GLDv2 copies plain state dicts; both
 # load. timm checkpoints may be training checkpoints too.
 _CONTAINERS = {"torchvision": (), "places365": ("state_dict",), "gldv2": ("state_dict",),
-               "timm": ("state_dict", "model")}
+               "timm": ("state_dict", "model"), "published": ("state_dict",)}
 _DATA_PARALLEL_PREFIX = "module."
 
 

@@ -20,7 +20,7 @@ import yaml
 
 from geoloc.errors import GeolocError
 
-FORMATS = ("torchvision", "places365", "gldv2", "timm")
+FORMATS = ("torchvision", "places365", "gldv2", "timm", "published")
 MIN_HASH_PREFIX = 8
 SHA256_OR_PREFIX = re.compile(rf"[0-9a-f]{{{MIN_HASH_PREFIX},64}}")
 
