@@ -35,7 +35,7 @@ COMMANDS = {
     "cache-images": ("geoloc.data.cache_images", "decode the training images once into the image cache"),
     "train": ("geoloc.train.command", "train one CosPlace model"),
     "evaluate": ("geoloc.evaluate.command", "compute recalls of a model (or its untrained baseline) on test sets"),
-    "fetch-weights": ("geoloc.model.weights", "download pretrained weights and check their sha256"),
+    "fetch-weights": ("geoloc.model.weights.command", "download pretrained weights and check their sha256"),
     "aggregate": ("geoloc.report.aggregate", "collect per-run results into one recalls table"),
     "report": ("geoloc.report.render", "render the HTML study report"),
 }

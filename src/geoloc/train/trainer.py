@@ -409,6 +409,7 @@ class Trainer:
             "gpus": self.ranks.world if self.device.type == "cuda" else 0,
             "params": total, "trainable_params": trainable,
             "gflops_per_image": gflops_per_image(self.model, settings.image_size),
+            "descriptor_dim": self.model.descriptor_dim,
             # Validation (and evaluation) resize each image to the nearest multiple of this (a ViT's patch).
             "eval_size_multiple": input_size_multiple(self.model),
             "decode_size": self.decode_size,  # training images' side before the random-resized crop
