@@ -251,8 +251,79 @@ def train_slurm_extra(wildcards) -> str:
 
 
 def slurm_extra_of(rule: str):
-    extra = job_resources(rule)["slurm_extra"]
-    return lambda wildcards: extra or None
+    def slurm_extra(wildcards) -> str | None:
+        return job_resources(rule)["slurm_extra"] or None
+
+    return slurm_extra
+
+
+# ---------------------------------------------------------------- params
+# Each rule's `settings` take the wildcards only (rerun triggers); `runtime` and `launch` take
+# input, output or threads too, which makes them derived: never a reason to rerun.
+
+
+def synth_settings(wildcards) -> str:
+    return JOBS.synth_settings()
+
+
+def test_set_fields(wildcards) -> dict:
+    return dataset_fields(TEST_SETS)
+
+
+def training_set_fields(wildcards) -> dict:
+    return dataset_fields({run.training["dataset"] for run in RUNS.values()})
+
+
+def fetch_runtime(wildcards, output) -> str:
+    return JOBS.fetch_runtime(wildcards.backbone, wildcards.pretraining, output[0])
+
+
+def cache_images_runtime(wildcards, threads) -> str:
+    return JOBS.cache_images_runtime(int(wildcards.size), threads)
+
+
+def train_settings(wildcards) -> str:
+    return JOBS.train_settings(wildcards.run)
+
+
+def train_runtime(wildcards, input, output, threads) -> str:
+    return JOBS.train_runtime(wildcards.run, input.weights, output.model, threads)
+
+
+def train_launch(wildcards, threads) -> str:
+    return JOBS.train_launch(wildcards.run, SCRIPTS, threads)
+
+
+def evaluate_settings(wildcards) -> str:
+    return JOBS.evaluate_settings(wildcards.run)
+
+
+def evaluate_runtime(wildcards, output, threads) -> str:
+    return JOBS.evaluate_runtime(output.recalls, threads)
+
+
+def baseline_settings(wildcards) -> str:
+    return JOBS.baseline_settings(wildcards.baseline)
+
+
+def baseline_runtime(wildcards, input, output, threads) -> str:
+    return JOBS.baseline_runtime(
+        wildcards.baseline, input.weights, output.summary, output.recalls, threads
+    )
+
+
+def aggregate_runtime(wildcards, input) -> str:
+    return JOBS.aggregate_runtime([*input.train, *input.baselines])
+
+
+def report_settings(wildcards) -> str:
+    return JOBS.report_settings()
+
+
+def report_runtime(wildcards, input, output) -> str:
+    return JOBS.report_runtime(
+        input.published, output.conclusions, WORKFLOW_DIR / "report"
+    )
 
 
 # ---------------------------------------------------------------- aggregate and report

@@ -14,7 +14,7 @@ if config["synthetic"]["enabled"]:
             "../envs/geoloc.yaml"
         threads: 4
         params:
-            settings=lambda wildcards: JOBS.synth_settings(),
+            settings=synth_settings,
         shell:
             "geoloc synth {output:q} {params.settings} --workers {threads}"
             " --threads {threads} > {log:q} 2>&1"
@@ -36,10 +36,8 @@ rule datasets:
         "../envs/geoloc.yaml"
     params:
         root=datasets_root,
-        test_sets=lambda wildcards: dataset_fields(TEST_SETS),
-        training=lambda wildcards: dataset_fields(
-            {run.training["dataset"] for run in RUNS.values()}
-        ),
+        test_sets=test_set_fields,
+        training=training_set_fields,
     script:
         "../scripts/datasets.py"
 
@@ -54,9 +52,7 @@ rule fetch_weights:
         "../envs/geoloc.yaml"
     # All runtime, derived from output on purpose: the registry's path is no reason to download again.
     params:
-        runtime=lambda wildcards, output: JOBS.fetch_runtime(
-            wildcards.backbone, wildcards.pretraining, output[0]
-        ),
+        runtime=fetch_runtime,
     shell:
         "geoloc fetch-weights {params.runtime} --threads {threads} > {log:q} 2>&1"
 
@@ -86,8 +82,6 @@ rule cache_images:
         cpus_per_task=job_resources("cache_images")["threads"],
         slurm_extra=slurm_extra_of("cache_images"),
     params:
-        runtime=lambda wildcards, threads: JOBS.cache_images_runtime(
-            int(wildcards.size), threads
-        ),
+        runtime=cache_images_runtime,
     shell:
         "({params.runtime}) > {log:q} 2>&1 && touch {output:q}"

@@ -29,10 +29,8 @@ rule evaluate:
         gres=gres,
         slurm_extra=slurm_extra_of("evaluate"),
     params:
-        settings=lambda wildcards: JOBS.evaluate_settings(wildcards.run),
-        runtime=lambda wildcards, output, threads: JOBS.evaluate_runtime(
-            output.recalls, threads
-        ),
+        settings=evaluate_settings,
+        runtime=evaluate_runtime,
     shell:
         "geoloc evaluate --model {input.model:q} {params.settings} {params.runtime}"
         " > {log:q} 2>&1"
@@ -69,9 +67,7 @@ rule baseline:
         gres=gres,
         slurm_extra=slurm_extra_of("evaluate"),
     params:
-        settings=lambda wildcards: JOBS.baseline_settings(wildcards.baseline),
-        runtime=lambda wildcards, input, output, threads: JOBS.baseline_runtime(
-            wildcards.baseline, input.weights, output.summary, output.recalls, threads
-        ),
+        settings=baseline_settings,
+        runtime=baseline_runtime,
     shell:
         "geoloc evaluate {params.settings} {params.runtime} > {log:q} 2>&1"

@@ -23,9 +23,7 @@ rule aggregate:
     conda:
         "../envs/geoloc.yaml"
     params:
-        runtime=lambda wildcards, input: JOBS.aggregate_runtime(
-            [*input.train, *input.baselines]
-        ),
+        runtime=aggregate_runtime,
     shell:
         "geoloc aggregate --out {output:q} {params.runtime} --threads {threads}"
         " > {log:q} 2>&1"
@@ -72,10 +70,8 @@ rule report:
     conda:
         "../envs/geoloc.yaml"
     params:
-        settings=lambda wildcards: JOBS.report_settings(),
-        runtime=lambda wildcards, input, output: JOBS.report_runtime(
-            input.published, output.conclusions, WORKFLOW_DIR / "report"
-        ),
+        settings=report_settings,
+        runtime=report_runtime,
     shell:
         "geoloc report --recalls {input.recalls:q} --config {input.config:q}"
         " {params.runtime} {params.settings}"
