@@ -203,13 +203,14 @@ class Jobs:
         return " && ".join(f"geoloc cache-images {quoted({'--train-dir': folder})} {options}" for folder in train_dirs)
 
     def report_settings(self) -> str:
-        """What the report says, beside its inputs: the expected runs and the reference."""
+        """What the report says, beside its inputs: the expected runs and the reference. A config
+        naming no reference gives none: the report takes the first expected run and says it chose."""
         return quoted({"--positive-dist-threshold": self.config["evaluation"]["positive_dist_threshold"],
-                       "--reference": self.study.reference, "--expected": list(self.study.runs)})
+                       "--reference": self.config.get("reference"), "--expected": list(self.study.runs)})
 
-    def report_runtime(self, published: str | None, conclusions: str, templates: Path) -> str:
+    def report_runtime(self, datasets: str, published: str | None, conclusions: str, templates: Path) -> str:
         return quoted({"--runs-dir": f"{self.config['results']}/runs", "--templates": templates,
-                       "--published": published or None, "--conclusions-out": conclusions})
+                       "--datasets": datasets, "--published": published or None, "--conclusions-out": conclusions})
 
     def aggregate_runtime(self, summaries: Iterable[str]) -> str:
         """The folder of every run and baseline, from their summary files."""

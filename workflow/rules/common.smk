@@ -89,8 +89,6 @@ def load_study(config: dict) -> tuple[grid.Study, dict]:
 
 
 STUDY, CATALOG = load_study(config)
-# Left out, the reference is the grid's first run: the report gets it, and the config it shows says so.
-config["reference"] = STUDY.reference
 WEIGHTS_REGISTRY = workflow_file(config["weights"]["registry"])
 RUNS = STUDY.runs
 BASELINES = STUDY.baselines
@@ -322,7 +320,7 @@ def report_settings(wildcards) -> str:
 
 def report_runtime(wildcards, input, output) -> str:
     return JOBS.report_runtime(
-        input.published, output.conclusions, WORKFLOW_DIR / "report"
+        input.datasets, input.published, output.conclusions, WORKFLOW_DIR / "report"
     )
 
 
