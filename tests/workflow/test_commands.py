@@ -16,6 +16,7 @@ from support.workflow import (
     BLOCK,
     REPO,
     calls_of,
+    calls_with_env,
     fake_geoloc_env,
     flag,
     flags,
@@ -112,7 +113,7 @@ def test_every_setting_reaches_its_command_and_only_results_reach_the_settings_p
 
 
 @pytest.fixture(scope="module")
-def every_rule_run(tmp_path_factory, tiny_city) -> list[list[str]]:
+def every_rule_run(tmp_path_factory, tiny_city) -> list[dict]:
     """Every rule once with the fake geoloc: the synthetic city, a download, a run from scratch
     (fp32), a pretrained run (amp), a run on two GPUs, their baselines; the calls it recorded."""
     workdir = tmp_path_factory.mktemp("every-rule")
@@ -127,16 +128,26 @@ def every_rule_run(tmp_path_factory, tiny_city) -> list[list[str]]:
                           training={"image_size": 32}, evaluation={"autocast": True},
                           resources={"train": {"threads": 3}, "evaluate": {"threads": 2},
                                      "cache_images": {"threads": 2}})
-    env, calls = fake_geoloc_env(workdir, FAKE_GEOLOC_CITY=str(tiny_city))
+    # an installed copy first on PYTHONPATH, as a shared conda prefix or a user's shell may have it
+    env, calls = fake_geoloc_env(workdir, FAKE_GEOLOC_CITY=str(tiny_city), PYTHONPATH="/stale/site-packages")
     done = snakemake(workdir, "--cores", "4", "--configfile", str(write_yaml(workdir / "c.yaml", config)), env=env)
     assert done.returncode == 0, done.stderr
-    return recorded_calls(calls)
+    return calls_with_env(calls)
+
+
+def jobs_args(calls: list[dict]) -> list[list[str]]:
+    return [call["args"] for call in calls]
+
+
+def test_every_job_imports_the_workflows_own_package_first(every_rule_run):
+    assert {call["env"]["PYTHONPATH"] for call in every_rule_run} == {
+        f"{REPO / 'src'}{os.pathsep}/stale/site-packages"}
 
 
 def test_every_geoloc_command_gets_the_threads_of_its_rule(every_rule_run):
     """Contract C6: without --threads a command would take every CPU it may run on."""
     threads = sorted((args[0], args[args.index("--run-name") + 1] if "--run-name" in args else "",
-                      flags(args, "--threads")) for args in every_rule_run)
+                      flags(args, "--threads")) for args in jobs_args(every_rule_run))
     assert threads == sorted([
         ("synth", "", ["4"]), ("fetch-weights", "", ["1"]), ("cache-images", "", ["2"]),
         ("train", "resnet18-none-fp32-s0", ["3"]), ("train", "resnet18-imagenet-amp-s0", ["3"]),
@@ -144,13 +155,13 @@ def test_every_geoloc_command_gets_the_threads_of_its_rule(every_rule_run):
         ("train", "resnet18-none-fp32-s0-ddp", ["4"]),
         *[("evaluate", "", ["2"])] * 5,  # three runs, two baselines
         ("aggregate", "", ["1"]), ("report", "", ["1"])])
-    [ddp] = [args for args in every_rule_run if "resnet18-none-fp32-s0-ddp" in args and args[0] == "train"]
+    [ddp] = [args for args in jobs_args(every_rule_run) if "resnet18-none-fp32-s0-ddp" in args and args[0] == "train"]
     assert ddp[-4:] == ["--threads", "4", "--nproc", "2"]
 
 
 def test_evaluation_autocast_reaches_only_the_evaluations_of_runs_trained_with_amp(every_rule_run):
     autocast = {(flag(args, "--out-dir").split("/")[2], "--autocast" in args)
-                for args in every_rule_run if args[0] == "evaluate"}
+                for args in jobs_args(every_rule_run) if args[0] == "evaluate"}
     assert autocast == {("resnet18-none-fp32-s0", False), ("resnet18-imagenet-amp-s0", True),
                         ("resnet18-none-fp32-s0-ddp", False), ("resnet18-none", False), ("resnet18-imagenet", False)}
 

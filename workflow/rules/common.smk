@@ -14,6 +14,7 @@ import dataclasses
 import os
 import re
 import signal
+import sys
 from functools import partial
 from pathlib import Path
 
@@ -21,6 +22,21 @@ import jsonschema
 import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
+
+# The workflow's own folder (this file's parent), also when it is used as a module.
+WORKFLOW_DIR = Path(workflow.current_basedir).parent
+REPO = WORKFLOW_DIR.parent
+# The workflow and every job it starts (local, SLURM, in a container binding the repository, in
+# a conda prefix shared with another checkout) import the workflow's own package first, never a
+# stale installed copy.
+SOURCE = str(REPO / "src")
+sys.path.insert(0, SOURCE)
+IMPORTED = [
+    p
+    for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
+    if p not in ("", SOURCE)
+]
+os.environ.update(PYTHONPATH=os.pathsep.join([SOURCE, *IMPORTED]))
 
 from geoloc import grid, jobs
 from geoloc.atomic import atomic_write_text
@@ -36,9 +52,6 @@ from geoloc.model.weights import lookup
 # exits 3, and the job requeues itself (workflow/scripts/requeue-on-stop.sh).
 signal.signal(signal.SIGUSR1, signal.SIG_IGN)
 
-# The workflow's own folder (this file's parent), also when it is used as a module.
-WORKFLOW_DIR = Path(workflow.current_basedir).parent
-REPO = WORKFLOW_DIR.parent
 SCRIPTS = WORKFLOW_DIR / "scripts"
 SCHEMA_FILE = WORKFLOW_DIR / "schemas" / "config.schema.yaml"
 # workflow/envs/geoloc.post-deploy.sh installs the package from here: Snakemake runs a copy of
