@@ -18,6 +18,7 @@ from typing import Any
 
 from geoloc.data.catalog import DatasetEntry, resolve_folder
 from geoloc.grid import BASELINE_PRECISION, Baseline, Run, Study, evaluated_under_autocast
+from geoloc.provenance import stamps
 from geoloc.train.settings import EVALUATION, RUN, TRAINING, fields_from, option_of
 
 # The training settings a config's `training` section (or a grid block) gives, in table order.
@@ -201,6 +202,33 @@ class Jobs:
         options = quoted({"--image-size": size, "--cache-dir": self.image_cache_dir,
                           "--num-workers": max(0, threads - 1), "--threads": threads})
         return " && ".join(f"geoloc cache-images {quoted({'--train-dir': folder})} {options}" for folder in train_dirs)
+
+    # ------------------------------------------------------------ stamps
+
+    def stamps(self, data: bool) -> dict[str, dict[str, Any]]:
+        """Each training's, evaluation's and baseline's stamp (geoloc.provenance.stamps) by
+        `<rule>/<job>`: its settings and, with `data`, what it reads of the datasets (image folders
+        and query files). Without `data` (the synthetic city, which the workflow makes and each of
+        these jobs takes as input) the settings alone."""
+        test_sets = self.config["test_sets"]
+        folders = {f"{name}/{part}": f"{self.folder(name, 'test')}/{part}"
+                   for name in test_sets for part in ("database", "queries")}
+        files = {name: self._file(self.catalog[name].queries) for name in test_sets if self.catalog[name].queries}
+
+        def tested(settings: str) -> dict[str, Any]:
+            return stamps.expected(settings, folders, files) if data else stamps.expected(settings)
+
+        def trained(name: str, dataset: str) -> dict[str, Any]:
+            val = self.folder(dataset, "val")
+            read = {"train": self.folder(dataset, "train"), "val/database": f"{val}/database",
+                    "val/queries": f"{val}/queries"}
+            return stamps.expected(self.train_settings(name), read if data else None)
+
+        return {
+            **{f"train/{name}": trained(name, run.training["dataset"]) for name, run in self.study.runs.items()},
+            **{f"evaluate/{name}": tested(self.evaluate_settings(name)) for name in self.study.runs},
+            **{f"baseline/{key}": tested(self.baseline_settings(key)) for key in self.study.baselines},
+        }
 
     def report_settings(self) -> str:
         """What the report says, beside its inputs: the expected runs and the reference. A config

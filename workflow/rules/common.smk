@@ -45,6 +45,7 @@ from geoloc.errors import GeolocError
 from geoloc.jobs import ranks
 from geoloc.model import backbones
 from geoloc.model.weights import lookup
+from geoloc.provenance.stamps import expected, write_stamps
 
 # SLURM sends USR1 to every process of a job step shortly before its time limit. Snakemake
 # would die of it, taking the job step down; ignored here (and, inherited, in the job's shell)
@@ -355,3 +356,20 @@ def print_conclusion() -> None:
     print(f"\nThe report: {page.resolve()}")
     if lines:
         print(f"Its first conclusion: {lines[0]}")
+
+
+# ---------------------------------------------------------------- stamps
+# Each training, evaluation and baseline, and the config the report shows, takes its stamp
+# (geoloc.provenance.stamps) as input: a stamp rewritten because a setting or a dataset changed
+# reruns its job, whatever the rerun triggers or Snakemake's metadata. The synthetic city is an
+# input of those jobs already.
+try:
+    write_stamps(
+        Path(RESULTS) / "stamps",
+        {
+            **JOBS.stamps(data=not config["synthetic"]["enabled"]),
+            "effective_config/config": expected(config_as_yaml(None)),
+        },
+    )
+except GeolocError as error:
+    raise WorkflowError(str(error)) from None

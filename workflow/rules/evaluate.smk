@@ -5,6 +5,7 @@
 rule evaluate:
     input:
         model="<results>/runs/{run}/model.pt",
+        stamp="<results>/stamps/evaluate/{run}.json",
     output:
         recalls=expand(
             "<results>/runs/{{run}}/recalls/{test_set}.csv", test_set=TEST_SETS
@@ -40,6 +41,7 @@ rule baseline:
     input:
         data=synthetic_datasets,
         weights=weights_of(BASELINES, "baseline"),
+        stamp="<results>/stamps/baseline/{baseline}.json",
     output:
         summary="<results>/baselines/{baseline}/baseline.json",
         recalls=expand(

@@ -30,6 +30,8 @@ rule aggregate:
 
 
 rule effective_config:
+    input:
+        stamp="<results>/stamps/effective_config/config.json",
     output:
         "<results>/config.yaml",
     log:

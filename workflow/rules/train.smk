@@ -7,6 +7,7 @@ rule train:
         # ancient: a rebuilt cache holds the same images, never a reason to retrain.
         cache=image_cache_marker,
         weights=weights_of(RUNS, "run"),
+        stamp="<results>/stamps/train/{run}.json",
     output:
         model="<results>/runs/{run}/model.pt",
         summary="<results>/runs/{run}/train.json",
