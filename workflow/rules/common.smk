@@ -45,6 +45,7 @@ from geoloc.errors import GeolocError
 from geoloc.jobs import ranks
 from geoloc.model import backbones
 from geoloc.model.weights import lookup
+from geoloc.provenance.schema import pattern_problems
 from geoloc.provenance.stamps import expected, write_stamps
 
 # SLURM sends USR1 to every process of a job step shortly before its time limit. Snakemake
@@ -83,6 +84,9 @@ def load_study(config: dict) -> tuple[grid.Study, dict]:
         if not isinstance(error.__context__, jsonschema.ValidationError):
             raise
         raise WorkflowError(grid.describe_schema_error(error.__context__)) from None
+    # jsonschema's re.search lets a trailing line break through; a pattern holds for the whole string.
+    for problem in pattern_problems(config, SCHEMA, SCHEMA):
+        raise WorkflowError(problem)
     try:
         catalog = load_catalog(REPO / "resources" / "datasets.yaml", config["datasets"])
         study = grid.plan_study(
