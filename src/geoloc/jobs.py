@@ -175,6 +175,13 @@ class Jobs:
         })
         return f"{network} {self._evaluation_settings(BASELINE_PRECISION)}"
 
+    def published_settings(self, name: str) -> str:
+        """What makes a released model's recalls: the model, and the protocol in fp32."""
+        return f"{quoted({'--published': name})} {self._evaluation_settings(BASELINE_PRECISION)}"
+
+    def published_runtime(self, weights: str, recalls: Iterable[str], threads: int) -> str:
+        return f"{quoted({'--weights': weights})} {self.evaluate_runtime(recalls, threads)}"
+
     def baseline_runtime(self, key: str, weights_path: str | None, summary: str, recalls: Iterable[str],
                          threads: int) -> str:
         weights = weights_path if self.study.baselines[key].weights_id else None
@@ -185,6 +192,9 @@ class Jobs:
 
     def synth_settings(self) -> str:
         return quoted({"--seed": self.config["synthetic"]["seed"], "--size": self.config["synthetic"]["size"]})
+
+    def fetch_published_runtime(self, name: str, out: str) -> str:
+        return quoted({"--published": name, "--out": out})
 
     def fetch_runtime(self, backbone: str, pretraining: str, out: str) -> str:
         """The registry's path is no reason to download again: all of this is runtime."""
@@ -206,7 +216,7 @@ class Jobs:
     # ------------------------------------------------------------ stamps
 
     def stamps(self, data: bool) -> dict[str, dict[str, Any]]:
-        """Each training's, evaluation's and baseline's stamp (geoloc.provenance.stamps) by
+        """Each training's, evaluation's, baseline's and published model's stamp (geoloc.provenance.stamps) by
         `<rule>/<job>`: its settings and, with `data`, what it reads of the datasets (image folders
         and query files). Without `data` (the synthetic city, which the workflow makes and each of
         these jobs takes as input) the settings alone."""
@@ -228,6 +238,7 @@ class Jobs:
             **{f"train/{name}": trained(name, run.training["dataset"]) for name, run in self.study.runs.items()},
             **{f"evaluate/{name}": tested(self.evaluate_settings(name)) for name in self.study.runs},
             **{f"baseline/{key}": tested(self.baseline_settings(key)) for key in self.study.baselines},
+            **{f"published/{name}": tested(self.published_settings(name)) for name in self.config["published_models"]},
         }
 
     def report_settings(self) -> str:
@@ -241,5 +252,6 @@ class Jobs:
                        "--datasets": datasets, "--published": published or None, "--conclusions-out": conclusions})
 
     def aggregate_runtime(self, summaries: Iterable[str]) -> str:
-        """The folder of every run and baseline, from their summary files."""
-        return shlex.join(str(Path(path).parent) for path in summaries)
+        """The folder of every run and baseline, from their summary files, and of every published model."""
+        published = [f"{self.config['results']}/published/{name}" for name in self.config["published_models"]]
+        return shlex.join([*(str(Path(path).parent) for path in summaries), *published])

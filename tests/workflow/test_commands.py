@@ -20,6 +20,7 @@ from support.workflow import (
     fake_geoloc_env,
     flag,
     flags,
+    job_counts,
     recorded_calls,
     small_config,
     snakemake,
@@ -217,3 +218,26 @@ def test_sigusr1_before_a_time_limit_reaches_training_and_not_snakemake(tmp_path
     assert process.returncode == 1, stderr  # Snakemake reports the failed job; it was not killed by the signal
     assert "Error in rule train" in stderr
     assert not (tmp_path / "results" / "runs" / "resnet18-none-fp32-s0" / "model.pt").exists()
+
+
+def test_published_models_are_fetched_and_evaluated_on_every_test_set_and_aggregated_apart(tmp_path, tiny_city):
+    config = small_config(tmp_path / "data", "results", synthetic={"enabled": True, "size": "tiny"},
+                          test_sets=["sf_xs", "tokyo_night"], published_models=["cosplace-resnet50-2048"])
+    env, calls = fake_geoloc_env(tmp_path, FAKE_GEOLOC_CITY=str(tiny_city))
+    path = str(write_yaml(tmp_path / "c.yaml", config))
+    planned = snakemake(tmp_path, "-n", "--configfile", path, env=env)
+    assert planned.returncode == 0, planned.stderr
+    counts = job_counts(planned.stdout + planned.stderr)
+    assert (counts["fetch_published"], counts["published"], counts["evaluate"], counts["baseline"]) == (1, 1, 1, 1)
+    done = snakemake(tmp_path, "--cores", "2", "--configfile", path, env=env)
+    assert done.returncode == 0, done.stderr
+    [fetched] = [args for args in calls_of(calls, "fetch-weights") if "--published" in args]
+    assert flag(fetched, "--published") == "cosplace-resnet50-2048"
+    [evaluated] = [args for args in calls_of(calls, "evaluate") if "--published" in args]
+    assert flag(evaluated, "--published") == "cosplace-resnet50-2048"
+    assert flag(evaluated, "--weights") == flag(fetched, "--out")
+    assert [test_set.split("=")[0] for test_set in flags(evaluated, "--test-set")] == ["sf_xs", "tokyo_night"]
+    assert flag(evaluated, "--out-dir") == "results/published/cosplace-resnet50-2048/recalls"
+    [aggregated] = calls_of(calls, "aggregate")
+    assert "results/published/cosplace-resnet50-2048" in aggregated
+    assert job_counts(snakemake(tmp_path, "-n", "--configfile", path, env=env).stdout) == {}

@@ -110,6 +110,7 @@ STUDY, CATALOG = load_study(config)
 WEIGHTS_REGISTRY = workflow_file(config["weights"]["registry"])
 RUNS = STUDY.runs
 BASELINES = STUDY.baselines
+PUBLISHED_MODELS = config["published_models"]
 TEST_SETS = config["test_sets"]
 RESULTS = config["results"]
 # Every job's command line (geoloc.jobs); the rules pass its parts as params `settings` and `runtime`.
@@ -124,15 +125,19 @@ pathvars:
     weights=config["weights"]["dir"],
 
 
+def one_of(names) -> str:
+    """A wildcard constraint matching exactly one of `names` (nothing when there are none)."""
+    return "|".join(map(re.escape, names)) or "(?!)"
+
+
 wildcard_constraints:
-    run="|".join(map(re.escape, RUNS)),
-    baseline="|".join(map(re.escape, BASELINES)),
-    test_set="|".join(map(re.escape, TEST_SETS)),
+    run=one_of(RUNS),
+    baseline=one_of(BASELINES),
+    test_set=one_of(TEST_SETS),
+    published=one_of(PUBLISHED_MODELS),
     size=r"\d+",
-    backbone="|".join(sorted({re.escape(w.slug) for w in STUDY.weights.values()})),
-    pretraining="|".join(
-        sorted({re.escape(w.pretraining) for w in STUDY.weights.values()})
-    ),
+    backbone=one_of(sorted({w.slug for w in STUDY.weights.values()})),
+    pretraining=one_of(sorted({w.pretraining for w in STUDY.weights.values()})),
 
 
 # ---------------------------------------------------------------- inputs
@@ -326,6 +331,18 @@ def baseline_runtime(wildcards, input, output, threads) -> str:
     return JOBS.baseline_runtime(
         wildcards.baseline, input.weights, output.summary, output.recalls, threads
     )
+
+
+def fetch_published_runtime(wildcards, output) -> str:
+    return JOBS.fetch_published_runtime(wildcards.published, output[0])
+
+
+def published_settings(wildcards) -> str:
+    return JOBS.published_settings(wildcards.published)
+
+
+def published_runtime(wildcards, input, output, threads) -> str:
+    return JOBS.published_runtime(input.weights, output.recalls, threads)
 
 
 def aggregate_runtime(wildcards, input) -> str:

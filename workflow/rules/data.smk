@@ -57,6 +57,20 @@ rule fetch_weights:
         "geoloc fetch-weights {params.runtime} --threads {threads} > {log:q} 2>&1"
 
 
+rule fetch_published:
+    output:
+        "<weights>/published/{published}.pth",
+    log:
+        "<logs>/fetch_published/{published}.log",
+    localrule: True
+    conda:
+        "../envs/geoloc.yaml"
+    params:
+        runtime=fetch_published_runtime,
+    shell:
+        "geoloc fetch-weights {params.runtime} > {log:q} 2>&1"
+
+
 # Decodes every training image once at one size into image_cache.dir, before the first
 # training at that size (one writer per cache: no file locks needed); a size no run caches gets
 # only the marker. Every training at that size waits for the marker, whether it reads the

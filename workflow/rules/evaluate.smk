@@ -1,5 +1,6 @@
 # One evaluation job per run for all its test sets (one model load; a database two test sets
-# share is embedded once), and one per (backbone, pretraining) for the untrained baseline.
+# share is embedded once), one per (backbone, pretraining) for the untrained baseline, and one
+# per published model (config `published_models`), a reference row trained elsewhere.
 
 
 rule evaluate:
@@ -71,5 +72,42 @@ rule baseline:
     params:
         settings=baseline_settings,
         runtime=baseline_runtime,
+    shell:
+        "geoloc evaluate {params.settings} {params.runtime} > {log:q} 2>&1"
+
+
+rule published:
+    input:
+        data=synthetic_datasets,
+        weights="<weights>/published/{published}.pth",
+        stamp="<results>/stamps/published/{published}.json",
+    output:
+        recalls=expand(
+            "<results>/published/{{published}}/recalls/{test_set}.csv",
+            test_set=TEST_SETS,
+        ),
+        queries=expand(
+            "<results>/published/{{published}}/recalls/{test_set}.queries.csv",
+            test_set=TEST_SETS,
+        ),
+    log:
+        "<logs>/published/{published}.log",
+    benchmark:
+        "<benchmarks>/published/{published}.tsv"
+    retries: config["resources"]["retries"]
+    conda:
+        "../envs/geoloc.yaml"
+    threads: config["resources"]["evaluate"]["threads"]
+    resources:
+        runtime=resource_of("evaluate", "runtime"),
+        mem_mb=resource_of("evaluate", "mem_mb"),
+        cpus_per_task=job_resources("evaluate")["threads"],
+        gpu=gpus,
+        gpu_model=gpu_model,
+        gres=gres,
+        slurm_extra=slurm_extra_of("evaluate"),
+    params:
+        settings=published_settings,
+        runtime=published_runtime,
     shell:
         "geoloc evaluate {params.settings} {params.runtime} > {log:q} 2>&1"

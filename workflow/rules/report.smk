@@ -15,6 +15,11 @@ rule aggregate:
         baselines=expand(
             "<results>/baselines/{baseline}/baseline.json", baseline=BASELINES
         ),
+        published=expand(
+            "<results>/published/{published}/recalls/{test_set}.queries.csv",
+            published=PUBLISHED_MODELS,
+            test_set=TEST_SETS,
+        ),
     output:
         "<results>/recalls.csv",
     log:
