@@ -216,10 +216,10 @@ class Jobs:
     # ------------------------------------------------------------ stamps
 
     def stamps(self, data: bool) -> dict[str, dict[str, Any]]:
-        """Each training's, evaluation's, baseline's and published model's stamp (geoloc.provenance.stamps) by
-        `<rule>/<job>`: its settings and, with `data`, what it reads of the datasets (image folders
-        and query files). Without `data` (the synthetic city, which the workflow makes and each of
-        these jobs takes as input) the settings alone."""
+        """The stamp (geoloc.provenance.stamps) of each training, evaluation, baseline, published
+        model and of the datasets rule, by `<rule>/<job>`: its settings and, with `data`, what it
+        reads of the datasets (image folders and query files). Without `data` (the synthetic city,
+        which the workflow makes and each of these jobs takes as input) the settings alone."""
         test_sets = self.config["test_sets"]
         folders = {f"{name}/{part}": f"{self.folder(name, 'test')}/{part}"
                    for name in test_sets for part in ("database", "queries")}
@@ -228,14 +228,19 @@ class Jobs:
         def tested(settings: str) -> dict[str, Any]:
             return stamps.expected(settings, folders, files) if data else stamps.expected(settings)
 
-        def trained(name: str, dataset: str) -> dict[str, Any]:
+        def training_set(dataset: str) -> dict[str, str]:
             val = self.folder(dataset, "val")
-            read = {"train": self.folder(dataset, "train"), "val/database": f"{val}/database",
+            return {"train": self.folder(dataset, "train"), "val/database": f"{val}/database",
                     "val/queries": f"{val}/queries"}
-            return stamps.expected(self.train_settings(name), read if data else None)
 
+        trained = {name: training_set(run.training["dataset"]) for name, run in self.study.runs.items()}
+        # datasets.json counts the images of every folder in use
+        every = {f"{run.training['dataset']}/{part}": folder for name, run in self.study.runs.items()
+                 for part, folder in trained[name].items()} | folders
         return {
-            **{f"train/{name}": trained(name, run.training["dataset"]) for name, run in self.study.runs.items()},
+            "datasets/datasets": stamps.expected("", every, files) if data else stamps.expected(""),
+            **{f"train/{name}": stamps.expected(self.train_settings(name), read if data else None)
+               for name, read in trained.items()},
             **{f"evaluate/{name}": tested(self.evaluate_settings(name)) for name in self.study.runs},
             **{f"baseline/{key}": tested(self.baseline_settings(key)) for key in self.study.baselines},
             **{f"published/{name}": tested(self.published_settings(name)) for name in self.config["published_models"]},

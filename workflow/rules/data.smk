@@ -21,12 +21,13 @@ if config["synthetic"]["enabled"]:
 
 
 # What the runs read, for the report: the root in use and each folder's image count. Its
-# params make it rerun when the same datasets move, and nothing else does: no training or
-# evaluation takes it as input (an ancient input would not do: Snakemake then skips the other
-# rerun triggers of everything below a job that reruns).
+# params make it rerun when the same datasets move, its stamp when their images change; no
+# training or evaluation takes it as input (an ancient input would not do: Snakemake then skips
+# the other rerun triggers of everything below a job that reruns).
 rule datasets:
     input:
         synthetic_datasets,
+        stamp="<results>/stamps/datasets/datasets.json",
     output:
         "<results>/datasets.json",
     log:
