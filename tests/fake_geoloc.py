@@ -2,7 +2,7 @@
 
 The tests put it first on PATH (tests/support/workflow.py: fake_geoloc_env) so that a workflow
 runs in seconds and shows exactly what reached each command. Each call appends one JSON line,
-{"args": [...], "env": {the SLURM_* variables}}, to $FAKE_GEOLOC_CALLS. It writes the outputs
+{"args": [...], "env": {the SLURM_* variables and PYTHONPATH}}, to $FAKE_GEOLOC_CALLS. It writes the outputs
 the rules expect: train (model.pt, train.json; rank 0 only), evaluate (a recall CSV and a
 queries CSV per --test-set, and --summary-out for a baseline), fetch-weights, synth, aggregate
 and report (with --conclusions-out); cache-images writes nothing (the rule writes its marker).
@@ -25,7 +25,7 @@ from pathlib import Path
 
 args = sys.argv[1:]
 command = args[0]
-slurm = {name: value for name, value in os.environ.items() if name.startswith("SLURM_")}
+slurm = {name: value for name, value in os.environ.items() if name.startswith("SLURM_") or name == "PYTHONPATH"}
 with open(os.environ["FAKE_GEOLOC_CALLS"], "a", encoding="utf-8") as calls:
     calls.write(json.dumps({"args": args, "env": slurm}) + "\n")
 

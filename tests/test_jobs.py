@@ -165,6 +165,15 @@ def test_the_report_is_told_the_reference_and_every_expected_run():
     assert words[words.index("--expected") + 1:] == list(plan.study.runs)
 
 
+def test_a_config_naming_no_reference_leaves_the_choice_to_the_report():
+    # the report then takes the first expected run and says the config named none
+    config = study_config()
+    del config["reference"]
+    plan = planned_jobs(config)
+    words = shlex.split(plan.report_settings())
+    assert "--reference" not in words and words[words.index("--expected") + 1] == plan.study.reference
+
+
 def test_each_test_set_gets_its_own_threshold_and_query_file_in_the_rerun_trigger():
     plan = planned_jobs(study_config(test_sets=["sf_xs", "pitts30k", "msls_val"]))
     for settings in (plan.evaluate_settings("resnet18-none-fp32-s0"), plan.baseline_settings("resnet18-none")):

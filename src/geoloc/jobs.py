@@ -18,6 +18,7 @@ from typing import Any
 
 from geoloc.data.catalog import DatasetEntry, resolve_folder
 from geoloc.grid import BASELINE_PRECISION, Baseline, Run, Study, evaluated_under_autocast
+from geoloc.provenance import stamps
 from geoloc.train.settings import EVALUATION, RUN, TRAINING, fields_from, option_of
 
 # The training settings a config's `training` section (or a grid block) gives, in table order.
@@ -174,6 +175,13 @@ class Jobs:
         })
         return f"{network} {self._evaluation_settings(BASELINE_PRECISION)}"
 
+    def published_settings(self, name: str) -> str:
+        """What makes a released model's recalls: the model, and the protocol in fp32."""
+        return f"{quoted({'--published': name})} {self._evaluation_settings(BASELINE_PRECISION)}"
+
+    def published_runtime(self, weights: str, recalls: Iterable[str], threads: int) -> str:
+        return f"{quoted({'--weights': weights})} {self.evaluate_runtime(recalls, threads)}"
+
     def baseline_runtime(self, key: str, weights_path: str | None, summary: str, recalls: Iterable[str],
                          threads: int) -> str:
         weights = weights_path if self.study.baselines[key].weights_id else None
@@ -184,6 +192,9 @@ class Jobs:
 
     def synth_settings(self) -> str:
         return quoted({"--seed": self.config["synthetic"]["seed"], "--size": self.config["synthetic"]["size"]})
+
+    def fetch_published_runtime(self, name: str, out: str) -> str:
+        return quoted({"--published": name, "--out": out})
 
     def fetch_runtime(self, backbone: str, pretraining: str, out: str) -> str:
         """The registry's path is no reason to download again: all of this is runtime."""
@@ -202,15 +213,50 @@ class Jobs:
                           "--num-workers": max(0, threads - 1), "--threads": threads})
         return " && ".join(f"geoloc cache-images {quoted({'--train-dir': folder})} {options}" for folder in train_dirs)
 
-    def report_settings(self) -> str:
-        """What the report says, beside its inputs: the expected runs and the reference."""
-        return quoted({"--positive-dist-threshold": self.config["evaluation"]["positive_dist_threshold"],
-                       "--reference": self.study.reference, "--expected": list(self.study.runs)})
+    # ------------------------------------------------------------ stamps
 
-    def report_runtime(self, published: str | None, conclusions: str, templates: Path) -> str:
+    def stamps(self, data: bool) -> dict[str, dict[str, Any]]:
+        """The stamp (geoloc.provenance.stamps) of each training, evaluation, baseline, published
+        model and of the datasets rule, by `<rule>/<job>`: its settings and, with `data`, what it
+        reads of the datasets (image folders and query files). Without `data` (the synthetic city,
+        which the workflow makes and each of these jobs takes as input) the settings alone."""
+        test_sets = self.config["test_sets"]
+        folders = {f"{name}/{part}": f"{self.folder(name, 'test')}/{part}"
+                   for name in test_sets for part in ("database", "queries")}
+        files = {name: self._file(self.catalog[name].queries) for name in test_sets if self.catalog[name].queries}
+
+        def tested(settings: str) -> dict[str, Any]:
+            return stamps.expected(settings, folders, files) if data else stamps.expected(settings)
+
+        def training_set(dataset: str) -> dict[str, str]:
+            val = self.folder(dataset, "val")
+            return {"train": self.folder(dataset, "train"), "val/database": f"{val}/database",
+                    "val/queries": f"{val}/queries"}
+
+        trained = {name: training_set(run.training["dataset"]) for name, run in self.study.runs.items()}
+        # datasets.json counts the images of every folder in use
+        every = {f"{run.training['dataset']}/{part}": folder for name, run in self.study.runs.items()
+                 for part, folder in trained[name].items()} | folders
+        return {
+            "datasets/datasets": stamps.expected("", every, files) if data else stamps.expected(""),
+            **{f"train/{name}": stamps.expected(self.train_settings(name), read if data else None)
+               for name, read in trained.items()},
+            **{f"evaluate/{name}": tested(self.evaluate_settings(name)) for name in self.study.runs},
+            **{f"baseline/{key}": tested(self.baseline_settings(key)) for key in self.study.baselines},
+            **{f"published/{name}": tested(self.published_settings(name)) for name in self.config["published_models"]},
+        }
+
+    def report_settings(self) -> str:
+        """What the report says, beside its inputs: the expected runs and the reference. A config
+        naming no reference gives none: the report takes the first expected run and says it chose."""
+        return quoted({"--positive-dist-threshold": self.config["evaluation"]["positive_dist_threshold"],
+                       "--reference": self.config.get("reference"), "--expected": list(self.study.runs)})
+
+    def report_runtime(self, datasets: str, published: str | None, conclusions: str, templates: Path) -> str:
         return quoted({"--runs-dir": f"{self.config['results']}/runs", "--templates": templates,
-                       "--published": published or None, "--conclusions-out": conclusions})
+                       "--datasets": datasets, "--published": published or None, "--conclusions-out": conclusions})
 
     def aggregate_runtime(self, summaries: Iterable[str]) -> str:
-        """The folder of every run and baseline, from their summary files."""
-        return shlex.join(str(Path(path).parent) for path in summaries)
+        """The folder of every run and baseline, from their summary files, and of every published model."""
+        published = [f"{self.config['results']}/published/{name}" for name in self.config["published_models"]]
+        return shlex.join([*(str(Path(path).parent) for path in summaries), *published])

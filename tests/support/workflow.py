@@ -60,7 +60,7 @@ def fake_geoloc_env(folder: Path, **variables: str) -> tuple[dict, Path]:
 
 
 def calls_with_env(calls: Path) -> list[dict]:
-    """Every call the fake recorded: {"args": [command, ...], "env": {SLURM_* variables}}."""
+    """Every call the fake recorded: {"args": [command, ...], "env": {SLURM_* variables, PYTHONPATH}}."""
     return [json.loads(line) for line in calls.read_text().splitlines()]
 
 

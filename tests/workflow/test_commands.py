@@ -16,9 +16,11 @@ from support.workflow import (
     BLOCK,
     REPO,
     calls_of,
+    calls_with_env,
     fake_geoloc_env,
     flag,
     flags,
+    job_counts,
     recorded_calls,
     small_config,
     snakemake,
@@ -112,7 +114,7 @@ def test_every_setting_reaches_its_command_and_only_results_reach_the_settings_p
 
 
 @pytest.fixture(scope="module")
-def every_rule_run(tmp_path_factory, tiny_city) -> list[list[str]]:
+def every_rule_run(tmp_path_factory, tiny_city) -> list[dict]:
     """Every rule once with the fake geoloc: the synthetic city, a download, a run from scratch
     (fp32), a pretrained run (amp), a run on two GPUs, their baselines; the calls it recorded."""
     workdir = tmp_path_factory.mktemp("every-rule")
@@ -127,16 +129,26 @@ def every_rule_run(tmp_path_factory, tiny_city) -> list[list[str]]:
                           training={"image_size": 32}, evaluation={"autocast": True},
                           resources={"train": {"threads": 3}, "evaluate": {"threads": 2},
                                      "cache_images": {"threads": 2}})
-    env, calls = fake_geoloc_env(workdir, FAKE_GEOLOC_CITY=str(tiny_city))
+    # an installed copy first on PYTHONPATH, as a shared conda prefix or a user's shell may have it
+    env, calls = fake_geoloc_env(workdir, FAKE_GEOLOC_CITY=str(tiny_city), PYTHONPATH="/stale/site-packages")
     done = snakemake(workdir, "--cores", "4", "--configfile", str(write_yaml(workdir / "c.yaml", config)), env=env)
     assert done.returncode == 0, done.stderr
-    return recorded_calls(calls)
+    return calls_with_env(calls)
+
+
+def jobs_args(calls: list[dict]) -> list[list[str]]:
+    return [call["args"] for call in calls]
+
+
+def test_every_job_imports_the_workflows_own_package_first(every_rule_run):
+    assert {call["env"]["PYTHONPATH"] for call in every_rule_run} == {
+        f"{REPO / 'src'}{os.pathsep}/stale/site-packages"}
 
 
 def test_every_geoloc_command_gets_the_threads_of_its_rule(every_rule_run):
     """Contract C6: without --threads a command would take every CPU it may run on."""
     threads = sorted((args[0], args[args.index("--run-name") + 1] if "--run-name" in args else "",
-                      flags(args, "--threads")) for args in every_rule_run)
+                      flags(args, "--threads")) for args in jobs_args(every_rule_run))
     assert threads == sorted([
         ("synth", "", ["4"]), ("fetch-weights", "", ["1"]), ("cache-images", "", ["2"]),
         ("train", "resnet18-none-fp32-s0", ["3"]), ("train", "resnet18-imagenet-amp-s0", ["3"]),
@@ -144,13 +156,13 @@ def test_every_geoloc_command_gets_the_threads_of_its_rule(every_rule_run):
         ("train", "resnet18-none-fp32-s0-ddp", ["4"]),
         *[("evaluate", "", ["2"])] * 5,  # three runs, two baselines
         ("aggregate", "", ["1"]), ("report", "", ["1"])])
-    [ddp] = [args for args in every_rule_run if "resnet18-none-fp32-s0-ddp" in args and args[0] == "train"]
+    [ddp] = [args for args in jobs_args(every_rule_run) if "resnet18-none-fp32-s0-ddp" in args and args[0] == "train"]
     assert ddp[-4:] == ["--threads", "4", "--nproc", "2"]
 
 
 def test_evaluation_autocast_reaches_only_the_evaluations_of_runs_trained_with_amp(every_rule_run):
     autocast = {(flag(args, "--out-dir").split("/")[2], "--autocast" in args)
-                for args in every_rule_run if args[0] == "evaluate"}
+                for args in jobs_args(every_rule_run) if args[0] == "evaluate"}
     assert autocast == {("resnet18-none-fp32-s0", False), ("resnet18-imagenet-amp-s0", True),
                         ("resnet18-none-fp32-s0-ddp", False), ("resnet18-none", False), ("resnet18-imagenet", False)}
 
@@ -206,3 +218,26 @@ def test_sigusr1_before_a_time_limit_reaches_training_and_not_snakemake(tmp_path
     assert process.returncode == 1, stderr  # Snakemake reports the failed job; it was not killed by the signal
     assert "Error in rule train" in stderr
     assert not (tmp_path / "results" / "runs" / "resnet18-none-fp32-s0" / "model.pt").exists()
+
+
+def test_published_models_are_fetched_and_evaluated_on_every_test_set_and_aggregated_apart(tmp_path, tiny_city):
+    config = small_config(tmp_path / "data", "results", synthetic={"enabled": True, "size": "tiny"},
+                          test_sets=["sf_xs", "tokyo_night"], published_models=["cosplace-resnet50-2048"])
+    env, calls = fake_geoloc_env(tmp_path, FAKE_GEOLOC_CITY=str(tiny_city))
+    path = str(write_yaml(tmp_path / "c.yaml", config))
+    planned = snakemake(tmp_path, "-n", "--configfile", path, env=env)
+    assert planned.returncode == 0, planned.stderr
+    counts = job_counts(planned.stdout + planned.stderr)
+    assert (counts["fetch_published"], counts["published"], counts["evaluate"], counts["baseline"]) == (1, 1, 1, 1)
+    done = snakemake(tmp_path, "--cores", "2", "--configfile", path, env=env)
+    assert done.returncode == 0, done.stderr
+    [fetched] = [args for args in calls_of(calls, "fetch-weights") if "--published" in args]
+    assert flag(fetched, "--published") == "cosplace-resnet50-2048"
+    [evaluated] = [args for args in calls_of(calls, "evaluate") if "--published" in args]
+    assert flag(evaluated, "--published") == "cosplace-resnet50-2048"
+    assert flag(evaluated, "--weights") == flag(fetched, "--out")
+    assert [test_set.split("=")[0] for test_set in flags(evaluated, "--test-set")] == ["sf_xs", "tokyo_night"]
+    assert flag(evaluated, "--out-dir") == "results/published/cosplace-resnet50-2048/recalls"
+    [aggregated] = calls_of(calls, "aggregate")
+    assert "results/published/cosplace-resnet50-2048" in aggregated
+    assert job_counts(snakemake(tmp_path, "-n", "--configfile", path, env=env).stdout) == {}

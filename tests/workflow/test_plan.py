@@ -84,6 +84,8 @@ def test_gpu_type_gres_sites_and_runs_on_several_gpus_ask_slurm_accordingly(tmp_
     ({"reference": "resnet18-imagenet-fp32-s0"}, "config key reference: 'resnet18-imagenet-fp32-s0' is not a run"),
     ({"grid": [{**BLOCK, "tag": "x;touch PWNED"}]}, "config key grid[0].tag: 'x;touch PWNED' is not allowed"),
     # what JSON Schema lets through and the commands would refuse
+    ({"resources": {"gpu_model": "a100\n"}}, "config key resources.gpu_model: 'a100\\n' does not match"),
+    ({"test_sets": ["sf_xs\n"]}, "config key test_sets[0]: 'sf_xs\\n' does not match"),
     ({"training": {"batch_size": 4.0}}, "config key training.batch_size: 4.0 is not of type 'integer'"),
     ({"grid": [{**BLOCK, "seeds": [1.0]}]}, "config key grid[0].seeds[0]: 1.0 is not of type 'integer'"),
     ({"evaluation": {"positive_dist_threshold": float("inf")}},

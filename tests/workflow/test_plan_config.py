@@ -48,7 +48,10 @@ def test_a_study_trains_and_tests_on_a_set_not_named_sf_xs_without_any_sf_xs_fol
     assert "--dataset mycity" in out and "--run-name resnet18-none-fp32-s0 " in out  # today's name
     assert f"--test-set mycity={root}/mycity/images/test" in out
     assert out.count("--set-threshold mycity=40") == 2  # the run's evaluation and its baseline's
-    assert "--reference resnet18-none-fp32-s0 --expected resnet18-none-fp32-s0" in out
+    # no `reference`: the report is given none, picks the first expected run and says so
+    report = next(line for line in out.splitlines() if "geoloc report " in line)
+    assert "--expected resnet18-none-fp32-s0 " in report and "--reference" not in report
+    assert "--datasets results/datasets.json " in report
     assert "sf_xs" not in out.replace("--dataset mycity", "")
 
 
@@ -90,8 +93,8 @@ def test_a_sweep_block_plans_every_value_under_its_own_name_and_identical_blocks
                            for seed in (0, 1) for lr in ("1e-05", "3e-05") for px in (32, 64))
     trained = [line for line in result.stdout.splitlines() if "--run-name resnet18-none-fp32-s1-lr3e-05-px64 " in line]
     assert "--lr 3e-05" in trained[0] and "--image-size 64" in trained[0]
-    # no reference given: the first run is the report's
-    assert "--reference resnet18-none-fp32-s0-lr1e-05-px32 " in result.stdout
+    # no reference given: the report's is the first expected run
+    assert "--expected resnet18-none-fp32-s0-lr1e-05-px32 " in result.stdout
 
     result = dry_run(tmp_path, {**config, "grid": [BLOCK, BLOCK]})
     assert result.returncode != 0

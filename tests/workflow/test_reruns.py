@@ -36,10 +36,19 @@ class FinishedWorkflow:
     config: dict
     env: dict
 
-    def plan(self, config: dict | None = None) -> dict[str, int]:
-        """Job counts of a dry run with `config` (default: the one that ran)."""
-        path = write_yaml(self.workdir / "plan.yaml", config or self.config)
-        result = snakemake(self.workdir, "-n", "--configfile", str(path), env=self.env)
+    def plan(self, config: dict | None = None, *options: str, workdir: Path | None = None) -> dict[str, int]:
+        """Job counts of a dry run with `config` (default: the one that ran) in `workdir` (default:
+        the one that ran). A dry run writes the stamps of the config it plans: they are put back
+        after it, so that each plan starts from the finished run."""
+        workdir = workdir or self.workdir
+        stamps, kept = workdir / "results" / "stamps", workdir / "stamps-kept"
+        shutil.copytree(stamps, kept)  # times kept
+        try:
+            path = write_yaml(workdir / "plan.yaml", config or self.config)
+            result = snakemake(workdir, "-n", "--configfile", str(path), *options, env=self.env)
+        finally:
+            shutil.rmtree(stamps)
+            kept.rename(stamps)
         assert result.returncode == 0, result.stderr
         return job_counts(result.stdout + result.stderr)
 
@@ -151,3 +160,33 @@ def test_the_same_datasets_elsewhere_rerun_only_the_datasets_rule(finished_workf
         assert finished_workflow.plan(config) == {"datasets": 1, "train": 1, "evaluate": 1, "aggregate": 1, **SHOWN}
     finally:
         moved.rename(data)
+
+
+def test_a_query_image_added_to_a_test_set_re_evaluates_every_model_and_retrains_nothing(finished_workflow):
+    queries = finished_workflow.workdir / "data" / "tokyo_night" / "test" / "queries"
+    image = next(queries.iterdir())
+    added = queries / image.name.replace("@", "@9", 1)
+    shutil.copy(image, added)
+    try:
+        # every evaluation job tests every set: the runs' and the baselines', and the counts the report shows
+        assert finished_workflow.plan() == {
+            "evaluate": 2, "baseline": 2, "datasets": 1, "aggregate": 1, "report": 1, "all": 1}
+    finally:
+        added.unlink()
+    assert finished_workflow.plan() == {}
+
+
+def test_a_training_setting_retrains_with_mtime_triggers_only(finished_workflow):
+    config = json.loads(json.dumps(finished_workflow.config))
+    config["training"]["lr"] = 3e-3
+    assert finished_workflow.plan(config, "--rerun-triggers", "mtime") == {
+        "train": 1, "evaluate": 1, "aggregate": 1, **SHOWN}
+
+
+def test_without_snakemake_metadata_elsewhere_nothing_reruns_and_a_setting_still_does(finished_workflow, tmp_path):
+    clone = tmp_path / "clone"
+    shutil.copytree(finished_workflow.workdir, clone, symlinks=True, ignore=shutil.ignore_patterns(".snakemake"))
+    assert finished_workflow.plan(workdir=clone) == {}
+    config = json.loads(json.dumps(finished_workflow.config))
+    config["evaluation"]["k"] = 25
+    assert finished_workflow.plan(config, workdir=clone) == {"evaluate": 2, "baseline": 2, "aggregate": 1, **SHOWN}

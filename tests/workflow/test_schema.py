@@ -70,3 +70,9 @@ def test_recalls_keys_are_exactly_what_evaluate_takes_beside_the_model():
     schema = load_schema()
     assert grid.keys_that_change(schema, "evaluation", "recalls") == ["k", "resize", "autocast"]
     assert grid.keys_that_change(schema, "evaluation", "nothing") == ["batch_size", "num_workers"]
+
+
+def test_published_models_the_config_may_name_are_the_released_models_the_package_knows():
+    from geoloc.model.published import PUBLISHED
+
+    assert load_schema()["properties"]["published_models"]["items"]["enum"] == list(PUBLISHED)

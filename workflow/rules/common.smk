@@ -14,6 +14,7 @@ import dataclasses
 import os
 import re
 import signal
+import sys
 from functools import partial
 from pathlib import Path
 
@@ -22,6 +23,21 @@ import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
+# The workflow's own folder (this file's parent), also when it is used as a module.
+WORKFLOW_DIR = Path(workflow.current_basedir).parent
+REPO = WORKFLOW_DIR.parent
+# The workflow and every job it starts (local, SLURM, in a container binding the repository, in
+# a conda prefix shared with another checkout) import the workflow's own package first, never a
+# stale installed copy.
+SOURCE = str(REPO / "src")
+sys.path.insert(0, SOURCE)
+IMPORTED = [
+    p
+    for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
+    if p not in ("", SOURCE)
+]
+os.environ.update(PYTHONPATH=os.pathsep.join([SOURCE, *IMPORTED]))
+
 from geoloc import grid, jobs
 from geoloc.atomic import atomic_write_text
 from geoloc.data.catalog import load_catalog
@@ -29,6 +45,8 @@ from geoloc.errors import GeolocError
 from geoloc.jobs import ranks
 from geoloc.model import backbones
 from geoloc.model.weights import lookup
+from geoloc.provenance.schema import pattern_problems
+from geoloc.provenance.stamps import expected, write_stamps
 
 # SLURM sends USR1 to every process of a job step shortly before its time limit. Snakemake
 # would die of it, taking the job step down; ignored here (and, inherited, in the job's shell)
@@ -36,9 +54,6 @@ from geoloc.model.weights import lookup
 # exits 3, and the job requeues itself (workflow/scripts/requeue-on-stop.sh).
 signal.signal(signal.SIGUSR1, signal.SIG_IGN)
 
-# The workflow's own folder (this file's parent), also when it is used as a module.
-WORKFLOW_DIR = Path(workflow.current_basedir).parent
-REPO = WORKFLOW_DIR.parent
 SCRIPTS = WORKFLOW_DIR / "scripts"
 SCHEMA_FILE = WORKFLOW_DIR / "schemas" / "config.schema.yaml"
 # workflow/envs/geoloc.post-deploy.sh installs the package from here: Snakemake runs a copy of
@@ -69,6 +84,9 @@ def load_study(config: dict) -> tuple[grid.Study, dict]:
         if not isinstance(error.__context__, jsonschema.ValidationError):
             raise
         raise WorkflowError(grid.describe_schema_error(error.__context__)) from None
+    # jsonschema's re.search lets a trailing line break through; a pattern holds for the whole string.
+    for problem in pattern_problems(config, SCHEMA, SCHEMA):
+        raise WorkflowError(problem)
     try:
         catalog = load_catalog(REPO / "resources" / "datasets.yaml", config["datasets"])
         study = grid.plan_study(
@@ -89,11 +107,10 @@ def load_study(config: dict) -> tuple[grid.Study, dict]:
 
 
 STUDY, CATALOG = load_study(config)
-# Left out, the reference is the grid's first run: the report gets it, and the config it shows says so.
-config["reference"] = STUDY.reference
 WEIGHTS_REGISTRY = workflow_file(config["weights"]["registry"])
 RUNS = STUDY.runs
 BASELINES = STUDY.baselines
+PUBLISHED_MODELS = config["published_models"]
 TEST_SETS = config["test_sets"]
 RESULTS = config["results"]
 # Every job's command line (geoloc.jobs); the rules pass its parts as params `settings` and `runtime`.
@@ -108,15 +125,19 @@ pathvars:
     weights=config["weights"]["dir"],
 
 
+def one_of(names) -> str:
+    """A wildcard constraint matching exactly one of `names` (nothing when there are none)."""
+    return "|".join(map(re.escape, names)) or "(?!)"
+
+
 wildcard_constraints:
-    run="|".join(map(re.escape, RUNS)),
-    baseline="|".join(map(re.escape, BASELINES)),
-    test_set="|".join(map(re.escape, TEST_SETS)),
+    run=one_of(RUNS),
+    baseline=one_of(BASELINES),
+    test_set=one_of(TEST_SETS),
+    published=one_of(PUBLISHED_MODELS),
     size=r"\d+",
-    backbone="|".join(sorted({re.escape(w.slug) for w in STUDY.weights.values()})),
-    pretraining="|".join(
-        sorted({re.escape(w.pretraining) for w in STUDY.weights.values()})
-    ),
+    backbone=one_of(sorted({w.slug for w in STUDY.weights.values()})),
+    pretraining=one_of(sorted({w.pretraining for w in STUDY.weights.values()})),
 
 
 # ---------------------------------------------------------------- inputs
@@ -251,8 +272,91 @@ def train_slurm_extra(wildcards) -> str:
 
 
 def slurm_extra_of(rule: str):
-    extra = job_resources(rule)["slurm_extra"]
-    return lambda wildcards: extra or None
+    def slurm_extra(wildcards) -> str | None:
+        return job_resources(rule)["slurm_extra"] or None
+
+    return slurm_extra
+
+
+# ---------------------------------------------------------------- params
+# Each rule's `settings` take the wildcards only (rerun triggers); `runtime` and `launch` take
+# input, output or threads too, which makes them derived: never a reason to rerun.
+
+
+def synth_settings(wildcards) -> str:
+    return JOBS.synth_settings()
+
+
+def test_set_fields(wildcards) -> dict:
+    return dataset_fields(TEST_SETS)
+
+
+def training_set_fields(wildcards) -> dict:
+    return dataset_fields({run.training["dataset"] for run in RUNS.values()})
+
+
+def fetch_runtime(wildcards, output) -> str:
+    return JOBS.fetch_runtime(wildcards.backbone, wildcards.pretraining, output[0])
+
+
+def cache_images_runtime(wildcards, threads) -> str:
+    return JOBS.cache_images_runtime(int(wildcards.size), threads)
+
+
+def train_settings(wildcards) -> str:
+    return JOBS.train_settings(wildcards.run)
+
+
+def train_runtime(wildcards, input, output, threads) -> str:
+    return JOBS.train_runtime(wildcards.run, input.weights, output.model, threads)
+
+
+def train_launch(wildcards, threads) -> str:
+    return JOBS.train_launch(wildcards.run, SCRIPTS, threads)
+
+
+def evaluate_settings(wildcards) -> str:
+    return JOBS.evaluate_settings(wildcards.run)
+
+
+def evaluate_runtime(wildcards, output, threads) -> str:
+    return JOBS.evaluate_runtime(output.recalls, threads)
+
+
+def baseline_settings(wildcards) -> str:
+    return JOBS.baseline_settings(wildcards.baseline)
+
+
+def baseline_runtime(wildcards, input, output, threads) -> str:
+    return JOBS.baseline_runtime(
+        wildcards.baseline, input.weights, output.summary, output.recalls, threads
+    )
+
+
+def fetch_published_runtime(wildcards, output) -> str:
+    return JOBS.fetch_published_runtime(wildcards.published, output[0])
+
+
+def published_settings(wildcards) -> str:
+    return JOBS.published_settings(wildcards.published)
+
+
+def published_runtime(wildcards, input, output, threads) -> str:
+    return JOBS.published_runtime(input.weights, output.recalls, threads)
+
+
+def aggregate_runtime(wildcards, input) -> str:
+    return JOBS.aggregate_runtime([*input.train, *input.baselines])
+
+
+def report_settings(wildcards) -> str:
+    return JOBS.report_settings()
+
+
+def report_runtime(wildcards, input, output) -> str:
+    return JOBS.report_runtime(
+        input.datasets, input.published, output.conclusions, WORKFLOW_DIR / "report"
+    )
 
 
 # ---------------------------------------------------------------- aggregate and report
@@ -273,3 +377,20 @@ def print_conclusion() -> None:
     print(f"\nThe report: {page.resolve()}")
     if lines:
         print(f"Its first conclusion: {lines[0]}")
+
+
+# ---------------------------------------------------------------- stamps
+# Each training, evaluation and baseline, and the config the report shows, takes its stamp
+# (geoloc.provenance.stamps) as input: a stamp rewritten because a setting or a dataset changed
+# reruns its job, whatever the rerun triggers or Snakemake's metadata. The synthetic city is an
+# input of those jobs already.
+try:
+    write_stamps(
+        Path(RESULTS) / "stamps",
+        {
+            **JOBS.stamps(data=not config["synthetic"]["enabled"]),
+            "effective_config/config": expected(config_as_yaml(None)),
+        },
+    )
+except GeolocError as error:
+    raise WorkflowError(str(error)) from None

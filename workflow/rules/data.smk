@@ -14,19 +14,20 @@ if config["synthetic"]["enabled"]:
             "../envs/geoloc.yaml"
         threads: 4
         params:
-            settings=lambda wildcards: JOBS.synth_settings(),
+            settings=synth_settings,
         shell:
             "geoloc synth {output:q} {params.settings} --workers {threads}"
             " --threads {threads} > {log:q} 2>&1"
 
 
 # What the runs read, for the report: the root in use and each folder's image count. Its
-# params make it rerun when the same datasets move, and nothing else does: no training or
-# evaluation takes it as input (an ancient input would not do: Snakemake then skips the other
-# rerun triggers of everything below a job that reruns).
+# params make it rerun when the same datasets move, its stamp when their images change; no
+# training or evaluation takes it as input (an ancient input would not do: Snakemake then skips
+# the other rerun triggers of everything below a job that reruns).
 rule datasets:
     input:
         synthetic_datasets,
+        stamp="<results>/stamps/datasets/datasets.json",
     output:
         "<results>/datasets.json",
     log:
@@ -36,10 +37,8 @@ rule datasets:
         "../envs/geoloc.yaml"
     params:
         root=datasets_root,
-        test_sets=lambda wildcards: dataset_fields(TEST_SETS),
-        training=lambda wildcards: dataset_fields(
-            {run.training["dataset"] for run in RUNS.values()}
-        ),
+        test_sets=test_set_fields,
+        training=training_set_fields,
     script:
         "../scripts/datasets.py"
 
@@ -54,11 +53,23 @@ rule fetch_weights:
         "../envs/geoloc.yaml"
     # All runtime, derived from output on purpose: the registry's path is no reason to download again.
     params:
-        runtime=lambda wildcards, output: JOBS.fetch_runtime(
-            wildcards.backbone, wildcards.pretraining, output[0]
-        ),
+        runtime=fetch_runtime,
     shell:
         "geoloc fetch-weights {params.runtime} --threads {threads} > {log:q} 2>&1"
+
+
+rule fetch_published:
+    output:
+        "<weights>/published/{published}.pth",
+    log:
+        "<logs>/fetch_published/{published}.log",
+    localrule: True
+    conda:
+        "../envs/geoloc.yaml"
+    params:
+        runtime=fetch_published_runtime,
+    shell:
+        "geoloc fetch-weights {params.runtime} > {log:q} 2>&1"
 
 
 # Decodes every training image once at one size into image_cache.dir, before the first
@@ -86,8 +97,6 @@ rule cache_images:
         cpus_per_task=job_resources("cache_images")["threads"],
         slurm_extra=slurm_extra_of("cache_images"),
     params:
-        runtime=lambda wildcards, threads: JOBS.cache_images_runtime(
-            int(wildcards.size), threads
-        ),
+        runtime=cache_images_runtime,
     shell:
         "({params.runtime}) > {log:q} 2>&1 && touch {output:q}"

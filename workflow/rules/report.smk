@@ -15,6 +15,11 @@ rule aggregate:
         baselines=expand(
             "<results>/baselines/{baseline}/baseline.json", baseline=BASELINES
         ),
+        published=expand(
+            "<results>/published/{published}/recalls/{test_set}.queries.csv",
+            published=PUBLISHED_MODELS,
+            test_set=TEST_SETS,
+        ),
     output:
         "<results>/recalls.csv",
     log:
@@ -23,15 +28,15 @@ rule aggregate:
     conda:
         "../envs/geoloc.yaml"
     params:
-        runtime=lambda wildcards, input: JOBS.aggregate_runtime(
-            [*input.train, *input.baselines]
-        ),
+        runtime=aggregate_runtime,
     shell:
         "geoloc aggregate --out {output:q} {params.runtime} --threads {threads}"
         " > {log:q} 2>&1"
 
 
 rule effective_config:
+    input:
+        stamp="<results>/stamps/effective_config/config.json",
     output:
         "<results>/config.yaml",
     log:
@@ -72,10 +77,8 @@ rule report:
     conda:
         "../envs/geoloc.yaml"
     params:
-        settings=lambda wildcards: JOBS.report_settings(),
-        runtime=lambda wildcards, input, output: JOBS.report_runtime(
-            input.published, output.conclusions, WORKFLOW_DIR / "report"
-        ),
+        settings=report_settings,
+        runtime=report_runtime,
     shell:
         "geoloc report --recalls {input.recalls:q} --config {input.config:q}"
         " {params.runtime} {params.settings}"

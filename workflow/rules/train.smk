@@ -7,6 +7,7 @@ rule train:
         # ancient: a rebuilt cache holds the same images, never a reason to retrain.
         cache=image_cache_marker,
         weights=weights_of(RUNS, "run"),
+        stamp="<results>/stamps/train/{run}.json",
     output:
         model="<results>/runs/{run}/model.pt",
         summary="<results>/runs/{run}/train.json",
@@ -35,13 +36,9 @@ rule train:
         mpi=multi_rank("mpi"),
         slurm_extra=train_slurm_extra,
     params:
-        settings=lambda wildcards: JOBS.train_settings(wildcards.run),
-        runtime=lambda wildcards, input, output, threads: JOBS.train_runtime(
-            wildcards.run, input.weights, output.model, threads
-        ),
-        launch=lambda wildcards, threads: JOBS.train_launch(
-            wildcards.run, SCRIPTS, threads
-        ),
+        settings=train_settings,
+        runtime=train_runtime,
+        launch=train_launch,
     # Snakemake deletes {log} whenever the job starts, a requeued one too: every segment is also
     # appended to {log}.segments after a line that marks it. tee ignores the signals that stop
     # training (USR1, TERM, INT), so the training's last lines still reach both files.

@@ -160,9 +160,23 @@ def read_summary(run_dir: Path) -> dict[str, Any]:
     for name in SUMMARY_FILES.values():
         if (run_dir / name).is_file():
             return read_train_json(run_dir / name)
+    if run_dir.parent.name == "published":
+        return published_summary(run_dir)
     raise GeolocError(
         f"{run_dir / 'train.json'}: missing (and no baseline.json); is {run_dir} a finished run or baseline?"
     )
+
+
+def published_summary(folder: Path) -> dict[str, Any]:
+    """What a released model's folder (`<results>/published/<name>`: recall CSVs, no summary) stands
+    for: a reference row of kind "published", evaluated in fp32, trained elsewhere."""
+    from geoloc.model.published import PUBLISHED  # torch: only a study with published models pays for it
+
+    if folder.name not in PUBLISHED:
+        raise GeolocError(f"{folder}: {folder.name!r} is not a released model ({', '.join(PUBLISHED)})")
+    run = {"name": folder.name, "backbone": PUBLISHED[folder.name].backbone, "pretraining": "published",
+           "precision": "fp32", "seed": None, "tag": "", "kind": "published"}
+    return {"run": run, **dict.fromkeys(SUMMARY_KEYS)}
 
 
 def read_train_json(path: Path) -> dict[str, Any]:
