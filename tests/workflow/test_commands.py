@@ -220,6 +220,29 @@ def test_sigusr1_before_a_time_limit_reaches_training_and_not_snakemake(tmp_path
     assert not (tmp_path / "results" / "runs" / "resnet18-none-fp32-s0" / "model.pt").exists()
 
 
+def test_a_second_snakemake_on_the_same_results_folder_stops_with_one_line_naming_the_first(tmp_path, tiny_city):
+    """Two clones (two working directories) on one `results:` folder: the second stops at once."""
+    signals = tmp_path / "signals"
+    signals.mkdir()
+    env, _ = fake_geoloc_env(tmp_path, FAKE_GEOLOC_SIGNALS=str(signals))
+    config = write_yaml(tmp_path / "c.yaml", small_config(tiny_city, tmp_path / "results"))
+    first_dir, second_dir = tmp_path / "first", tmp_path / "second"
+    first_dir.mkdir(), second_dir.mkdir()
+    first = subprocess.Popen(snakemake_command(first_dir, "--cores", "1", "--configfile", str(config)), cwd=first_dir,
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (signals / "ready").exists():  # the first one trains (the fake waits for USR1)
+            assert first.poll() is None and time.monotonic() < deadline, "training never started"
+            time.sleep(0.1)
+        second = snakemake(second_dir, "--cores", "1", "--configfile", str(config), env=env)
+    finally:
+        first.kill()
+        first.communicate()
+    assert second.returncode != 0
+    assert f"results folder {tmp_path / 'results'} is in use by process {first.pid}" in second.stdout + second.stderr
+
+
 def test_published_models_are_fetched_and_evaluated_on_every_test_set_and_aggregated_apart(tmp_path, tiny_city):
     config = small_config(tmp_path / "data", "results", synthetic={"enabled": True, "size": "tiny"},
                           test_sets=["sf_xs", "tokyo_night"], published_models=["cosplace-resnet50-2048"])

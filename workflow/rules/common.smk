@@ -38,7 +38,7 @@ IMPORTED = [
 ]
 os.environ.update(PYTHONPATH=os.pathsep.join([SOURCE, *IMPORTED]))
 
-from geoloc import grid, jobs
+from geoloc import grid, jobs, locking
 from geoloc.atomic import atomic_write_text
 from geoloc.data.catalog import load_catalog
 from geoloc.errors import GeolocError
@@ -384,13 +384,27 @@ def print_conclusion() -> None:
 # (geoloc.provenance.stamps) as input: a stamp rewritten because a setting or a dataset changed
 # reruns its job, whatever the rerun triggers or Snakemake's metadata. The synthetic city is an
 # input of those jobs already.
-try:
-    write_stamps(
-        Path(RESULTS) / "stamps",
-        {
-            **JOBS.stamps(data=not config["synthetic"]["enabled"]),
-            "effective_config/config": expected(config_as_yaml(None)),
-        },
-    )
-except GeolocError as error:
-    raise WorkflowError(str(error)) from None
+# A job's own Snakemake (on a SLURM node) reads the stamps the main process wrote.
+if workflow.is_main_process:
+    try:
+        write_stamps(
+            Path(RESULTS) / "stamps",
+            {
+                **JOBS.stamps(data=not config["synthetic"]["enabled"]),
+                "effective_config/config": expected(config_as_yaml(None)),
+            },
+        )
+    except GeolocError as error:
+        raise WorkflowError(str(error)) from None
+
+
+def hold_results_lock() -> None:
+    """One Snakemake at a time writes a results folder, also from another clone or --directory
+    (Snakemake's own lock covers one working directory); the kernel releases it when it ends.
+    """
+    if not workflow.is_main_process:
+        return
+    try:
+        locking.hold(RESULTS, "results folder")
+    except GeolocError as error:
+        raise WorkflowError(str(error)) from None
