@@ -40,7 +40,7 @@ CATALOG = {
 }
 
 
-def plan(study, lookup_weights=None, blocks_of=lambda backbone: None, input_size_problem=lambda b, s: None,
+def plan(study, lookup_weights=None, blocks_of=lambda backbone: None, input_size_problem=lambda a, b, s: None,
          catalog=CATALOG):
     return grid.plan_study(study, schema=SCHEMA, known_backbones=KNOWN, is_timm_model=bool,
                            lookup_weights=lookup_weights or registry_lookup({}), blocks_of=blocks_of,
@@ -270,23 +270,23 @@ GROUPS = {"N": 5, "L": 2, "groups_num": 1, "trainable_blocks": None, "image_size
 def test_more_groups_than_n_n_l_is_refused_naming_where_the_setting_comes_from():
     runs = grid.expand_grid([block(), block(tag="g", training={"N": 2, "groups_num": 9})], GROUPS)
     with pytest.raises(grid.ConfigError) as error:
-        grid.check_run_settings(runs.values(), lambda b: None, lambda b, s: None)
+        grid.check_run_settings(runs.values(), lambda b: None, lambda a, b, s: None)
     assert str(error.value) == ("config key grid[1].training.groups_num: 9 is more than the N*N*L = 8 groups that "
                                 "N=2, L=2 make (run resnet18-none-fp32-s0-g)")
     runs = grid.expand_grid([block()], {**GROUPS, "groups_num": 51})
     with pytest.raises(grid.ConfigError, match=r"^config key training\.groups_num: 51 is more than the N\*N\*L = 50"):
-        grid.check_run_settings(runs.values(), lambda b: None, lambda b, s: None)
+        grid.check_run_settings(runs.values(), lambda b: None, lambda a, b, s: None)
     grid.check_run_settings(grid.expand_grid([block()], {**GROUPS, "groups_num": 50}).values(),
-                            lambda b: None, lambda b, s: None)
+                            lambda b: None, lambda a, b, s: None)
 
 
 def test_trainable_blocks_beyond_the_backbones_blocks_is_refused():
     runs = grid.expand_grid([block(backbones=("resnet18", "timm:vit_small"))], {**GROUPS, "trainable_blocks": 5})
     blocks = {"resnet18": 5}.get  # a timm model's blocks are unknown: not checked here
-    grid.check_run_settings(runs.values(), blocks, lambda b, s: None)
+    grid.check_run_settings(runs.values(), blocks, lambda a, b, s: None)
     runs = grid.expand_grid([block()], {**GROUPS, "trainable_blocks": 6})
     with pytest.raises(grid.ConfigError) as error:
-        grid.check_run_settings(runs.values(), blocks, lambda b, s: None)
+        grid.check_run_settings(runs.values(), blocks, lambda a, b, s: None)
     assert str(error.value) == ("config key training.trainable_blocks: 6 is more than the 5 blocks of resnet18 "
                                 "(run resnet18-none-fp32-s0)")
 
@@ -294,8 +294,8 @@ def test_trainable_blocks_beyond_the_backbones_blocks_is_refused():
 def test_an_image_size_the_backbone_cannot_take_is_refused_once_per_backbone_and_size():
     asked = []
 
-    def problem(backbone, size):
-        asked.append((backbone, size))
+    def problem(aggregator, backbone, size):
+        asked.append((aggregator, backbone, size))
         return "vit_small takes 224 x 224 images only" if size != 224 else None
 
     blocks = [block(backbones=("timm:vit_small",), seeds=(0, 1)), block(backbones=("timm:vit_small",), tag="s",
@@ -306,7 +306,7 @@ def test_an_image_size_the_backbone_cannot_take_is_refused_once_per_backbone_and
     assert str(error.value) == ("config key training.image_size: vit_small takes 224 x 224 images only "
                                 "(run timm_vit_small-none-fp32-s0)")
     grid.check_run_settings([runs["timm_vit_small-none-fp32-s0-s"]], lambda b: None, problem)
-    assert asked == [("timm:vit_small", 64), ("timm:vit_small", 224)]
+    assert asked == [("gem", "timm:vit_small", 64), ("gem", "timm:vit_small", 224)]
 
 
 NUMBERS = {
@@ -340,7 +340,7 @@ def test_plan_refuses_a_whole_number_float_before_it_names_a_run():
     with pytest.raises(grid.ConfigError, match=r"config key grid\[0\]\.seeds\[0\]: 1\.0 is not of type 'integer'"):
         grid.plan_study(study, schema=schema, known_backbones=KNOWN, is_timm_model=bool,
                         lookup_weights=registry_lookup({}), blocks_of=lambda b: None,
-                        input_size_problem=lambda b, s: None, catalog=CATALOG)
+                        input_size_problem=lambda a, b, s: None, catalog=CATALOG)
 
 
 def test_one_baseline_per_backbone_and_pretraining_with_the_first_runs_head():
@@ -409,3 +409,17 @@ def test_each_retry_asks_for_more_memory_and_time_within_the_caps():
     # a cap below the first ask limits only the growth
     assert grid.job_resource({**config, "max_mem_mb": 1000}, "train", "mem_mb", run, 3) == 40000
 
+
+
+def test_an_aggregator_built_for_one_feature_map_too_small_at_the_image_size_is_refused_before_any_job():
+    from geoloc.model.aggregators.sizes import input_size_problem
+
+    study = config(block(aggregators=["gem", "mixvpr"]), reference=None)
+    study["training"]["image_size"] = 32  # ResNet-18 gives a 1x1 map: fewer positions than MixVPR's 4 rows
+    with pytest.raises(grid.ConfigError) as error:
+        plan(study, input_size_problem=input_size_problem)
+    assert str(error.value).startswith("config key training.image_size: aggregator mixvpr projects")
+    assert "(run resnet18-none-fp32-s0-mixvpr)" in str(error.value)
+    study["training"]["image_size"] = 320
+    assert list(plan(study, input_size_problem=input_size_problem).runs) == [
+        "resnet18-none-fp32-s0", "resnet18-none-fp32-s0-mixvpr"]

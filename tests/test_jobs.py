@@ -74,7 +74,7 @@ def planned_jobs(config: dict) -> jobs.Jobs:
     study = grid.plan_study(
         config, schema=SCHEMA, known_backbones={"resnet18"}, is_timm_model=bool,
         lookup_weights=lambda backbone, pretraining: {"format": "torchvision", "sha256": "abcdef12"},
-        blocks_of=lambda backbone: None, input_size_problem=lambda backbone, size: None, catalog=CATALOG)
+        blocks_of=lambda backbone: None, input_size_problem=lambda aggregator, backbone, size: None, catalog=CATALOG)
     return jobs.Jobs(config, study, registry="reg.yaml", catalog=CATALOG)
 
 

@@ -177,14 +177,15 @@ def check_backbones(runs: Iterable[Run], known: Collection[str], is_timm_model: 
 def check_run_settings(
     runs: Iterable[Run],
     blocks_of: Callable[[str], int | None],
-    input_size_problem: Callable[[str, int], str | None],
+    input_size_problem: Callable[[str, str, int], str | None],
 ) -> None:
     """Settings the grid alone rules out, found before any job starts instead of inside one.
 
     `blocks_of(backbone)` is the number of blocks `trainable_blocks` counts (None where unknown);
-    `input_size_problem(backbone, size)` says why a backbone cannot take that square size.
+    `input_size_problem(aggregator, backbone, size)` says why the network cannot take that square
+    size (the backbone's limits, and an aggregator built for one feature map, as MixVPR is).
     """
-    checked_sizes: set[tuple[str, int]] = set()
+    checked_sizes: set[tuple[str, str, int]] = set()
     for run in runs:
         s = run.training
         groups = s["N"] * s["N"] * s["L"]
@@ -199,9 +200,9 @@ def check_run_settings(
                 f"config key {run.key('trainable_blocks')}: {s['trainable_blocks']} is more than the {blocks} "
                 f"blocks of {run.backbone} (run {run.name})"
             )
-        if (run.backbone, s["image_size"]) not in checked_sizes:
-            checked_sizes.add((run.backbone, s["image_size"]))
-            problem = input_size_problem(run.backbone, s["image_size"])
+        if (run.aggregator, run.backbone, s["image_size"]) not in checked_sizes:
+            checked_sizes.add((run.aggregator, run.backbone, s["image_size"]))
+            problem = input_size_problem(run.aggregator, run.backbone, s["image_size"])
             if problem:
                 raise ConfigError(f"config key {run.key('image_size')}: {problem} (run {run.name})")
 
@@ -415,7 +416,7 @@ def plan_study(
     is_timm_model: Callable[[str], bool],
     lookup_weights: Callable[[str, str], Mapping[str, Any]],
     blocks_of: Callable[[str], int | None],
-    input_size_problem: Callable[[str, int], str | None],
+    input_size_problem: Callable[[str, str, int], str | None],
     catalog: Mapping[str, DatasetEntry],
 ) -> Study:
     """The runs, weights files and baselines of a schema-validated config, after every check that

@@ -44,6 +44,7 @@ from geoloc.data.catalog import load_catalog
 from geoloc.errors import GeolocError
 from geoloc.jobs import ranks
 from geoloc.model import backbones
+from geoloc.model.aggregators import sizes as aggregator_sizes
 from geoloc.model.weights import lookup
 from geoloc.provenance.schema import pattern_problems
 from geoloc.provenance.stamps import expected, write_stamps
@@ -98,7 +99,7 @@ def load_study(config: dict) -> tuple[grid.Study, dict]:
                 lookup, Path(workflow_file(config["weights"]["registry"]))
             ),
             blocks_of=backbones.block_count,
-            input_size_problem=backbones.input_size_problem,
+            input_size_problem=aggregator_sizes.input_size_problem,
             catalog=catalog,
         )
     except GeolocError as error:
