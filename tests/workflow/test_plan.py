@@ -128,3 +128,11 @@ def test_datasets_root_missing_a_test_set_fails_before_any_job(tmp_path):
     result = snakemake(tmp_path, "-n", "--configfile", str(write_yaml(tmp_path / "c.yaml", config)))
     assert result.returncode != 0
     assert f"dataset tokyo_night: test folder {root / 'tokyo_night/test'} does not exist" in result.stdout
+
+
+def test_a_mistyped_published_results_path_fails_before_any_job(tmp_path):
+    root = dataset_layout(tmp_path / "datasets", test_sets=("sf_xs",))
+    config = small_config(root, tmp_path / "results", report={"published": "resources/publshed-results.csv"})
+    result = snakemake(tmp_path, "-n", "--configfile", str(write_yaml(tmp_path / "c.yaml", config)))
+    assert result.returncode != 0
+    assert "config key report.published: resources/publshed-results.csv is no file" in result.stdout + result.stderr

@@ -114,6 +114,13 @@ BASELINES = STUDY.baselines
 PUBLISHED_MODELS = config["published_models"]
 TEST_SETS = config["test_sets"]
 RESULTS = config["results"]
+# Checked here: a mistyped path would otherwise go unnoticed while a report exists.
+PUBLISHED_RESULTS = config["report"]["published"] and workflow_file(config["report"]["published"])
+if PUBLISHED_RESULTS and not Path(PUBLISHED_RESULTS).is_file():
+    raise WorkflowError(
+        f"config key report.published: {config['report']['published']} is no file, here or in the "
+        "workflow's folder; give the published results table (resources/published-results.csv) or null"
+    )
 # Every job's command line (geoloc.jobs); the rules pass its parts as params `settings` and `runtime`.
 JOBS = jobs.Jobs(config, STUDY, registry=WEIGHTS_REGISTRY, catalog=CATALOG)
 
@@ -177,8 +184,7 @@ def weights_of(table: dict, key: str):
 
 
 def published_results(wildcards) -> str | list:
-    published = config["report"]["published"]
-    return [] if published is None else workflow_file(published)
+    return [] if PUBLISHED_RESULTS is None else PUBLISHED_RESULTS
 
 
 # ---------------------------------------------------------------- resources
