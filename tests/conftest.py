@@ -74,3 +74,13 @@ def pytest_collection_modifyitems(config, items):
         slow = item.get_closest_marker("slow")
         minutes[item.path] = max(minutes.get(item.path, 0), slow.kwargs.get("minutes", 1) if slow else 0)
     items.sort(key=lambda item: -minutes[item.path])  # stable: files and tests keep their order
+
+
+@pytest.fixture(autouse=True)
+def _logging_enabled_again():
+    """`geoloc.cli.main` silences logging after its error line (the process ends there); a test
+    that calls it in-process must not silence the tests after it in the same worker."""
+    yield
+    import logging
+
+    logging.disable(logging.NOTSET)
