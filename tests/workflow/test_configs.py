@@ -68,12 +68,13 @@ def test_shipped_weights_registry_covers_every_pretrained_study_run():
     assert set(BACKBONES) == {run.backbone for run in runs.values()}
 
 
-def test_demo_config_is_random_initialisation_of_two_backbones_in_both_precisions():
+def test_demo_config_is_random_initialisation_with_two_seeds_a_sweep_and_both_precisions():
     config = load_validated(DEMO_CONFIG)
     runs = grid.expand_grid(config["grid"], config["training"])
-    assert list(runs) == ["resnet18-none-fp32-s0", "mobilenet_v3_small-none-fp32-s0-short",
-                          "mobilenet_v3_small-none-amp-s0-short"]
+    assert list(runs) == ["timm_resnet10t-none-fp32-s0-it1000", "timm_resnet10t-none-fp32-s1-it1000",
+                          "timm_resnet10t-none-fp32-s0-it700", "timm_resnet10t-none-amp-s0-short"]
     assert {run.pretraining for run in runs.values()} == {"none"}
+    assert config["reference"] == "timm_resnet10t-none-fp32-s0-it1000"
     assert config["synthetic"]["enabled"] and config["results"] == "results/demo"
     assert config["datasets_root"].startswith("results/demo/")
 
