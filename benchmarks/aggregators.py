@@ -59,17 +59,24 @@ def head_row(name: str, backbone: str, size: int, args: argparse.Namespace, devi
     from geoloc.model.aggregators.layers import build_aggregator, resolve_hyperparameters
 
     side = size // STRIDE
-    params = resolve_hyperparameters(name, FEATURES[backbone], fc_output_dim=args.fc_output_dim,
-                                     feature_hw=(side, side), vit=False)
+    params = resolve_hyperparameters(
+        name, FEATURES[backbone], fc_output_dim=args.fc_output_dim, feature_hw=(side, side), vit=False
+    )
     head = build_aggregator(name, params).to(device).eval()
     maps = torch.rand(args.batch_size, FEATURES[backbone], side, side, device=device)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         head(maps[:1])
     with torch.no_grad():
         seconds = median_seconds(lambda: head(maps), args.repeats, device)
-    return {"aggregator": name, "backbone": backbone, "image_size": size, "descriptor_dim": head.out_dim,
-            "params_m": sum(p.numel() for p in head.parameters()) / 1e6,
-            "gflops": counter.get_total_flops() / 1e9, "images_per_second": args.batch_size / seconds}
+    return {
+        "aggregator": name,
+        "backbone": backbone,
+        "image_size": size,
+        "descriptor_dim": head.out_dim,
+        "params_m": sum(p.numel() for p in head.parameters()) / 1e6,
+        "gflops": counter.get_total_flops() / 1e9,
+        "images_per_second": args.batch_size / seconds,
+    }
 
 
 def network_row(args: argparse.Namespace, device: torch.device) -> dict:
@@ -92,8 +99,12 @@ def main() -> None:
     else:
         from geoloc.model.aggregators import AGGREGATORS  # here: --network also runs on checkouts without it
 
-        rows = [head_row(name, backbone, size, args, device)
-                for backbone in FEATURES for size in SIZES for name in AGGREGATORS]
+        rows = [
+            head_row(name, backbone, size, args, device)
+            for backbone in FEATURES
+            for size in SIZES
+            for name in AGGREGATORS
+        ]
         gem = {(r["backbone"], r["image_size"]): r for r in rows if r["aggregator"] == "gem"}
         for row in rows:
             base = gem[(row["backbone"], row["image_size"])]

@@ -16,7 +16,7 @@ import sys
 import time
 import zlib
 from concurrent.futures import ProcessPoolExecutor
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -34,21 +34,30 @@ OUT = Path(os.environ.get("OUT") or BENCHMARKS / "out")
 DEMO_BACKBONES = ("resnet18", "mobilenet_v3_small", "efficientnet_b0")  # config/demo.yaml's grid
 
 
-def add_common_arguments(parser: argparse.ArgumentParser, *, image_size: int, batch_size: int,
-                         backbones: tuple[str, ...], out_name: str) -> None:
+def add_common_arguments(
+    parser: argparse.ArgumentParser, *, image_size: int, batch_size: int, backbones: tuple[str, ...], out_name: str
+) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--precision", choices=("fp32", "amp"), default="fp32")
     parser.add_argument("--image-size", type=int, default=image_size)
     parser.add_argument("--batch-size", type=int, default=batch_size)
     parser.add_argument("--backbones", default=",".join(backbones), help="comma-separated")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads (default 1: on a shared machine, OpenMP threads that "
-                             "wait for a busy core make 2 threads slower than 1)")
-    parser.add_argument("--cudnn-benchmark", action="store_true",
-                        help="let cuDNN time its algorithms for each shape (as geoloc.train.trainer does for "
-                             "its training batches on CUDA)")
-    parser.add_argument("--data-root", type=Path, default=OUT / "data",
-                        help="synthetic cities are generated here once and reused")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1: on a shared machine, OpenMP threads that "
+        "wait for a busy core make 2 threads slower than 1)",
+    )
+    parser.add_argument(
+        "--cudnn-benchmark",
+        action="store_true",
+        help="let cuDNN time its algorithms for each shape (as geoloc.train.trainer does for "
+        "its training batches on CUDA)",
+    )
+    parser.add_argument(
+        "--data-root", type=Path, default=OUT / "data", help="synthetic cities are generated here once and reused"
+    )
     parser.add_argument("--out", type=Path, default=OUT / out_name, help="JSON file to write")
 
 
@@ -118,9 +127,20 @@ class ComputeOnlyStep:
     transfer, reading of the losses or bookkeeping.
     """
 
-    def __init__(self, model: torch.nn.Module, model_opt: torch.optim.Optimizer, n_classes: int, *,
-                 batch_size: int, image_size: int, precision: str, device: torch.device,
-                 loss: str = "cosface", classifier_lr: float = 0.01, layout_channels_last: bool | None = None) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        model_opt: torch.optim.Optimizer,
+        n_classes: int,
+        *,
+        batch_size: int,
+        image_size: int,
+        precision: str,
+        device: torch.device,
+        loss: str = "cosface",
+        classifier_lr: float = 0.01,
+        layout_channels_last: bool | None = None,
+    ) -> None:
         self.model, self.model_opt, self.precision, self.device = model, model_opt, precision, device
         self.classifier = build_classifier(loss, model.fc_output_dim, n_classes).to(device)
         self.classifier_opt = adam(self.classifier.parameters(), classifier_lr, device)
@@ -159,10 +179,15 @@ def synchronize(device: torch.device) -> None:
 # -- output ----------------------------------------------------------------------------------------
 def machine(device: torch.device) -> dict:
     """What the figures were measured on, including the load of a shared machine."""
-    info = {"measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "host_cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()],
-            "device": str(device), "python": platform.python_version(), "torch": torch.__version__}
+    info = {
+        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "host_cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()],
+        "device": str(device),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     else:

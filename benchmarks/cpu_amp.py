@@ -27,8 +27,9 @@ COLUMNS = ["backbone", "fp32_nchw", "fp32_cl", "amp_nchw", "amp_cl", "amp_cl_vs_
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_arguments(parser, image_size=64, batch_size=32, backbones=("resnet18", "mobilenet_v3_small"),
-                         out_name="cpu_amp.json")
+    add_common_arguments(
+        parser, image_size=64, batch_size=32, backbones=("resnet18", "mobilenet_v3_small"), out_name="cpu_amp.json"
+    )
     parser.add_argument("--seconds", type=float, default=6.0, help="length of one round of one cell")
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
@@ -53,9 +54,16 @@ def measure(backbone: str, args: argparse.Namespace, device: torch.device) -> di
         if layout:
             model = model.to(memory_format=torch.channels_last)
         optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-5)
-        steps[precision, layout] = ComputeOnlyStep(model, optimizer, 100, batch_size=args.batch_size,
-                                                   image_size=args.image_size, precision=precision,
-                                                   device=device, layout_channels_last=layout)
+        steps[precision, layout] = ComputeOnlyStep(
+            model,
+            optimizer,
+            100,
+            batch_size=args.batch_size,
+            image_size=args.image_size,
+            precision=precision,
+            device=device,
+            layout_channels_last=layout,
+        )
     best = dict.fromkeys(steps, 0.0)
     for _ in range(args.rounds):
         for cell, step in steps.items():
@@ -73,8 +81,9 @@ def main() -> None:
     device = setup(args)
     rows = [measure(backbone, args, device) for backbone in args.backbones]
     print_table(rows, COLUMNS)
-    write_json(args.out, {"benchmark": "cpu_amp", "machine": machine(device), "settings": settings_of(args),
-                          "results": rows})
+    write_json(
+        args.out, {"benchmark": "cpu_amp", "machine": machine(device), "settings": settings_of(args), "results": rows}
+    )
 
 
 if __name__ == "__main__":

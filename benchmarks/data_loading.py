@@ -12,8 +12,9 @@ What a loader worker costs: the first 8 groups (as CosPlace trains SF-XL: groups
 image of them once, as `__getitem__` does before decoding; the memory that dirtied
 (Private_Dirty in smaps: pages copied for reference-count updates) is memory each worker holds
 of its own. Then it runs the garbage collector once (as an epoch's allocations make it run),
-which writes to every container object it traverses, Python's and torch's own included. The same groups held as lists of Paths (geoloc's
-representation before) are measured the same way, side by side.
+which writes to every container object it traverses, Python's and torch's own included. The
+same groups held as lists of Paths (geoloc's representation before) are measured the same way,
+side by side.
 
 Decoding: `data.read_image` at 512 px of 512 px JPEGs (SF-XS-like copies of the synthetic city,
 about 48 kB each), in this process and through DataLoader workers: wall images/s, and images
@@ -88,14 +89,32 @@ def main() -> None:
             print_table(worker_rows[-1:], WORKER_COLUMNS)
     decode_rows = [] if args.skip_decoding else decoding(args)
     print()
-    for rows, columns in ((listing_rows, LISTING_COLUMNS), (worker_rows, WORKER_COLUMNS), (decode_rows, DECODE_COLUMNS)):
+    for rows, columns in (
+        (listing_rows, LISTING_COLUMNS),
+        (worker_rows, WORKER_COLUMNS),
+        (decode_rows, DECODE_COLUMNS),
+    ):
         if rows:
             print_table(rows, columns)
             print()
-    write_json(args.out, {"benchmark": "data_loading", "machine": machine(torch.device("cpu")),
-                          "settings": {**GROUPS, "trained_groups": TRAINED_GROUPS, "names": args.names,
-                                       "workers": args.workers, "rounds": args.rounds, "decode_size": DECODE_SIZE},
-                          "listing": listing_rows, "workers": worker_rows, "decoding": decode_rows})
+    write_json(
+        args.out,
+        {
+            "benchmark": "data_loading",
+            "machine": machine(torch.device("cpu")),
+            "settings": {
+                **GROUPS,
+                "trained_groups": TRAINED_GROUPS,
+                "names": args.names,
+                "workers": args.workers,
+                "rounds": args.rounds,
+                "decode_size": DECODE_SIZE,
+            },
+            "listing": listing_rows,
+            "workers": worker_rows,
+            "decoding": decode_rows,
+        },
+    )
 
 
 # -- listing and grouping ----------------------------------------------------------------------------
@@ -115,16 +134,24 @@ def name_folder(root: Path, count: int) -> Path:
         sub = folder / f"{pano * FOLDERS // panos:04d}"
         if index % HEADINGS == 0:
             sub.mkdir(parents=True, exist_ok=True)
-        name = format_image_name(east[pano], north[pano], 30.0 * (index % HEADINGS), utm_zone="10",
-                                 zone_letter="S", pano_id=f"{pano_ids[pano]:016x}", timestamp="201311")
+        name = format_image_name(
+            east[pano],
+            north[pano],
+            30.0 * (index % HEADINGS),
+            utm_zone="10",
+            zone_letter="S",
+            pano_id=f"{pano_ids[pano]:016x}",
+            timestamp="201311",
+        )
         os.close(os.open(sub / name, os.O_CREAT | os.O_WRONLY, 0o644))
     (folder / ".complete").touch()
     return folder
 
 
 def _in_child(folder: Path, cache: Path, what: str) -> dict:
-    result = subprocess.run([sys.executable, __file__, "--child", str(folder), str(cache), what],
-                            capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, __file__, "--child", str(folder), str(cache), what], capture_output=True, text=True, check=True
+    )
     return json.loads(result.stdout)
 
 
@@ -136,10 +163,21 @@ def _child(folder: Path, cache: Path, what: str) -> dict:
     groups = build_groups(folder, **GROUPS, cache_dir=cache)
     seconds = time.perf_counter() - start
     if what == "groups":
-        held = (groups.images.nbytes + groups.class_starts.nbytes + groups.group_starts.nbytes
-                + groups.listing.names.buffer.nbytes + groups.listing.names.offsets.nbytes)
-        return {"seconds": seconds, "peak_rss_mb": _peak_rss_mb() - before, "held_mb": held / 2**20,
-                "groups": len(groups), "classes": len(groups.class_starts) - 1, "images": len(groups.images)}
+        held = (
+            groups.images.nbytes
+            + groups.class_starts.nbytes
+            + groups.group_starts.nbytes
+            + groups.listing.names.buffer.nbytes
+            + groups.listing.names.offsets.nbytes
+        )
+        return {
+            "seconds": seconds,
+            "peak_rss_mb": _peak_rss_mb() - before,
+            "held_mb": held / 2**20,
+            "groups": len(groups),
+            "classes": len(groups.class_starts) - 1,
+            "images": len(groups.images),
+        }
     datasets = [TrainGroupDataset(groups[g], DECODE_SIZE) for g in range(TRAINED_GROUPS)]
     before = _rss_mb()
     if what == "paths":  # each class a list of Paths, as geoloc held them before
@@ -163,8 +201,12 @@ def _child(folder: Path, cache: Path, what: str) -> dict:
     with os.fdopen(read) as pipe:
         lookup_mb, after_gc_mb, count = json.loads(pipe.read())
     os.waitpid(pid, 0)
-    return {"parent_mb": parent_mb, "worker_dirty_mb": lookup_mb, "worker_dirty_after_gc_mb": after_gc_mb,
-            "images_looked_up": count}
+    return {
+        "parent_mb": parent_mb,
+        "worker_dirty_mb": lookup_mb,
+        "worker_dirty_after_gc_mb": after_gc_mb,
+        "images_looked_up": count,
+    }
 
 
 def _look_up_packed(datasets: list[TrainGroupDataset]) -> int:
@@ -218,12 +260,20 @@ def decoding(args: argparse.Namespace) -> list[dict]:
             read_image(path, DECODE_SIZE)
         walls.append(time.perf_counter() - wall)
         cpus.append(time.process_time() - cpu)
-    rows.append({"loader": "read_image in this process", "workers": 0, "images": len(paths),
-                 "img_s": len(paths) / min(walls), "img_per_cpu_s": len(paths) / min(cpus)})
+    rows.append(
+        {
+            "loader": "read_image in this process",
+            "workers": 0,
+            "images": len(paths),
+            "img_s": len(paths) / min(walls),
+            "img_per_cpu_s": len(paths) / min(cpus),
+        }
+    )
     print_table(rows[-1:], DECODE_COLUMNS)
     for workers in args.workers:
-        loader = torch.utils.data.DataLoader(ImageListDataset(paths, DECODE_SIZE), batch_size=32,
-                                             num_workers=workers, prefetch_factor=4)
+        loader = torch.utils.data.DataLoader(
+            ImageListDataset(paths, DECODE_SIZE), batch_size=32, num_workers=workers, prefetch_factor=4
+        )
         walls, cpus = [], []
         for _ in range(args.rounds):
             # The workers of one pass are the children that exit when it ends: their CPU time
@@ -234,8 +284,15 @@ def decoding(args: argparse.Namespace) -> list[dict]:
             walls.append(time.perf_counter() - wall)
             after = resource.getrusage(resource.RUSAGE_CHILDREN)
             cpus.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
-        rows.append({"loader": "DataLoader, batch 32", "workers": workers, "images": count,
-                     "img_s": count / min(walls), "img_per_cpu_s": count / min(cpus)})
+        rows.append(
+            {
+                "loader": "DataLoader, batch 32",
+                "workers": workers,
+                "images": count,
+                "img_s": count / min(walls),
+                "img_per_cpu_s": count / min(cpus),
+            }
+        )
         print_table(rows[-1:], DECODE_COLUMNS)
     return rows
 

@@ -35,8 +35,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--num-workers", type=int, default=0, help="loader processes per rank")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--source-pixels", type=int, default=None, help="train on JPEG copies of this size")
-    parser.add_argument("--data-root", type=Path, default=OUT / "data",
-                        help="synthetic cities are generated here once and reused")
+    parser.add_argument(
+        "--data-root", type=Path, default=OUT / "data", help="synthetic cities are generated here once and reused"
+    )
     parser.add_argument("--out", type=Path, default=None)
     return parser.parse_args()
 
@@ -44,15 +45,59 @@ def parse_args() -> argparse.Namespace:
 def images_per_second(args: argparse.Namespace, ranks: int, city: Path, val: Path, scratch: Path) -> float:
     out = scratch / f"run-{ranks}"
     threads = args.num_workers + 1  # per rank: one torch thread beside its loader workers
-    command = [sys.executable, "-m", "geoloc.cli", "train", "--train-dir", str(city / "sf_xs" / "train"),
-               "--val-dir", str(val / "sf_xs" / "val"), "--out-dir", str(out),
-               "--checkpoint-dir", str(scratch / f"ckpt-{ranks}"), "--cache-dir", str(args.data_root / "groups"),
-               "--run-name", "bench", "--backbone", args.backbone, "--weights", "none", "--device", args.device,
-               "--precision", args.precision, "--num-workers", str(args.num_workers), "--epochs", "1",
-               "--iterations-per-epoch", str(args.iterations), "--image-size", str(args.image_size),
-               "--batch-size", str(args.batch_size), "--lr", "1e-3", "--alpha", "45", "--N", "2", "--L", "2",
-               "--min-images-per-class", "4", "--checkpoint-every", str(10**6), "--fresh",
-               "--nproc", str(ranks), "--threads", str(threads * ranks)]
+    command = [
+        sys.executable,
+        "-m",
+        "geoloc.cli",
+        "train",
+        "--train-dir",
+        str(city / "sf_xs" / "train"),
+        "--val-dir",
+        str(val / "sf_xs" / "val"),
+        "--out-dir",
+        str(out),
+        "--checkpoint-dir",
+        str(scratch / f"ckpt-{ranks}"),
+        "--cache-dir",
+        str(args.data_root / "groups"),
+        "--run-name",
+        "bench",
+        "--backbone",
+        args.backbone,
+        "--weights",
+        "none",
+        "--device",
+        args.device,
+        "--precision",
+        args.precision,
+        "--num-workers",
+        str(args.num_workers),
+        "--epochs",
+        "1",
+        "--iterations-per-epoch",
+        str(args.iterations),
+        "--image-size",
+        str(args.image_size),
+        "--batch-size",
+        str(args.batch_size),
+        "--lr",
+        "1e-3",
+        "--alpha",
+        "45",
+        "--N",
+        "2",
+        "--L",
+        "2",
+        "--min-images-per-class",
+        "4",
+        "--checkpoint-every",
+        str(10**6),
+        "--fresh",
+        "--nproc",
+        str(ranks),
+        "--threads",
+        str(threads * ranks),
+    ]
     subprocess.run(command, check=True, capture_output=True, text=True)
     return json.loads((out / "train.json").read_text())["images_per_second"]
 
@@ -71,13 +116,23 @@ def main() -> None:
     rows = []
     for n in counts:
         rate = statistics.median(samples[n])
-        rows.append({"ranks": n, "images_per_second": rate,
-                     "scaling_efficiency": rate / (n * single) if single else None})
-        print(f"{n} rank(s): {rate:8.1f} images/s" + (f", scaling efficiency {rate / (n * single):.2f}" if single else ""))
-    write_json(args.out or OUT / f"ddp_scaling_{args.device}.json",
-               {"benchmark": "ddp_scaling", "host_cpus": os.cpu_count(), "load_average": os.getloadavg(),
-                "settings": {k: str(v) for k, v in vars(args).items()}, "results": rows,
-                "samples": {str(n): s for n, s in samples.items()}})
+        rows.append(
+            {"ranks": n, "images_per_second": rate, "scaling_efficiency": rate / (n * single) if single else None}
+        )
+        print(
+            f"{n} rank(s): {rate:8.1f} images/s" + (f", scaling efficiency {rate / (n * single):.2f}" if single else "")
+        )
+    write_json(
+        args.out or OUT / f"ddp_scaling_{args.device}.json",
+        {
+            "benchmark": "ddp_scaling",
+            "host_cpus": os.cpu_count(),
+            "load_average": os.getloadavg(),
+            "settings": {k: str(v) for k, v in vars(args).items()},
+            "results": rows,
+            "samples": {str(n): s for n, s in samples.items()},
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -33,8 +33,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--images", type=int, default=200, help="JPEGs decoded per measurement")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3, help="best of this many timings")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="where the augmentation runs (default: cuda when there is one)")
+    parser.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="where the augmentation runs (default: cuda when there is one)",
+    )
     return parser.parse_args()
 
 
@@ -66,7 +69,7 @@ def main() -> None:
     for image_size in args.image_sizes:
         for variant, side in (("before", image_size), ("after", decode_size(image_size, STORED))):
             seconds = best_seconds(lambda side=side: [read_image(path, side) for path in paths], args.repeats)
-            batch = torch.stack([read_image(path, side) for path in paths[:args.batch_size]]).to(device)
+            batch = torch.stack([read_image(path, side) for path in paths[: args.batch_size]]).to(device)
 
             def augment(batch=batch, image_size=image_size):
                 augment_batch(batch, image_size, torch.Generator(device).manual_seed(0))
@@ -74,11 +77,17 @@ def main() -> None:
 
             augment()  # warm-up: kernels, allocator
             augment_seconds = best_seconds(augment, args.repeats)
-            rows.append({"image_size": image_size, "variant": variant, "decoded_px": side,
-                         "decode_img_s": len(paths) / seconds, "augment_ms_per_batch": 1000 * augment_seconds})
+            rows.append(
+                {
+                    "image_size": image_size,
+                    "variant": variant,
+                    "decoded_px": side,
+                    "decode_img_s": len(paths) / seconds,
+                    "augment_ms_per_batch": 1000 * augment_seconds,
+                }
+            )
     print_table(rows, COLUMNS)
-    write_json(OUT / "decode_size.json", {"machine": machine(device), "settings": vars(args),
-                                          "rows": rows})
+    write_json(OUT / "decode_size.json", {"machine": machine(device), "settings": vars(args), "rows": rows})
 
 
 if __name__ == "__main__":

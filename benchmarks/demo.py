@@ -54,17 +54,26 @@ def run_demo() -> dict:
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
         sys.exit(f"make demo failed (exit {done.returncode}):\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
-    return {"wall_seconds": round(wall, 1), "cpu_seconds": round(children.ru_utime + children.ru_stime, 1),
-            "host_cpus": os.cpu_count(), "load_average_before": [round(x, 2) for x in load_before],
-            "load_average_after": [round(x, 2) for x in os.getloadavg()],
-            "last_lines": done.stdout.strip().splitlines()[-2:]}
+    return {
+        "wall_seconds": round(wall, 1),
+        "cpu_seconds": round(children.ru_utime + children.ru_stime, 1),
+        "host_cpus": os.cpu_count(),
+        "load_average_before": [round(x, 2) for x in load_before],
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        "last_lines": done.stdout.strip().splitlines()[-2:],
+    }
 
 
 def promises() -> dict:
     """The demo report's figures behind each promise."""
     _, plan = read_config(RESULTS / "config.yaml")
-    study = load_study(RESULTS / "recalls.csv", RESULTS / "runs", RESULTS / "baselines", plan.config.get("reference"),
-                       list(plan.runs) + list(plan.baselines))
+    study = load_study(
+        RESULTS / "recalls.csv",
+        RESULTS / "runs",
+        RESULTS / "baselines",
+        plan.config.get("reference"),
+        list(plan.runs) + list(plan.baselines),
+    )
     variants = {}
     for variant in study.variants:
         baseline = study.baseline_of(variant)
@@ -72,18 +81,29 @@ def promises() -> dict:
         low, high = interval(study.recall_samples(variant, "sf_xs") - study.recall_samples(baseline, "sf_xs"))
         per_run = {run: round(r1 - untrained.recalls[1], 1) for run, r1 in zip(trained.runs, trained.run_recalls[1])}
         learning = study.learning(variant)
-        holds = (min(per_run.values()) >= MIN_GAIN and low > 0 if variant.precision == "fp32"
-                 else learning.learnt or bool(learning.reasons))
-        variants[variant.name] = {"precision": variant.precision,
-                                  "sf_xs_gain": round(trained.recalls[1] - untrained.recalls[1], 1),
-                                  "sf_xs_ci": [round(low, 1), round(high, 1)], "sf_xs_gain_per_run": per_run,
-                                  "learnt": learning.learnt, "reasons": learning.reasons, "holds": holds}
+        holds = (
+            min(per_run.values()) >= MIN_GAIN and low > 0
+            if variant.precision == "fp32"
+            else learning.learnt or bool(learning.reasons)
+        )
+        variants[variant.name] = {
+            "precision": variant.precision,
+            "sf_xs_gain": round(trained.recalls[1] - untrained.recalls[1], 1),
+            "sf_xs_ci": [round(low, 1), round(high, 1)],
+            "sf_xs_gain_per_run": per_run,
+            "learnt": learning.learnt,
+            "reasons": learning.reasons,
+            "holds": holds,
+        }
     swept: dict[str, set] = {}
     for run in plan.runs.values():
         for key in run.swept:
             swept.setdefault(key, set()).add(run.training[key])
-    return {"variants": variants, "swept": {key: sorted(values) for key, values in swept.items() if len(values) > 1},
-            "seeds": {v.name: len(study.runs[v]) for v in study.variants}}
+    return {
+        "variants": variants,
+        "swept": {key: sorted(values) for key, values in swept.items() if len(values) > 1},
+        "seeds": {v.name: len(study.runs[v]) for v in study.variants},
+    }
 
 
 def main() -> None:
@@ -94,9 +114,12 @@ def main() -> None:
         shutil.rmtree(RESULTS)
     timing = run_demo()
     found = promises()
-    failed = [f"{name}: {v['sf_xs_gain_per_run']} points over its baseline, CI {v['sf_xs_ci']}"
-              + ("" if v["precision"] == "fp32" else ", not labelled 'did not learn' with a reason")
-              for name, v in found["variants"].items() if not v["holds"]]
+    failed = [
+        f"{name}: {v['sf_xs_gain_per_run']} points over its baseline, CI {v['sf_xs_ci']}"
+        + ("" if v["precision"] == "fp32" else ", not labelled 'did not learn' with a reason")
+        for name, v in found["variants"].items()
+        if not v["holds"]
+    ]
     if not found["swept"]:
         failed.append("no training setting swept over two or more values")
     if max(found["seeds"].values(), default=0) < 2:
@@ -105,12 +128,16 @@ def main() -> None:
         failed.append(f"took {timing['wall_seconds'] / 60:.1f} min, over {args.limit_minutes} min")
     write_json(args.out, {"benchmark": "demo", **timing, **found, "failed": failed})
     minutes, seconds = divmod(round(timing["wall_seconds"]), 60)
-    print(f"make demo: {minutes} min {seconds} s wall, {timing['cpu_seconds'] / 60:.1f} min CPU, "
-          f"{timing['host_cpus']} CPUs, load before {timing['load_average_before']}")
+    print(
+        f"make demo: {minutes} min {seconds} s wall, {timing['cpu_seconds'] / 60:.1f} min CPU, "
+        f"{timing['host_cpus']} CPUs, load before {timing['load_average_before']}"
+    )
     for name, v in found["variants"].items():
-        print(f"  {name}, {found['seeds'][name]} seed(s): {v['sf_xs_gain']:+} points of SF-XS R@1 over its "
-              f"baseline, 95% CI {v['sf_xs_ci']}, per run {v['sf_xs_gain_per_run']}"
-              + ("" if v["learnt"] else f"; did not learn: {'; '.join(v['reasons']) or 'no reason given'}"))
+        print(
+            f"  {name}, {found['seeds'][name]} seed(s): {v['sf_xs_gain']:+} points of SF-XS R@1 over its "
+            f"baseline, 95% CI {v['sf_xs_ci']}, per run {v['sf_xs_gain_per_run']}"
+            + ("" if v["learnt"] else f"; did not learn: {'; '.join(v['reasons']) or 'no reason given'}")
+        )
     print(f"  swept: {found['swept']}")
     if failed:
         sys.exit("demo promises broken:\n  " + "\n  ".join(failed))

@@ -33,8 +33,17 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from common import (DEMO_BACKBONES, add_common_arguments, machine, print_table, settings_of, setup, synchronize,
-                    synthetic_city, write_json)
+from common import (
+    DEMO_BACKBONES,
+    add_common_arguments,
+    machine,
+    print_table,
+    settings_of,
+    setup,
+    synchronize,
+    synthetic_city,
+    write_json,
+)
 from PIL import Image
 
 from geoloc.data.datasets import TestSet
@@ -43,9 +52,19 @@ from geoloc.evaluate.descriptors import compute_descriptors
 from geoloc.model.cost import inference_latency_ms
 from geoloc.model.network import build_model
 
-COLUMNS = ["backbone", "images", "compute_img_s", "resized_img_s", "native_img_s", "native_over_resized",
-           "native_over_resized_pixels", "native_over_resized_cpu", "resized_efficiency", "resized_cpu_efficiency",
-           "header_share"]
+COLUMNS = [
+    "backbone",
+    "images",
+    "compute_img_s",
+    "resized_img_s",
+    "native_img_s",
+    "native_over_resized",
+    "native_over_resized_pixels",
+    "native_over_resized_cpu",
+    "resized_efficiency",
+    "resized_cpu_efficiency",
+    "header_share",
+]
 WARMUP = 2
 # Query shapes as (width, height) in units of P/16: 20x15 is 640x480 at P = 512.
 QUERY_SHAPES = ((20, 15), (15, 20), (16, 16))
@@ -53,12 +72,15 @@ QUERY_SHAPES = ((20, 15), (15, 20), (16, 16))
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_arguments(parser, image_size=64, batch_size=64, backbones=DEMO_BACKBONES,
-                         out_name="eval_pipeline.json")
+    add_common_arguments(parser, image_size=64, batch_size=64, backbones=DEMO_BACKBONES, out_name="eval_pipeline.json")
     parser.add_argument("--city", choices=("tiny", "demo"), default="demo")
     parser.add_argument("--test-set", default="sf_xs/test", help="folder under the city")
-    parser.add_argument("--source-pixels", type=int, default=None,
-                        help="P, the database images' side (default: --image-size); 512 for SF-XS-like JPEGs")
+    parser.add_argument(
+        "--source-pixels",
+        type=int,
+        default=None,
+        help="P, the database images' side (default: --image-size); 512 for SF-XS-like JPEGs",
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--num-workers", type=int, default=0, help="loader processes (config/demo.yaml: 0)")
     return parser.parse_args()
@@ -95,50 +117,82 @@ def main() -> None:
     device = setup(args)
     pixels = args.source_pixels or args.image_size
     city = synthetic_city(args.data_root, args.city)
-    folder = mixed_size_copy(city / args.test_set, args.data_root / f"{city.name}-{args.test_set.replace('/', '-')}"
-                             f"-mixed-{pixels}px", pixels)
+    folder = mixed_size_copy(
+        city / args.test_set, args.data_root / f"{city.name}-{args.test_set.replace('/', '-')}-mixed-{pixels}px", pixels
+    )
     test_set = TestSet(folder)
     paths = test_set.database_paths + test_set.queries_paths
     sizes = image_sizes(paths)
     native_pixels = sum(height * width for height, width in sizes)
     batches = -(-len(paths) // args.batch_size)
-    options = dict(batch_size=args.batch_size, device=device, num_workers=args.num_workers,
-                   autocast=args.precision == "amp")
+    options = dict(
+        batch_size=args.batch_size, device=device, num_workers=args.num_workers, autocast=args.precision == "amp"
+    )
     rows = []
     for backbone in args.backbones:
         model = build_model(backbone).to(device)
         rounds = []
         for _ in range(args.rounds):
             cpu_start = time.process_time()
-            latency_ms = inference_latency_ms(model, args.image_size, device, args.precision,
-                                              batch_size=args.batch_size, repeats=batches, warmup=WARMUP)
+            latency_ms = inference_latency_ms(
+                model,
+                args.image_size,
+                device,
+                args.precision,
+                batch_size=args.batch_size,
+                repeats=batches,
+                warmup=WARMUP,
+            )
             compute_cpu = (time.process_time() - cpu_start) / (batches + WARMUP) / args.batch_size
             header, _ = _seconds(lambda: image_sizes(paths, args.num_workers), device)
             native, native_cpu = _seconds(lambda: compute_descriptors(model, paths, **options), device)
-            resized, resized_cpu = _seconds(lambda: compute_descriptors(
-                model, paths, resize=(args.image_size, args.image_size), **options), device)
+            resized, resized_cpu = _seconds(
+                lambda: compute_descriptors(model, paths, resize=(args.image_size, args.image_size), **options), device
+            )
             compute = 1000.0 * args.batch_size / latency_ms
-            rounds.append({
-                "compute_img_s": compute, "resized_img_s": len(paths) / resized, "native_img_s": len(paths) / native,
-                "native_over_resized": resized / native,
-                "native_over_resized_pixels": (native_pixels / native) / (len(paths) * args.image_size**2 / resized),
-                "resized_efficiency": len(paths) / resized / compute, "header_share": header / native,
-            })
+            rounds.append(
+                {
+                    "compute_img_s": compute,
+                    "resized_img_s": len(paths) / resized,
+                    "native_img_s": len(paths) / native,
+                    "native_over_resized": resized / native,
+                    "native_over_resized_pixels": (native_pixels / native)
+                    / (len(paths) * args.image_size**2 / resized),
+                    "resized_efficiency": len(paths) / resized / compute,
+                    "header_share": header / native,
+                }
+            )
             if args.num_workers == 0 and device.type == "cpu":  # this process does all the work
                 rounds[-1]["native_over_resized_cpu"] = resized_cpu / native_cpu
                 rounds[-1]["resized_cpu_efficiency"] = compute_cpu * len(paths) / resized_cpu
         counted = rounds[1:] or rounds
-        rows.append({"backbone": backbone, "images": len(paths), "native_over_resized_cpu": None,
-                     "resized_cpu_efficiency": None,
-                     **{key: statistics.median(r[key] for r in counted) for key in rounds[0]},
-                     "native_over_resized_range": [min(r["native_over_resized"] for r in counted),
-                                                   max(r["native_over_resized"] for r in counted)],
-                     "rounds": rounds})
+        rows.append(
+            {
+                "backbone": backbone,
+                "images": len(paths),
+                "native_over_resized_cpu": None,
+                "resized_cpu_efficiency": None,
+                **{key: statistics.median(r[key] for r in counted) for key in rounds[0]},
+                "native_over_resized_range": [
+                    min(r["native_over_resized"] for r in counted),
+                    max(r["native_over_resized"] for r in counted),
+                ],
+                "rounds": rounds,
+            }
+        )
         print_table(rows[-1:], COLUMNS)
     print()
     print_table(rows, COLUMNS)
-    write_json(args.out, {"benchmark": "eval_pipeline", "machine": machine(device), "settings": settings_of(args),
-                          "image_sizes": sorted({f"{w}x{h}" for h, w in sizes}), "results": rows})
+    write_json(
+        args.out,
+        {
+            "benchmark": "eval_pipeline",
+            "machine": machine(device),
+            "settings": settings_of(args),
+            "image_sizes": sorted({f"{w}x{h}" for h, w in sizes}),
+            "results": rows,
+        },
+    )
 
 
 def _seconds(run, device) -> tuple[float, float]:

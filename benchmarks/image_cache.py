@@ -4,8 +4,8 @@ For each case (source JPEG size -> training size), the training images of a synt
 (the tiny city by default; its 512 px copies stand in for SF-XS's 512 px JPEGs) are read in
 a random order, as the training sampler reads them: once decoded and resized by `read_image`,
 once from an image cache built over them (its build time, as the cache's index records it, is
-reported, with --workers loader processes). Both run in this one process, on one thread, alternating for --rounds rounds;
-the best round of each counts (the machine may be shared).
+reported, with --workers loader processes). Both run in this one process, on one thread,
+alternating for --rounds rounds; the best round of each counts (the machine may be shared).
 
     python benchmarks/image_cache.py
     python benchmarks/image_cache.py --city demo --workers 2
@@ -27,8 +27,7 @@ from geoloc.data.images import read_image
 from geoloc.data.listing import list_images
 
 CASES = ((None, 64), (512, 64), (512, 512))  # (source pixels: None = as rendered, 64 px; training size)
-COLUMNS = ["source_px", "size_px", "images", "decode_img_s", "cache_img_s", "speedup", "build_seconds",
-           "cache_mb"]
+COLUMNS = ["source_px", "size_px", "images", "decode_img_s", "cache_img_s", "speedup", "build_seconds", "cache_mb"]
 
 
 def parse_args() -> argparse.Namespace:
@@ -55,16 +54,30 @@ def main() -> None:
             for _ in range(args.rounds):
                 decode.append(_rate(lambda: _each(order, lambda path: read_image(path, size))))
                 cached.append(_rate(lambda: _each(rows_of, cache.get)))
-            rows.append({"source_px": source_pixels or 64, "size_px": size, "images": len(paths),
-                         "decode_img_s": max(decode), "cache_img_s": max(cached),
-                         "speedup": max(cached) / max(decode), "build_seconds": cache.build_seconds,
-                         "cache_mb": cache.data_file.stat().st_size / 2**20})
+            rows.append(
+                {
+                    "source_px": source_pixels or 64,
+                    "size_px": size,
+                    "images": len(paths),
+                    "decode_img_s": max(decode),
+                    "cache_img_s": max(cached),
+                    "speedup": max(cached) / max(decode),
+                    "build_seconds": cache.build_seconds,
+                    "cache_mb": cache.data_file.stat().st_size / 2**20,
+                }
+            )
         print_table(rows[-1:], COLUMNS)
     print()
     print_table(rows, COLUMNS)
-    write_json(args.out, {"benchmark": "image_cache", "machine": machine(torch.device("cpu")),
-                          "settings": {"city": args.city, "rounds": args.rounds, "workers": args.workers},
-                          "results": rows})
+    write_json(
+        args.out,
+        {
+            "benchmark": "image_cache",
+            "machine": machine(torch.device("cpu")),
+            "settings": {"city": args.city, "rounds": args.rounds, "workers": args.workers},
+            "results": rows,
+        },
+    )
 
 
 def _each(items: list, read) -> int:

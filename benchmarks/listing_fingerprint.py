@@ -44,8 +44,15 @@ def make_files(root: Path, n: int) -> None:
     for folder in range(FOLDERS):
         (root / f"{folder:03d}").mkdir(parents=True)
     for index in range(n):
-        name = format_image_name(540000.0 + index * 0.7, 4180000.0 + index * 0.3, 30.0 * (index % 12),
-                                 utm_zone="10", zone_letter="S", pano_id=f"{index:016x}", timestamp="201311")
+        name = format_image_name(
+            540000.0 + index * 0.7,
+            4180000.0 + index * 0.3,
+            30.0 * (index % 12),
+            utm_zone="10",
+            zone_letter="S",
+            pano_id=f"{index:016x}",
+            timestamp="201311",
+        )
         os.close(os.open(root / f"{index % FOLDERS:03d}" / name, os.O_CREAT | os.O_WRONLY, 0o644))
 
 
@@ -60,12 +67,23 @@ def main() -> None:
             fingerprint = best_seconds(lambda folder=root: listing_fingerprint(folder), args.repeats)
         finally:
             shutil.rmtree(root)
-        rows.append({"names": n, "listing_seconds": listing, "fingerprint_seconds": fingerprint,
-                     "stat_us_per_image": 1e6 * (fingerprint - listing) / n})
+        rows.append(
+            {
+                "names": n,
+                "listing_seconds": listing,
+                "fingerprint_seconds": fingerprint,
+                "stat_us_per_image": 1e6 * (fingerprint - listing) / n,
+            }
+        )
         print_table(rows[-1:], COLUMNS)
-    write_json(args.out, {"benchmark": "listing_fingerprint", "settings": {"names": args.names,
-                                                                          "repeats": args.repeats},
-                          "results": rows})
+    write_json(
+        args.out,
+        {
+            "benchmark": "listing_fingerprint",
+            "settings": {"names": args.names, "repeats": args.repeats},
+            "results": rows,
+        },
+    )
 
 
 if __name__ == "__main__":

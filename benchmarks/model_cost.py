@@ -26,16 +26,23 @@ import resource
 from concurrent.futures import ProcessPoolExecutor
 
 import torch
-from common import (ComputeOnlyStep, add_common_arguments, machine, print_table, settings_of, setup,
-                    synchronize, write_json)
+from common import (
+    ComputeOnlyStep,
+    add_common_arguments,
+    machine,
+    print_table,
+    settings_of,
+    setup,
+    synchronize,
+    write_json,
+)
 
 from geoloc.device import channels_last
 from geoloc.model.cost import gflops_per_image, inference_latency_ms
 from geoloc.model.network import BACKBONES, build_model, count_parameters
 
 STUDY_SIZE = 512
-COLUMNS = ["backbone", "params_m", "trainable_m", "gflops_512", "gflops", "latency_ms", "train_img_s",
-           "peak_memory_mb"]
+COLUMNS = ["backbone", "params_m", "trainable_m", "gflops_512", "gflops", "latency_ms", "train_img_s", "peak_memory_mb"]
 
 
 def parse_args() -> argparse.Namespace:
@@ -65,8 +72,10 @@ def main() -> None:
         print_table(rows[-1:], COLUMNS)
     print()
     print_table(rows, COLUMNS)
-    write_json(args.out, {"benchmark": "model_cost", "machine": machine(device), "settings": settings_of(args),
-                          "results": rows})
+    write_json(
+        args.out,
+        {"benchmark": "model_cost", "machine": machine(device), "settings": settings_of(args), "results": rows},
+    )
 
 
 def measure(backbone: str, args: argparse.Namespace, device: torch.device) -> dict:
@@ -76,14 +85,27 @@ def measure(backbone: str, args: argparse.Namespace, device: torch.device) -> di
     if channels_last(device, args.precision):  # as geoloc.train.trainer does
         model = model.to(memory_format=torch.channels_last)
     total, trainable = count_parameters(model)
-    row = {"backbone": backbone, "params_m": total / 1e6, "trainable_m": trainable / 1e6,
-           "gflops_512": gflops_per_image(model, STUDY_SIZE), "gflops": gflops_per_image(model, args.image_size),
-           "image_size": args.image_size,
-           "latency_ms": inference_latency_ms(model, args.image_size, device, args.precision, batch_size=1,
-                                              repeats=20 if device.type == "cuda" else 5)}
+    row = {
+        "backbone": backbone,
+        "params_m": total / 1e6,
+        "trainable_m": trainable / 1e6,
+        "gflops_512": gflops_per_image(model, STUDY_SIZE),
+        "gflops": gflops_per_image(model, args.image_size),
+        "image_size": args.image_size,
+        "latency_ms": inference_latency_ms(
+            model, args.image_size, device, args.precision, batch_size=1, repeats=20 if device.type == "cuda" else 5
+        ),
+    }
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-5)
-    step = ComputeOnlyStep(model, optimizer, args.classes, batch_size=args.batch_size,
-                           image_size=args.image_size, precision=args.precision, device=device)
+    step = ComputeOnlyStep(
+        model,
+        optimizer,
+        args.classes,
+        batch_size=args.batch_size,
+        image_size=args.image_size,
+        precision=args.precision,
+        device=device,
+    )
     if device.type == "cuda":
         synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)

@@ -57,13 +57,13 @@ def _unit_rows(array: np.ndarray) -> np.ndarray:
 
 def matmul_numpy(data: dict, block: int) -> None:
     for start in range(0, len(data["queries"]), block):
-        data["queries"][start:start + block] @ data["database"].T
+        data["queries"][start : start + block] @ data["database"].T
 
 
 def matmul_torch(data: dict, block: int) -> None:
     queries, database = torch.from_numpy(data["queries"]), torch.from_numpy(data["database"])
     for start in range(0, len(queries), block):
-        queries[start:start + block] @ database.T
+        queries[start : start + block] @ database.T
 
 
 def faiss_alone(data: dict, k: int) -> np.ndarray:
@@ -84,11 +84,11 @@ def numpy_recalls(data: dict, k: int, threshold: float, block: int) -> tuple[dic
     database_norms = (database**2).sum(axis=1)
     predictions, ranks = [], []
     for start in range(0, len(data["queries"]), block):
-        queries = data["queries"][start:start + block]
+        queries = data["queries"][start : start + block]
         distances = (queries**2).sum(axis=1)[:, None] + database_norms[None, :] - 2.0 * queries @ database.T
         top = np.argpartition(distances, k - 1, axis=1)[:, :k]
         top = np.take_along_axis(top, np.argsort(np.take_along_axis(distances, top, axis=1), axis=1), axis=1)
-        offsets = data["queries_utm"][start:start + block, None, :] - database_utm[None, :, :]
+        offsets = data["queries_utm"][start : start + block, None, :] - database_utm[None, :, :]
         is_positive = np.sqrt((offsets**2).sum(axis=2)) <= threshold
         hits = np.take_along_axis(is_positive, top, axis=1)
         ranks.append(np.where(hits.any(axis=1), hits.argmax(axis=1) + 1, 0))
@@ -126,14 +126,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     data = make_data(args.database, args.queries, args.dim, args.seed)
-    runs, cpu_runs, results = time_interleaved(args.repeats, {
-        "matmul_numpy": lambda: matmul_numpy(data, args.block),
-        "matmul_torch": lambda: matmul_torch(data, args.block),
-        "faiss_alone": lambda: faiss_alone(data, args.k),
-        "geoloc_search": lambda: search(data["database"], data["queries"], args.k)[1],
-        "geoloc": lambda: geoloc_recalls(data, args.k, args.threshold),
-        "numpy_baseline": lambda: numpy_recalls(data, args.k, args.threshold, args.block),
-    })
+    runs, cpu_runs, results = time_interleaved(
+        args.repeats,
+        {
+            "matmul_numpy": lambda: matmul_numpy(data, args.block),
+            "matmul_torch": lambda: matmul_torch(data, args.block),
+            "faiss_alone": lambda: faiss_alone(data, args.k),
+            "geoloc_search": lambda: search(data["database"], data["queries"], args.k)[1],
+            "geoloc": lambda: geoloc_recalls(data, args.k, args.threshold),
+            "numpy_baseline": lambda: numpy_recalls(data, args.k, args.threshold, args.block),
+        },
+    )
     best = {name: min(seconds) for name, seconds in runs.items()}
     best_cpu = {name: min(seconds) for name, seconds in cpu_runs.items()}
     matmul_s = min(best["matmul_numpy"], best["matmul_torch"])
@@ -142,8 +145,13 @@ def main(argv: list[str] | None = None) -> int:
     faiss_predictions = results["faiss_alone"]
 
     results = {
-        "database": args.database, "queries": args.queries, "dim": args.dim, "k": args.k,
-        "threshold_m": args.threshold, "seed": args.seed, "repeats": args.repeats,
+        "database": args.database,
+        "queries": args.queries,
+        "dim": args.dim,
+        "k": args.k,
+        "threshold_m": args.threshold,
+        "seed": args.seed,
+        "repeats": args.repeats,
         "seconds": best,
         "runs_seconds": runs,
         "cpu_seconds": best_cpu,
@@ -159,9 +167,13 @@ def main(argv: list[str] | None = None) -> int:
         "identical_prediction_rows": float((ours_predictions == baseline_predictions).all(axis=1).mean()),
         "identical_prediction_rows_faiss_alone": float((ours_predictions == faiss_predictions).all(axis=1).mean()),
         "machine": {
-            "processor": platform.processor() or platform.machine(), "python": platform.python_version(),
-            "numpy": np.__version__, "torch": torch.__version__, "faiss": faiss.__version__,
-            "torch_threads": torch.get_num_threads(), "faiss_threads": faiss.omp_get_max_threads(),
+            "processor": platform.processor() or platform.machine(),
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+            "torch": torch.__version__,
+            "faiss": faiss.__version__,
+            "torch_threads": torch.get_num_threads(),
+            "faiss_threads": faiss.omp_get_max_threads(),
         },
     }
     text = json.dumps(results, indent=2)

@@ -25,10 +25,14 @@ from pathlib import Path
 
 from common import OUT, synthetic_city, write_json
 
-_BEFORE = ("import time, torch, torchvision; t = time.perf_counter(); import timm, faiss; "
-           "v = (timm.__version__, faiss.__version__); print(time.perf_counter() - t)")
-_AFTER = ("import time, torch, torchvision; t = time.perf_counter(); from geoloc.provenance import package_versions; "
-          "package_versions(); print(time.perf_counter() - t)")
+_BEFORE = (
+    "import time, torch, torchvision; t = time.perf_counter(); import timm, faiss; "
+    "v = (timm.__version__, faiss.__version__); print(time.perf_counter() - t)"
+)
+_AFTER = (
+    "import time, torch, torchvision; t = time.perf_counter(); from geoloc.provenance import package_versions; "
+    "package_versions(); print(time.perf_counter() - t)"
+)
 _IMPORT = "import time; t = time.perf_counter(); import geoloc.train.command; print(time.perf_counter() - t)"
 
 
@@ -40,19 +44,58 @@ def parse_args() -> argparse.Namespace:
 
 
 def python_seconds(code: str) -> float:
-    return float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                                check=True).stdout.strip().splitlines()[-1])
+    return float(
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        .stdout.strip()
+        .splitlines()[-1]
+    )
 
 
 def train_seconds(city: Path, scratch: Path) -> tuple[float, float]:
     """(seconds to the first iteration, seconds to the end) of one tiny `geoloc train`."""
-    command = [sys.executable, "-m", "geoloc.cli", "train", "--train-dir", str(city / "sf_xs" / "train"),
-               "--val-dir", str(city / "sf_xs" / "val"), "--out-dir", str(scratch / "run"),
-               "--checkpoint-dir", str(scratch / "ckpt"), "--cache-dir", str(scratch / "cache"),
-               "--run-name", "r", "--weights", "none", "--device", "cpu", "--num-workers", "0",
-               "--epochs", "1", "--iterations-per-epoch", "1", "--image-size", "32", "--batch-size", "4",
-               "--alpha", "45", "--N", "2", "--L", "1", "--min-images-per-class", "3", "--fc-output-dim", "16",
-               "--fresh"]
+    command = [
+        sys.executable,
+        "-m",
+        "geoloc.cli",
+        "train",
+        "--train-dir",
+        str(city / "sf_xs" / "train"),
+        "--val-dir",
+        str(city / "sf_xs" / "val"),
+        "--out-dir",
+        str(scratch / "run"),
+        "--checkpoint-dir",
+        str(scratch / "ckpt"),
+        "--cache-dir",
+        str(scratch / "cache"),
+        "--run-name",
+        "r",
+        "--weights",
+        "none",
+        "--device",
+        "cpu",
+        "--num-workers",
+        "0",
+        "--epochs",
+        "1",
+        "--iterations-per-epoch",
+        "1",
+        "--image-size",
+        "32",
+        "--batch-size",
+        "4",
+        "--alpha",
+        "45",
+        "--N",
+        "2",
+        "--L",
+        "1",
+        "--min-images-per-class",
+        "3",
+        "--fc-output-dim",
+        "16",
+        "--fresh",
+    ]
     start = time.perf_counter()
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     first = None
@@ -77,16 +120,25 @@ def main() -> None:
             to_first, to_end = train_seconds(city, Path(scratch))
             first.append(to_first)
             total.append(to_end)
-    rows = {"versions_by_import_seconds": statistics.median(before),
-            "versions_from_metadata_seconds": statistics.median(after),
-            "import_train_command_seconds": statistics.median(imports),
-            "train_start_to_first_iteration_seconds": statistics.median(first),
-            "train_start_to_end_seconds": statistics.median(total)}
+    rows = {
+        "versions_by_import_seconds": statistics.median(before),
+        "versions_from_metadata_seconds": statistics.median(after),
+        "import_train_command_seconds": statistics.median(imports),
+        "train_start_to_first_iteration_seconds": statistics.median(first),
+        "train_start_to_end_seconds": statistics.median(total),
+    }
     for key, value in rows.items():
         print(f"{key:42} {value:7.2f}")
-    write_json(args.out, {"benchmark": "startup", "host_cpus": os.cpu_count(), "load_average": os.getloadavg(),
-                          "results": rows, "samples": {"before": before, "after": after, "imports": imports,
-                                                       "first": first, "total": total}})
+    write_json(
+        args.out,
+        {
+            "benchmark": "startup",
+            "host_cpus": os.cpu_count(),
+            "load_average": os.getloadavg(),
+            "results": rows,
+            "samples": {"before": before, "after": after, "imports": imports, "first": first, "total": total},
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -56,8 +56,10 @@ def main() -> None:
     defaults = TrainSettings()
     rows, total = [], 0.0
     for run in runs.values():
-        settings = {key: run.training.get(key, getattr(defaults, key))
-                    for key in ("epochs", "iterations_per_epoch", "batch_size")}
+        settings = {
+            key: run.training.get(key, getattr(defaults, key))
+            for key in ("epochs", "iterations_per_epoch", "batch_size")
+        }
         rate = train_rate.get((run.backbone, run.precision))
         if rate is None or run.backbone not in eval_rate:
             rows.append({"run": run.name, "hours": None, "missing": "no measured rate"})
@@ -67,15 +69,23 @@ def main() -> None:
         test_s = TEST_IMAGES / eval_rate[run.backbone]
         hours = (train_s + val_s + test_s) / 3600
         total += hours
-        rows.append({"run": run.name, "train_hours": train_s / 3600, "validation_hours": val_s / 3600,
-                     "evaluation_hours": test_s / 3600, "hours": hours})
+        rows.append(
+            {
+                "run": run.name,
+                "train_hours": train_s / 3600,
+                "validation_hours": val_s / 3600,
+                "evaluation_hours": test_s / 3600,
+                "hours": hours,
+            }
+        )
     for row in rows:
         print(f"{row['run']:45} " + (f"{row['hours']:6.2f} h" if row["hours"] is not None else row["missing"]))
     measured = sum(row["hours"] is not None for row in rows)
     label = f"study ({len(rows)} runs)" if measured == len(rows) else f"the {measured} of {len(rows)} runs measured"
     print(f"{label:45} {total:6.2f} GPU-hours")
-    write_json(args.out, {"benchmark": "study_projection", "runs": rows, "total_gpu_hours": total,
-                          "runs_measured": measured})
+    write_json(
+        args.out, {"benchmark": "study_projection", "runs": rows, "total_gpu_hours": total, "runs_measured": measured}
+    )
 
 
 if __name__ == "__main__":

@@ -68,24 +68,61 @@ def child(args: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.WARNING)
     data = Path(os.environ["GEOLOC_BENCH_DATA"])
     city, val_city = synthetic_city(data, "demo"), synthetic_city(data, "tiny")
-    settings = TrainSettings(backbone=args.backbone, epochs=1, iterations_per_epoch=args.iterations,
-                             batch_size=args.batch_size, image_size=args.image_size, lr=1e-3, M=10, alpha=45,
-                             N=2, L=2, min_images_per_class=4)
+    settings = TrainSettings(
+        backbone=args.backbone,
+        epochs=1,
+        iterations_per_epoch=args.iterations,
+        batch_size=args.batch_size,
+        image_size=args.image_size,
+        lr=1e-3,
+        M=10,
+        alpha=45,
+        N=2,
+        L=2,
+        min_images_per_class=4,
+    )
     with tempfile.TemporaryDirectory() as scratch:
-        trainer = Trainer(settings, RunInfo("bench", args.backbone, "none", "fp32", 0, None),
-                          train_dir=city / "sf_xs" / "train", val_dir=val_city / "sf_xs" / "val", weights=None,
-                          checkpoint_dir=Path(scratch) / "ckpt", cache_dir=data / "groups", device="cpu",
-                          num_workers=args.num_workers, checkpoint_every=10**9)
+        trainer = Trainer(
+            settings,
+            RunInfo("bench", args.backbone, "none", "fp32", 0, None),
+            train_dir=city / "sf_xs" / "train",
+            val_dir=val_city / "sf_xs" / "val",
+            weights=None,
+            checkpoint_dir=Path(scratch) / "ckpt",
+            cache_dir=data / "groups",
+            device="cpu",
+            num_workers=args.num_workers,
+            checkpoint_every=10**9,
+        )
         progress = trainer.fit()
-    print(json.dumps({"images_per_second": args.iterations * args.batch_size / progress.train_seconds,
-                      "torch_threads": torch.get_num_threads(),
-                      "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}))
+    print(
+        json.dumps(
+            {
+                "images_per_second": args.iterations * args.batch_size / progress.train_seconds,
+                "torch_threads": torch.get_num_threads(),
+                "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+            }
+        )
+    )
 
 
 def measure(args: argparse.Namespace, mode: str, condition: str, env: dict) -> dict:
-    command = [sys.executable, str(Path(__file__)), "--child", mode, "--iterations", str(args.iterations),
-               "--backbone", args.backbone, "--image-size", str(args.image_size),
-               "--batch-size", str(args.batch_size), "--num-workers", str(args.num_workers)]
+    command = [
+        sys.executable,
+        str(Path(__file__)),
+        "--child",
+        mode,
+        "--iterations",
+        str(args.iterations),
+        "--backbone",
+        args.backbone,
+        "--image-size",
+        str(args.image_size),
+        "--batch-size",
+        str(args.batch_size),
+        "--num-workers",
+        str(args.num_workers),
+    ]
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if condition == "busy" else None
     try:
         result = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
@@ -108,28 +145,47 @@ def main() -> None:
     synthetic_city(OUT / "data", "demo"), synthetic_city(OUT / "data", "tiny")  # generated once, not timed
     rounds = []
     for index in range(args.rounds):
-        row = {f"{mode}_{condition}": measure(args, mode, condition, env)
-               for condition in CONDITIONS for mode in MODES}
+        row = {f"{mode}_{condition}": measure(args, mode, condition, env) for condition in CONDITIONS for mode in MODES}
         rounds.append({**row, "load_average": os.getloadavg()[0]})
-        print(f"round {index}: " + ", ".join(f"{key} {value['images_per_second']:.1f}"
-                                              for key, value in row.items() if isinstance(value, dict)))
+        print(
+            f"round {index}: "
+            + ", ".join(
+                f"{key} {value['images_per_second']:.1f}" for key, value in row.items() if isinstance(value, dict)
+            )
+        )
     results = {}
     for mode in MODES:
         quiet = statistics.median(r[f"{mode}_quiet"]["images_per_second"] for r in rounds)
         busy = statistics.median(r[f"{mode}_busy"]["images_per_second"] for r in rounds)
-        results[mode] = {"quiet_img_s": quiet, "busy_img_s": busy, "busy_over_quiet": busy / quiet,
-                         "torch_threads": rounds[0][f"{mode}_quiet"]["torch_threads"]}
+        results[mode] = {
+            "quiet_img_s": quiet,
+            "busy_img_s": busy,
+            "busy_over_quiet": busy / quiet,
+            "torch_threads": rounds[0][f"{mode}_quiet"]["torch_threads"],
+        }
     print(f"\n{'mode':8} {'threads':>7} {'quiet img/s':>12} {'busy img/s':>11} {'busy/quiet':>10}")
     for mode, r in results.items():
-        print(f"{mode:8} {r['torch_threads']:>7} {r['quiet_img_s']:>12.1f} {r['busy_img_s']:>11.1f} "
-              f"{r['busy_over_quiet']:>10.2f}")
-    print(f"budget/default quiet: {results['budget']['quiet_img_s'] / results['default']['quiet_img_s']:.2f}, "
-          f"busy: {results['budget']['busy_img_s'] / results['default']['busy_img_s']:.2f}")
+        print(
+            f"{mode:8} {r['torch_threads']:>7} {r['quiet_img_s']:>12.1f} {r['busy_img_s']:>11.1f} "
+            f"{r['busy_over_quiet']:>10.2f}"
+        )
+    print(
+        f"budget/default quiet: {results['budget']['quiet_img_s'] / results['default']['quiet_img_s']:.2f}, "
+        f"busy: {results['budget']['busy_img_s'] / results['default']['busy_img_s']:.2f}"
+    )
     out = args.out or OUT / "threads.json"
     from common import write_json
 
-    write_json(out, {"benchmark": "threads", "host_cpus": os.cpu_count(), "settings": vars(args) | {"out": str(out)},
-                     "results": results, "rounds": rounds})
+    write_json(
+        out,
+        {
+            "benchmark": "threads",
+            "host_cpus": os.cpu_count(),
+            "settings": vars(args) | {"out": str(out)},
+            "results": results,
+            "rounds": rounds,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -49,9 +49,16 @@ def parse_args() -> argparse.Namespace:
 def sf_xl_like_group(n: int) -> ClassGroup:
     """n names in FOLDERS sub-folders, sorted as a listing is, in classes of IMAGES_PER_CLASS."""
     names = sorted(
-        f"{index % FOLDERS:03d}/" + format_image_name(540000.0 + index * 0.7, 4180000.0 + index * 0.3,
-                                                      30.0 * (index % 12), utm_zone="10", zone_letter="S",
-                                                      pano_id=f"{index:016x}", timestamp="201311")
+        f"{index % FOLDERS:03d}/"
+        + format_image_name(
+            540000.0 + index * 0.7,
+            4180000.0 + index * 0.3,
+            30.0 * (index % 12),
+            utm_zone="10",
+            zone_letter="S",
+            pano_id=f"{index:016x}",
+            timestamp="201311",
+        )
         for index in range(n)
     )
     listing = Listing(ROOT, PackedNames.from_strings(names))
@@ -90,10 +97,15 @@ def main() -> None:
         print_table(rows[-1:], COLUMNS)
     print()
     print_table(rows, COLUMNS)
-    write_json(args.out, {"benchmark": "train_fingerprint", "machine": machine(torch.device("cpu")),
-                          "settings": {"names": args.names, "repeats": args.repeats,
-                                       "images_per_class": IMAGES_PER_CLASS},
-                          "results": rows})
+    write_json(
+        args.out,
+        {
+            "benchmark": "train_fingerprint",
+            "machine": machine(torch.device("cpu")),
+            "settings": {"names": args.names, "repeats": args.repeats, "images_per_class": IMAGES_PER_CLASS},
+            "results": rows,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -36,8 +36,17 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import (DEMO_BACKBONES, ComputeOnlyStep, add_common_arguments, machine, print_table,
-                    settings_of, setup, synthetic_city, write_json)
+from common import (
+    DEMO_BACKBONES,
+    ComputeOnlyStep,
+    add_common_arguments,
+    machine,
+    print_table,
+    settings_of,
+    setup,
+    synthetic_city,
+    write_json,
+)
 
 from geoloc.data.datasets import TrainGroupDataset
 from geoloc.train import checkpoint
@@ -45,28 +54,47 @@ from geoloc.train import trainer as train_module
 from geoloc.train.settings import RunInfo, TrainSettings
 from geoloc.train.trainer import Trainer, open_image_cache
 
-COLUMNS = ["backbone", "loader", "compute_img_s", "pipeline_img_s", "efficiency", "efficiency_range",
-           "cpu_efficiency", "first_round_efficiency", "epoch_fixed_seconds"]
+COLUMNS = [
+    "backbone",
+    "loader",
+    "compute_img_s",
+    "pipeline_img_s",
+    "efficiency",
+    "efficiency_range",
+    "cpu_efficiency",
+    "first_round_efficiency",
+    "epoch_fixed_seconds",
+]
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_arguments(parser, image_size=64, batch_size=32, backbones=DEMO_BACKBONES,
-                         out_name="train_pipeline.json")
+    add_common_arguments(parser, image_size=64, batch_size=32, backbones=DEMO_BACKBONES, out_name="train_pipeline.json")
     parser.add_argument("--city", choices=("tiny", "demo"), default="demo", help="synthetic training set")
-    parser.add_argument("--source-pixels", type=int, default=None,
-                        help="train on copies of the city's images at this size (512: SF-XS-like JPEGs); "
-                             "default: the 64 px images as rendered")
-    parser.add_argument("--min-images-per-class", type=int, default=4,
-                        help="config/demo.yaml: 4; the tiny city needs 3")
+    parser.add_argument(
+        "--source-pixels",
+        type=int,
+        default=None,
+        help="train on copies of the city's images at this size (512: SF-XS-like JPEGs); "
+        "default: the 64 px images as rendered",
+    )
+    parser.add_argument(
+        "--min-images-per-class", type=int, default=4, help="config/demo.yaml: 4; the tiny city needs 3"
+    )
     parser.add_argument("--iterations", type=int, default=20, help="iterations per round")
     parser.add_argument("--rounds", type=int, default=4, help="alternating compute-only / pipeline rounds")
     parser.add_argument("--num-workers", type=int, default=0, help="loader processes (config/demo.yaml: 0)")
-    parser.add_argument("--compile", action="store_true",
-                        help="torch.compile the trainer's network (geoloc train --compile); the compute-only "
-                             "step stays eager, so read pipeline_img_s against a run without it")
-    parser.add_argument("--image-cache", action="store_true",
-                        help="also run the rounds with the training images read from a geoloc.data.image_cache")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the trainer's network (geoloc train --compile); the compute-only "
+        "step stays eager, so read pipeline_img_s against a run without it",
+    )
+    parser.add_argument(
+        "--image-cache",
+        action="store_true",
+        help="also run the rounds with the training images read from a geoloc.data.image_cache",
+    )
     return parser.parse_args()
 
 
@@ -80,36 +108,60 @@ def main() -> None:
     for backbone in args.backbones:
         with tempfile.TemporaryDirectory(prefix="train-pipeline-") as scratch:
             trainer = make_trainer(args, backbone, city, val_city, Path(scratch), device)
-            step = ComputeOnlyStep(trainer.model, trainer.model_opt, len(trainer.datasets[0]),
-                                   batch_size=args.batch_size, image_size=args.image_size,
-                                   precision=args.precision, device=device)
+            step = ComputeOnlyStep(
+                trainer.model,
+                trainer.model_opt,
+                len(trainer.datasets[0]),
+                batch_size=args.batch_size,
+                image_size=args.image_size,
+                precision=args.precision,
+                device=device,
+            )
             step.seconds(3)  # warm-up: allocator, cuDNN's algorithm search
             rows.append(measure(args, trainer, step, backbone, "decode"))
             print_table(rows[-1:], COLUMNS)
             if args.image_cache:
                 build_seconds = use_image_cache(args, trainer, args.data_root / "image-cache")
-                rows.append({**measure(args, trainer, step, backbone, "cache"),
-                             "cache_build_seconds": build_seconds})
+                rows.append({**measure(args, trainer, step, backbone, "cache"), "cache_build_seconds": build_seconds})
                 print_table(rows[-1:], COLUMNS)
     print()
     print_table(rows, COLUMNS)
-    write_json(args.out, {"benchmark": "train_pipeline", "machine": machine(device),
-                          "settings": settings_of(args),
-                          "results": rows})
+    write_json(
+        args.out,
+        {"benchmark": "train_pipeline", "machine": machine(device), "settings": settings_of(args), "results": rows},
+    )
 
 
-def make_trainer(args: argparse.Namespace, backbone: str, city: Path, val_city: Path, scratch: Path,
-                 device) -> Trainer:
+def make_trainer(args: argparse.Namespace, backbone: str, city: Path, val_city: Path, scratch: Path, device) -> Trainer:
     # config/demo.yaml's training settings, one epoch of --iterations.
-    settings = TrainSettings(backbone=backbone, precision=args.precision, epochs=1,
-                             iterations_per_epoch=args.iterations, batch_size=args.batch_size,
-                             image_size=args.image_size, lr=3e-4, M=10, alpha=45, N=2, L=1,
-                             min_images_per_class=args.min_images_per_class)
+    settings = TrainSettings(
+        backbone=backbone,
+        precision=args.precision,
+        epochs=1,
+        iterations_per_epoch=args.iterations,
+        batch_size=args.batch_size,
+        image_size=args.image_size,
+        lr=3e-4,
+        M=10,
+        alpha=45,
+        N=2,
+        L=1,
+        min_images_per_class=args.min_images_per_class,
+    )
     run = RunInfo(f"{backbone}-none-{args.precision}-s0", backbone, "none", args.precision, 0, "bench")
-    return Trainer(settings, run, train_dir=city / "sf_xs" / "train", val_dir=val_city / "sf_xs" / "val",
-                   weights=None, checkpoint_dir=scratch / "checkpoints", cache_dir=args.data_root / "groups",
-                   device=str(device.type), num_workers=args.num_workers, checkpoint_every=10**9,
-                   compile=args.compile)
+    return Trainer(
+        settings,
+        run,
+        train_dir=city / "sf_xs" / "train",
+        val_dir=val_city / "sf_xs" / "val",
+        weights=None,
+        checkpoint_dir=scratch / "checkpoints",
+        cache_dir=args.data_root / "groups",
+        device=str(device.type),
+        num_workers=args.num_workers,
+        checkpoint_every=10**9,
+        compile=args.compile,
+    )
 
 
 def measure(args: argparse.Namespace, trainer: Trainer, step: ComputeOnlyStep, backbone: str, loader: str) -> dict:
@@ -129,19 +181,27 @@ def measure(args: argparse.Namespace, trainer: Trainer, step: ComputeOnlyStep, b
         compute_seconds += step.seconds(half)
         compute_cpu += time.process_time() - cpu_start
         compute_images = 2 * half * args.batch_size
-        rounds.append({
-            "compute_img_s": compute_images / compute_seconds,
-            "pipeline_img_s": images / progress.train_seconds,
-            "efficiency": images / progress.train_seconds / (compute_images / compute_seconds),
-            "epoch_fixed_seconds": fit_seconds - progress.val_seconds - progress.train_seconds})
+        rounds.append(
+            {
+                "compute_img_s": compute_images / compute_seconds,
+                "pipeline_img_s": images / progress.train_seconds,
+                "efficiency": images / progress.train_seconds / (compute_images / compute_seconds),
+                "epoch_fixed_seconds": fit_seconds - progress.val_seconds - progress.train_seconds,
+            }
+        )
         if args.num_workers == 0 and step.device.type == "cpu":  # this process does all the work
             rounds[-1]["cpu_efficiency"] = images / (fit_cpu - outside["seconds"]) / (compute_images / compute_cpu)
     counted = rounds[1:] or rounds
-    return {"backbone": backbone, "loader": loader, "cpu_efficiency": None,
-            "compile_seconds": compile_seconds,
-            **{key: statistics.median(r[key] for r in counted) for key in rounds[0]},
-            "efficiency_range": [min(r["efficiency"] for r in counted), max(r["efficiency"] for r in counted)],
-            "first_round_efficiency": rounds[0]["efficiency"], "rounds": rounds}
+    return {
+        "backbone": backbone,
+        "loader": loader,
+        "cpu_efficiency": None,
+        "compile_seconds": compile_seconds,
+        **{key: statistics.median(r[key] for r in counted) for key in rounds[0]},
+        "efficiency_range": [min(r["efficiency"] for r in counted), max(r["efficiency"] for r in counted)],
+        "first_round_efficiency": rounds[0]["efficiency"],
+        "rounds": rounds,
+    }
 
 
 @contextlib.contextmanager
@@ -156,6 +216,7 @@ def cpu_time_outside_training():
                 return function(*args, **kwargs)
             finally:
                 spent["seconds"] += time.process_time() - start
+
         return wrapper
 
     # geoloc.train.trainer calls them through these module attributes.
@@ -172,9 +233,11 @@ def use_image_cache(args: argparse.Namespace, trainer: Trainer, folder: Path) ->
     (the whole training folder's, built if missing); returns the seconds its build took."""
     listing = trainer.datasets[0].classes.listing
     cache = open_image_cache(listing, args.image_size, folder, None, max(1, args.num_workers), max_bad_images=0)
-    trainer.datasets = [TrainGroupDataset(dataset.classes, args.image_size, cache=cache)
-                        for dataset in trainer.datasets]
+    trainer.datasets = [
+        TrainGroupDataset(dataset.classes, args.image_size, cache=cache) for dataset in trainer.datasets
+    ]
     return cache.build_seconds
+
 
 if __name__ == "__main__":
     main()

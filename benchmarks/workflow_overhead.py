@@ -50,11 +50,23 @@ TINY_CONFIG = {
     "datasets_root": "results/data",
     "synthetic": {"enabled": True, "size": "tiny", "seed": 0},
     "test_sets": ["sf_xs", "tokyo_night"],
-    "training": {"epochs": 1, "iterations_per_epoch": 2, "batch_size": 4, "image_size": 32, "lr": 1e-3,
-                 "alpha": 45, "N": 2, "L": 1, "min_images_per_class": 2, "num_workers": 0, "checkpoint_every": 1},
+    "training": {
+        "epochs": 1,
+        "iterations_per_epoch": 2,
+        "batch_size": 4,
+        "image_size": 32,
+        "lr": 1e-3,
+        "alpha": 45,
+        "N": 2,
+        "L": 1,
+        "min_images_per_class": 2,
+        "num_workers": 0,
+        "checkpoint_every": 1,
+    },
     "evaluation": {"batch_size": 16, "num_workers": 0},
-    "grid": [{"backbones": ["mobilenet_v3_small"], "pretrainings": ["none"], "precisions": ["fp32", "amp"],
-              "seeds": [0]}],
+    "grid": [
+        {"backbones": ["mobilenet_v3_small"], "pretrainings": ["none"], "precisions": ["fp32", "amp"], "seeds": [0]}
+    ],
     "reference": "mobilenet_v3_small-none-fp32-s0",
     "report": {"published": None},
 }
@@ -77,18 +89,27 @@ def main() -> None:
         study = study_dry_runs(work / "study", tiny_city, args.repeats)
         large = study_dry_runs(work / "large", tiny_city, args.repeats, grid=LARGE_GRID)
         tiny = None if args.dry_runs_only else tiny_workflow_run(work / "tiny")
-    rows = [{"measure": f"study dry run, {study['jobs']} jobs (s)", "value": study["median_seconds"], "target": "< 5"},
-            {"measure": f"306-run grid dry run, {large['jobs']} jobs (s)", "value": large["median_seconds"],
-             "target": "< 10"}]
+    rows = [
+        {"measure": f"study dry run, {study['jobs']} jobs (s)", "value": study["median_seconds"], "target": "< 5"},
+        {
+            "measure": f"306-run grid dry run, {large['jobs']} jobs (s)",
+            "value": large["median_seconds"],
+            "target": "< 10",
+        },
+    ]
     if tiny:
-        rows += [{"measure": "tiny run: jobs", "value": tiny["jobs"], "target": ""},
-                 {"measure": "tiny run: wall (s)", "value": tiny["wall_seconds"], "target": ""},
-                 {"measure": "tiny run: planning (s)", "value": tiny["dry_run_seconds"], "target": ""},
-                 {"measure": "tiny run: commands' own (s)", "value": tiny["own_seconds"], "target": ""},
-                 {"measure": "per-job overhead (s)", "value": tiny["per_job_overhead_seconds"], "target": "< 2"}]
+        rows += [
+            {"measure": "tiny run: jobs", "value": tiny["jobs"], "target": ""},
+            {"measure": "tiny run: wall (s)", "value": tiny["wall_seconds"], "target": ""},
+            {"measure": "tiny run: planning (s)", "value": tiny["dry_run_seconds"], "target": ""},
+            {"measure": "tiny run: commands' own (s)", "value": tiny["own_seconds"], "target": ""},
+            {"measure": "per-job overhead (s)", "value": tiny["per_job_overhead_seconds"], "target": "< 2"},
+        ]
     print_table(rows, ["measure", "value", "target"])
-    write_json(args.out, {"benchmark": "workflow_overhead", "study_dry_run": study, "large_grid_dry_run": large,
-                          "tiny_run": tiny})
+    write_json(
+        args.out,
+        {"benchmark": "workflow_overhead", "study_dry_run": study, "large_grid_dry_run": large, "tiny_run": tiny},
+    )
 
 
 def snakemake(work: Path, *args: str, env: dict | None = None) -> tuple[float, str]:
@@ -103,9 +124,24 @@ def snakemake(work: Path, *args: str, env: dict | None = None) -> tuple[float, s
 
 
 # 9 backbones x 2 precisions x 17 seeds: the size of grid the issue measured (306 runs).
-LARGE_GRID = [{"backbones": ["resnet18", "efficientnet_b0", "efficientnet_b1", "efficientnet_b2", "efficientnet_v2_s",
-                             "mobilenet_v3_small", "mobilenet_v3_large", "convnext_tiny", "swin_tiny"],
-               "pretrainings": ["imagenet"], "precisions": ["fp32", "amp"], "seeds": list(range(17))}]
+LARGE_GRID = [
+    {
+        "backbones": [
+            "resnet18",
+            "efficientnet_b0",
+            "efficientnet_b1",
+            "efficientnet_b2",
+            "efficientnet_v2_s",
+            "mobilenet_v3_small",
+            "mobilenet_v3_large",
+            "convnext_tiny",
+            "swin_tiny",
+        ],
+        "pretrainings": ["imagenet"],
+        "precisions": ["fp32", "amp"],
+        "seeds": list(range(17)),
+    }
+]
 
 
 def study_dry_runs(work: Path, datasets_root: Path, repeats: int, grid: list | None = None) -> dict:
@@ -116,11 +152,20 @@ def study_dry_runs(work: Path, datasets_root: Path, repeats: int, grid: list | N
     if grid:
         site |= {"grid": grid, "reference": "resnet18-imagenet-fp32-s0"}
     site = write_yaml(work / "site.yaml", site)
-    args = ["-n", "--configfile", str(REPO / "config" / "config.yaml"), str(site),
-            "--config", f"datasets_root={datasets_root}"]
+    args = [
+        "-n",
+        "--configfile",
+        str(REPO / "config" / "config.yaml"),
+        str(site),
+        "--config",
+        f"datasets_root={datasets_root}",
+    ]
     runs = [snakemake(work, *args) for _ in range(repeats)]
-    return {"seconds": [seconds for seconds, _ in runs], "median_seconds": statistics.median(s for s, _ in runs),
-            "jobs": total_jobs(runs[0][1])}
+    return {
+        "seconds": [seconds for seconds, _ in runs],
+        "median_seconds": statistics.median(s for s, _ in runs),
+        "jobs": total_jobs(runs[0][1]),
+    }
 
 
 def tiny_workflow_run(work: Path) -> dict:
@@ -131,8 +176,11 @@ def tiny_workflow_run(work: Path) -> dict:
     shim.write_text(SHIM.format(real=VENV_BIN / "geoloc"))
     shim.chmod(0o755)
     times = work / "geoloc-times.txt"
-    env = {**os.environ, "PATH": os.pathsep.join([str(shim_dir), str(VENV_BIN), os.environ["PATH"]]),
-           "GEOLOC_TIMES": str(times)}
+    env = {
+        **os.environ,
+        "PATH": os.pathsep.join([str(shim_dir), str(VENV_BIN), os.environ["PATH"]]),
+        "GEOLOC_TIMES": str(times),
+    }
     args = ["--cores", "1", "--resources", "gpu=1", "--configfile", str(write_yaml(work / "tiny.yaml", TINY_CONFIG))]
     dry_seconds, _ = snakemake(work, "-n", *args, env=env)
     wall_seconds, output = snakemake(work, *args, env=env)
@@ -142,11 +190,16 @@ def tiny_workflow_run(work: Path) -> dict:
         own[name] = own.get(name, 0.0) + float(end) - float(start)
     own_seconds = sum(own.values())
     jobs = total_jobs(output)
-    return {"jobs": jobs, "wall_seconds": wall_seconds, "dry_run_seconds": dry_seconds,
-            "own_seconds": own_seconds, "own_seconds_by_command": own,
-            "benchmark_tsv_seconds": benchmark_seconds(work / "results" / "benchmarks"),
-            "per_job_overhead_seconds": (wall_seconds - dry_seconds - own_seconds) / jobs,
-            "per_job_overhead_with_planning_seconds": (wall_seconds - own_seconds) / jobs}
+    return {
+        "jobs": jobs,
+        "wall_seconds": wall_seconds,
+        "dry_run_seconds": dry_seconds,
+        "own_seconds": own_seconds,
+        "own_seconds_by_command": own,
+        "benchmark_tsv_seconds": benchmark_seconds(work / "results" / "benchmarks"),
+        "per_job_overhead_seconds": (wall_seconds - dry_seconds - own_seconds) / jobs,
+        "per_job_overhead_with_planning_seconds": (wall_seconds - own_seconds) / jobs,
+    }
 
 
 def total_jobs(output: str) -> int:

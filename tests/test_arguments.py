@@ -49,7 +49,8 @@ def test_integer_refuses_every_spelling_json_would_not_read_as_an_integer(text):
 def test_integer_accepts_a_plain_whole_number_of_any_size_within_bounds():
     assert integer(0)("99999999999999999999") == 99999999999999999999
     assert cli_message(integer(0, 2**32 - 1), "99999999999999999999") == schema_message(
-        {"type": "integer", "maximum": 2**32 - 1}, "99999999999999999999")
+        {"type": "integer", "maximum": 2**32 - 1}, "99999999999999999999"
+    )
 
 
 @pytest.mark.parametrize("text", ["0", "-2.5", "1e-5", "25"])
@@ -70,4 +71,5 @@ def test_argparse_names_the_flag_and_ends_with_one_error_line(capsys):
         parser.parse_args(["--num-workers", "-1"])
     assert stop.value.code == 2
     assert capsys.readouterr().err.splitlines()[-1] == (
-        "geoloc train: error: argument --num-workers: -1 is less than the minimum of 0")
+        "geoloc train: error: argument --num-workers: -1 is less than the minimum of 0"
+    )

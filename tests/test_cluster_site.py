@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+
 from support.workflow import dataset_layout
 
 REPO = Path(__file__).resolve().parents[1]

@@ -17,17 +17,22 @@ SMALL = {
     "type": "object",
     "properties": {
         "backbones": {"type": "array", "items": {"$ref": "#/$defs/slug"}},
-        "datasets": {"type": "object", "additionalProperties": {"type": "object",
-                                                                 "properties": {"label": {"$ref": "#/$defs/slug"}}}},
+        "datasets": {
+            "type": "object",
+            "additionalProperties": {"type": "object", "properties": {"label": {"$ref": "#/$defs/slug"}}},
+        },
         "path": {"type": "string", "pattern": "^[^{}<>]+$"},
     },
 }
 
 
-@pytest.mark.parametrize("config, key", [
-    ({"backbones": ["resnet18", "resnet18\n"]}, "backbones[1]"),
-    ({"datasets": {"tokyo": {"label": "resnet18\n"}}}, "datasets.tokyo.label"),
-])
+@pytest.mark.parametrize(
+    "config, key",
+    [
+        ({"backbones": ["resnet18", "resnet18\n"]}, "backbones[1]"),
+        ({"datasets": {"tokyo": {"label": "resnet18\n"}}}, "datasets.tokyo.label"),
+    ],
+)
 def test_a_trailing_line_break_that_jsonschema_lets_through_is_refused(config, key):
     jsonschema.validate(config, SMALL)  # the case: the schema alone accepts it
     assert list(pattern_problems(config, SMALL, SMALL)) == [
@@ -44,4 +49,6 @@ def test_every_pattern_of_the_workflow_schema_is_checked_through_its_references(
     config = {"grid": [{"backbones": ["resnet18", "resnet18\n"]}], "resources": {"gpu_model": "a100\n"}}
     problems = list(pattern_problems(config, SCHEMA, SCHEMA))
     assert [problem.split(":")[0] for problem in problems] == [
-        "config key grid[0].backbones[1]", "config key resources.gpu_model"]
+        "config key grid[0].backbones[1]",
+        "config key resources.gpu_model",
+    ]

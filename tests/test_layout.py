@@ -12,8 +12,15 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "geoloc"
 STAGES = ("data", "model", "train", "evaluate", "report")
 # What every stage may use: the shared plumbing at the top of the package.
-PLUMBING = {"geoloc", "geoloc.atomic", "geoloc.errors", "geoloc.device", "geoloc.arguments", "geoloc.provenance",
-            "geoloc.locking"}
+PLUMBING = {
+    "geoloc",
+    "geoloc.atomic",
+    "geoloc.errors",
+    "geoloc.device",
+    "geoloc.arguments",
+    "geoloc.provenance",
+    "geoloc.locking",
+}
 # The modules outside a stage's own folder that it may import.
 ALLOWED = {
     "data": set(),
@@ -83,7 +90,7 @@ def test_no_import_cycle():
             if imported not in MODULES or imported == module:
                 continue
             if state.get(imported) == "open":
-                cycle = path[path.index(imported):] + [imported] if imported in path else [module, imported]
+                cycle = path[path.index(imported) :] + [imported] if imported in path else [module, imported]
                 pytest.fail("import cycle: " + " -> ".join(cycle))
             if imported not in state:
                 visit(imported, [*path, imported])

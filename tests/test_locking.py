@@ -40,8 +40,11 @@ def holder(tmp_path):
 
 def test_a_second_process_meets_one_clear_error_naming_the_holder(holder):
     folder, process = holder
-    with pytest.raises(GeolocError, match=rf"results folder {folder} is in use by process {process.pid} on "
-                                          rf"{socket.gethostname()} since .*: .*wait until it ends or stop it"):
+    with pytest.raises(
+        GeolocError,
+        match=rf"results folder {folder} is in use by process {process.pid} on "
+        rf"{socket.gethostname()} since .*: .*wait until it ends or stop it",
+    ):
         acquire(folder, "results folder")
 
 
@@ -64,8 +67,21 @@ def test_one_process_may_lock_one_folder_under_two_names(tmp_path):
 
 def test_geoloc_train_on_a_run_folder_in_use_stops_before_training(holder, tmp_path, capsys):
     folder, process = holder
-    code = cli.main(["train", "--train-dir", str(tmp_path / "none"), "--val-dir", str(tmp_path / "none"),
-                     "--out-dir", str(folder), "--checkpoint-dir", str(tmp_path / "ckpt"), "--run-name", "r"])
+    code = cli.main(
+        [
+            "train",
+            "--train-dir",
+            str(tmp_path / "none"),
+            "--val-dir",
+            str(tmp_path / "none"),
+            "--out-dir",
+            str(folder),
+            "--checkpoint-dir",
+            str(tmp_path / "ckpt"),
+            "--run-name",
+            "r",
+        ]
+    )
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert code == 2
     assert last.startswith(f"geoloc train: error: --out-dir {folder} is in use by process {process.pid}")
@@ -73,8 +89,9 @@ def test_geoloc_train_on_a_run_folder_in_use_stops_before_training(holder, tmp_p
 
 def test_geoloc_evaluate_into_recalls_in_use_stops_before_evaluating(holder, tmp_path, capsys):
     folder, process = holder
-    code = cli.main(["evaluate", "--model", str(tmp_path / "model.pt"), "--test-set", f"x={tmp_path}",
-                     "--out-dir", str(folder)])
+    code = cli.main(
+        ["evaluate", "--model", str(tmp_path / "model.pt"), "--test-set", f"x={tmp_path}", "--out-dir", str(folder)]
+    )
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert code == 2
     assert last.startswith(f"geoloc evaluate: error: --out-dir {folder} is in use by process {process.pid}")
@@ -82,11 +99,25 @@ def test_geoloc_evaluate_into_recalls_in_use_stops_before_evaluating(holder, tmp
 
 def test_geoloc_train_with_an_out_dir_that_is_a_file_stops_before_training(tmp_path, capsys):
     (tmp_path / "out").write_text("not a folder")
-    code = cli.main(["train", "--train-dir", str(tmp_path), "--val-dir", str(tmp_path), "--out-dir",
-                     str(tmp_path / "out"), "--checkpoint-dir", str(tmp_path / "ckpt"), "--run-name", "r"])
+    code = cli.main(
+        [
+            "train",
+            "--train-dir",
+            str(tmp_path),
+            "--val-dir",
+            str(tmp_path),
+            "--out-dir",
+            str(tmp_path / "out"),
+            "--checkpoint-dir",
+            str(tmp_path / "ckpt"),
+            "--run-name",
+            "r",
+        ]
+    )
     assert code == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        f"geoloc train: error: --out-dir {tmp_path / 'out'} is a file, not a folder: give another path")
+        f"geoloc train: error: --out-dir {tmp_path / 'out'} is a file, not a folder: give another path"
+    )
 
 
 def test_a_read_only_results_folder_is_one_error_line(tmp_path, monkeypatch, capsys):
@@ -95,8 +126,18 @@ def test_a_read_only_results_folder_is_one_error_line(tmp_path, monkeypatch, cap
         raise OSError(errno.EROFS, os.strerror(errno.EROFS))
 
     monkeypatch.setattr(locking.os, "open", read_only)
-    code = cli.main(["evaluate", "--model", str(tmp_path / "model.pt"), "--test-set", f"x={tmp_path}",
-                     "--out-dir", str(tmp_path / "recalls")])
+    code = cli.main(
+        [
+            "evaluate",
+            "--model",
+            str(tmp_path / "model.pt"),
+            "--test-set",
+            f"x={tmp_path}",
+            "--out-dir",
+            str(tmp_path / "recalls"),
+        ]
+    )
     assert code == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        f"geoloc evaluate: error: cannot write in --out-dir {tmp_path / 'recalls'}: Read-only file system")
+        f"geoloc evaluate: error: cannot write in --out-dir {tmp_path / 'recalls'}: Read-only file system"
+    )

@@ -76,10 +76,24 @@ def model_file(tmp_path_factory) -> Path:
 def evaluate(capsys, model: Path, test_dir: Path, recalls: Path, queries: Path, *extra: str) -> tuple[int, str]:
     """`geoloc evaluate` as the workflow calls it: its exit code and what it wrote to stderr."""
     assert (recalls.name, queries) == ("t.csv", recalls.parent / "t.queries.csv")  # one --out-dir
-    code = main([
-        "evaluate", "--model", str(model), "--test-set", f"t={test_dir}", "--out-dir", str(recalls.parent),
-        "--batch-size", "2", "--device", "cpu", "--k", "5", *extra,
-    ])
+    code = main(
+        [
+            "evaluate",
+            "--model",
+            str(model),
+            "--test-set",
+            f"t={test_dir}",
+            "--out-dir",
+            str(recalls.parent),
+            "--batch-size",
+            "2",
+            "--device",
+            "cpu",
+            "--k",
+            "5",
+            *extra,
+        ]
+    )
     return code, capsys.readouterr().err
 
 
@@ -110,12 +124,16 @@ def test_undecodable_test_image_fails_naming_it_even_in_loader_workers(
     test_dir = make_test_set(tmp_path / "set")
     victim = sorted((test_dir / "queries").iterdir())[1]
     content = victim.read_bytes()
-    victim.write_bytes({"zero-byte": b"", "truncated": content[: len(content) // 2],
-                        "not-an-image": b"<html>403 Forbidden</html>"}[damage])
+    victim.write_bytes(
+        {"zero-byte": b"", "truncated": content[: len(content) // 2], "not-an-image": b"<html>403 Forbidden</html>"}[
+            damage
+        ]
+    )
 
     out = tmp_path / "out"
-    code, err = evaluate(capsys, model_file, test_dir, out / "t.csv", out / "t.queries.csv",
-                         "--num-workers", str(num_workers))
+    code, err = evaluate(
+        capsys, model_file, test_dir, out / "t.csv", out / "t.queries.csv", "--num-workers", str(num_workers)
+    )
 
     assert_refused("evaluate", code, err, f"cannot decode image {victim}")
     assert files_under(out) == []
@@ -124,14 +142,20 @@ def test_undecodable_test_image_fails_naming_it_even_in_loader_workers(
 # ---------------------------------------------------------------- evaluate: bad names
 
 
-@pytest.mark.parametrize(("part", "name", "problem"), [
-    ("database", image_name(utm_north="5000.00"), "field utm_east is empty"),
-    ("queries", image_name(utm_east="1004.00", utm_north="north"), "field utm_north is not a number: 'north'"),
-    ("queries", image_name(utm_east="1004.00", utm_north="5000.00", heading="east"),
-     "field heading is not a number: 'east'"),
-    ("database", image_name(utm_east="1004.00", utm_north="inf"), "field utm_north is not finite: 'inf'"),
-    ("database", "IMG_0042.png", "expected 14 '@'-separated fields"),
-])
+@pytest.mark.parametrize(
+    ("part", "name", "problem"),
+    [
+        ("database", image_name(utm_north="5000.00"), "field utm_east is empty"),
+        ("queries", image_name(utm_east="1004.00", utm_north="north"), "field utm_north is not a number: 'north'"),
+        (
+            "queries",
+            image_name(utm_east="1004.00", utm_north="5000.00", heading="east"),
+            "field heading is not a number: 'east'",
+        ),
+        ("database", image_name(utm_east="1004.00", utm_north="inf"), "field utm_north is not finite: 'inf'"),
+        ("database", "IMG_0042.png", "expected 14 '@'-separated fields"),
+    ],
+)
 def test_badly_named_test_image_fails_naming_file_and_field(tmp_path, capsys, model_file, part, name, problem):
     test_dir = make_test_set(tmp_path / "set")
     bad = test_dir / part / name
@@ -164,14 +188,21 @@ def duplicate_a_database_image(test_dir: Path) -> None:
     shutil.copy(first, test_dir / "database" / "more" / first.name)
 
 
-@pytest.mark.parametrize(("change", "problem"), [
-    (empty_queries, "image folder {test_dir}/queries holds no image"),
-    (lambda test_dir: shutil.rmtree(test_dir / "database"), "image folder {test_dir}/database does not exist"),
-    (lambda test_dir: shutil.rmtree(test_dir), "test set folder {test_dir} does not exist"),
-    (swap_parts, "test set {test_dir}: 5 queries but only 3 database images; a test set's database must "
-                 "hold at least as many images as its queries (are database/ and queries/ swapped?)"),
-    (duplicate_a_database_image, "duplicate image name @1000.00@5000.00@"),
-], ids=["empty-queries", "no-database", "no-test-set", "swapped", "duplicate-name"])
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        (empty_queries, "image folder {test_dir}/queries holds no image"),
+        (lambda test_dir: shutil.rmtree(test_dir / "database"), "image folder {test_dir}/database does not exist"),
+        (lambda test_dir: shutil.rmtree(test_dir), "test set folder {test_dir} does not exist"),
+        (
+            swap_parts,
+            "test set {test_dir}: 5 queries but only 3 database images; a test set's database must "
+            "hold at least as many images as its queries (are database/ and queries/ swapped?)",
+        ),
+        (duplicate_a_database_image, "duplicate image name @1000.00@5000.00@"),
+    ],
+    ids=["empty-queries", "no-database", "no-test-set", "swapped", "duplicate-name"],
+)
 def test_malformed_test_set_fails_naming_the_problem(tmp_path, capsys, model_file, change, problem):
     test_dir = make_test_set(tmp_path / "set")
     change(test_dir)
@@ -187,15 +218,17 @@ def test_k_larger_than_the_database_is_refused_not_capped(tmp_path, capsys, mode
     test_dir = make_test_set(tmp_path / "set")
     out = tmp_path / "out"
     code, err = evaluate(capsys, model_file, test_dir, out / "t.csv", out / "t.queries.csv", "--k", "6")
-    assert_refused("evaluate", code, err,
-                   f"test set {test_dir}: k=6 nearest neighbours asked for, but the database holds only 5 images",
-                   "evaluation.k in the config")
+    assert_refused(
+        "evaluate",
+        code,
+        err,
+        f"test set {test_dir}: k=6 nearest neighbours asked for, but the database holds only 5 images",
+        "evaluation.k in the config",
+    )
     assert files_under(out) == []
 
 
-def test_queries_mostly_without_positive_are_counted_and_stay_in_the_denominator(
-    tmp_path, capsys, caplog, model_file
-):
+def test_queries_mostly_without_positive_are_counted_and_stay_in_the_denominator(tmp_path, capsys, caplog, model_file):
     # One query 4 m from a place, three far from every place: recall@5 can only be 25 %, as
     # k=5 ranks the whole database and the one query with a positive finds it.
     far = [(9000.0, 9000.0), (9500.0, 9000.0), (9000.0, 9500.0)]
@@ -217,7 +250,9 @@ def test_queries_mostly_without_positive_are_counted_and_stay_in_the_denominator
     assert int(queries[utm_name(*QUERY_UTM[0])]["first_correct_rank"]) in range(1, 6)
     for place in far:
         assert (queries[utm_name(*place)]["has_positive"], queries[utm_name(*place)]["first_correct_rank"]) == (
-            "0", "0")
+            "0",
+            "0",
+        )
 
 
 def test_model_giving_non_finite_descriptors_is_refused_not_ranked(tmp_path, capsys):
@@ -318,32 +353,80 @@ def rename_with(path: Path, **fields: str) -> Path:
 
 
 def train_args(sf_xs: Path, work: Path) -> list[str]:
-    return ["--train-dir", str(sf_xs / "train"), "--val-dir", str(sf_xs / "val"),
-            "--out-dir", str(work / "run"), "--checkpoint-dir", str(work / "ckpt"),
-            "--cache-dir", str(work / "cache"), "--run-name", "r", "--backbone", "resnet18",
-            "--weights", "none", "--precision", "fp32", "--device", "cpu", "--num-workers", "0",
-            "--epochs", "1", "--iterations-per-epoch", "2", "--image-size", "32", "--batch-size", "4",
-            "--M", "10", "--alpha", "45", "--N", "2", "--L", "1", "--min-images-per-class", "3",
-            "--fc-output-dim", "16", "--lr", "1e-3", "--checkpoint-every", "1"]
+    return [
+        "--train-dir",
+        str(sf_xs / "train"),
+        "--val-dir",
+        str(sf_xs / "val"),
+        "--out-dir",
+        str(work / "run"),
+        "--checkpoint-dir",
+        str(work / "ckpt"),
+        "--cache-dir",
+        str(work / "cache"),
+        "--run-name",
+        "r",
+        "--backbone",
+        "resnet18",
+        "--weights",
+        "none",
+        "--precision",
+        "fp32",
+        "--device",
+        "cpu",
+        "--num-workers",
+        "0",
+        "--epochs",
+        "1",
+        "--iterations-per-epoch",
+        "2",
+        "--image-size",
+        "32",
+        "--batch-size",
+        "4",
+        "--M",
+        "10",
+        "--alpha",
+        "45",
+        "--N",
+        "2",
+        "--L",
+        "1",
+        "--min-images-per-class",
+        "3",
+        "--fc-output-dim",
+        "16",
+        "--lr",
+        "1e-3",
+        "--checkpoint-every",
+        "1",
+    ]
 
 
 def test_training_image_without_heading_stops_the_train_command_naming_file_and_field(tiny_city, tmp_path):
     sf_xs = copy_sf_xs(tiny_city, tmp_path / "data")
     bad = rename_with(sorted((sf_xs / "train").iterdir())[7], heading="")
 
-    result = subprocess.run([sys.executable, "-m", "geoloc.cli", "train", *train_args(sf_xs, tmp_path)],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "geoloc.cli", "train", *train_args(sf_xs, tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
     assert_refused("train", result.returncode, result.stderr, f"{bad}: field heading is empty")
     assert not (tmp_path / "run").exists()
     assert files_under(tmp_path / "ckpt") == []
 
 
-@pytest.mark.parametrize(("where", "field", "value", "problem"), [
-    ("train", "utm_east", "12a", "field utm_east is not a number: '12a'"),
-    ("val/database", "utm_north", "", "field utm_north is empty"),
-    ("val/queries", "utm_east", "nan", "field utm_east is not finite: 'nan'"),
-])
+@pytest.mark.parametrize(
+    ("where", "field", "value", "problem"),
+    [
+        ("train", "utm_east", "12a", "field utm_east is not a number: '12a'"),
+        ("val/database", "utm_north", "", "field utm_north is empty"),
+        ("val/queries", "utm_east", "nan", "field utm_east is not finite: 'nan'"),
+    ],
+)
 def test_badly_named_training_or_validation_image_stops_training(
     tiny_city, tmp_path, capsys, where, field, value, problem
 ):
@@ -382,8 +465,9 @@ def test_swapped_validation_set_stops_training_before_the_first_iteration(tiny_c
 
     code = main(["train", *train_args(sf_xs, tmp_path)])
 
-    assert_refused("train", code, capsys.readouterr().err,
-                   f"test set {sf_xs / 'val'}: 48 queries but only 16 database images")
+    assert_refused(
+        "train", code, capsys.readouterr().err, f"test set {sf_xs / 'val'}: 48 queries but only 16 database images"
+    )
     assert files_under(tmp_path / "ckpt") == []  # not one iteration was spent on it
 
 
@@ -404,8 +488,7 @@ def interrupt_when(command: list[str], env: dict, log: Path, ready, sig: int) ->
     """Start the workflow, and once `ready()` holds, send `sig` to its whole process group
     (Snakemake and its running job), as a terminal's Ctrl-C, SLURM or the OOM killer do."""
     with open(log, "w") as output:
-        process = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+        process = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 600
         while not ready():
@@ -434,26 +517,44 @@ def comparable(results: Path) -> list[dict[str, str]]:
 
 
 @pytest.mark.slow
-def test_workflow_killed_in_training_and_interrupted_in_evaluation_ends_as_an_uninterrupted_run(
-    tiny_city, tmp_path
-):
+def test_workflow_killed_in_training_and_interrupted_in_evaluation_ends_as_an_uninterrupted_run(tiny_city, tmp_path):
     run = "mobilenet_v3_small-none-fp32-s0"
     config = tmp_path / "config.yaml"
-    config.write_text(yaml.safe_dump({
-        "datasets_root": str(tiny_city),  # only read
-        "results": "results",
-        "device": "cpu",
-        "test_sets": ["sf_xs"],
-        # Long enough that the kill below lands mid-training: checkpoints vanish once model.pt is written.
-        "training": {"epochs": 1, "iterations_per_epoch": 300, "batch_size": 4, "image_size": 32, "lr": 1e-3,
-                     "alpha": 45, "N": 2, "L": 1, "min_images_per_class": 2, "num_workers": 0,
-                     "checkpoint_every": 10},
-        "evaluation": {"batch_size": 16, "num_workers": 0},
-        "grid": [{"backbones": ["mobilenet_v3_small"], "pretrainings": ["none"], "precisions": ["fp32"],
-                  "seeds": [0]}],
-        "reference": run,
-        "report": {"published": None},
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "datasets_root": str(tiny_city),  # only read
+                "results": "results",
+                "device": "cpu",
+                "test_sets": ["sf_xs"],
+                # Long enough that the kill below lands mid-training: checkpoints vanish once model.pt is written.
+                "training": {
+                    "epochs": 1,
+                    "iterations_per_epoch": 300,
+                    "batch_size": 4,
+                    "image_size": 32,
+                    "lr": 1e-3,
+                    "alpha": 45,
+                    "N": 2,
+                    "L": 1,
+                    "min_images_per_class": 2,
+                    "num_workers": 0,
+                    "checkpoint_every": 10,
+                },
+                "evaluation": {"batch_size": 16, "num_workers": 0},
+                "grid": [
+                    {
+                        "backbones": ["mobilenet_v3_small"],
+                        "pretrainings": ["none"],
+                        "precisions": ["fp32"],
+                        "seeds": [0],
+                    }
+                ],
+                "reference": run,
+                "report": {"published": None},
+            }
+        )
+    )
     env = venv_env()
     straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
     run_to_the_end(workflow_command(straight, config, "results/recalls.csv"), env)
@@ -462,20 +563,32 @@ def test_workflow_killed_in_training_and_interrupted_in_evaluation_ends_as_an_un
     results = interrupted / "results"
     # SIGKILL once training has written its first periodic checkpoint: nothing can clean up,
     # and Snakemake's lock stays behind (the user runs --unlock, as Snakemake tells them).
-    interrupt_when(command, env, tmp_path / "killed.log",
-                   lambda: any((results / "checkpoints" / run).glob("ckpt-*.pt")), signal.SIGKILL)
+    interrupt_when(
+        command,
+        env,
+        tmp_path / "killed.log",
+        lambda: any((results / "checkpoints" / run).glob("ckpt-*.pt")),
+        signal.SIGKILL,
+    )
     assert not (results / "runs" / run / "model.pt").exists()
-    subprocess.run(workflow_command(interrupted, config, "--unlock"), env=env, check=True,
-                   capture_output=True, timeout=300)
+    subprocess.run(
+        workflow_command(interrupted, config, "--unlock"), env=env, check=True, capture_output=True, timeout=300
+    )
     # Killed again as soon as the evaluation has started. (SIGKILL, not Ctrl-C: a SIGINT that
     # lands while the job's shell is still starting the command can be lost, and the run ends.)
-    interrupt_when(command, env, tmp_path / "interrupted.log",
-                   lambda: (results / "logs" / "evaluate" / f"{run}.log").exists(), signal.SIGKILL)
+    interrupt_when(
+        command,
+        env,
+        tmp_path / "interrupted.log",
+        lambda: (results / "logs" / "evaluate" / f"{run}.log").exists(),
+        signal.SIGKILL,
+    )
     assert (results / "runs" / run / "model.pt").exists()
     assert not (results / "runs" / run / "recalls" / "sf_xs.csv").exists()
     assert not (results / "runs" / run / "recalls" / "sf_xs.queries.csv").exists()
-    subprocess.run(workflow_command(interrupted, config, "--unlock"), env=env, check=True,
-                   capture_output=True, timeout=300)
+    subprocess.run(
+        workflow_command(interrupted, config, "--unlock"), env=env, check=True, capture_output=True, timeout=300
+    )
     run_to_the_end(command, env)
 
     # The training did resume from the checkpoint, and ended where the uninterrupted one did.
@@ -486,7 +599,8 @@ def test_workflow_killed_in_training_and_interrupted_in_evaluation_ends_as_an_un
     assert all(torch.equal(straight_model[key], resumed_model[key]) for key in straight_model)
     assert comparable(results) == comparable(straight / "results")
     assert (results / "runs" / run / "recalls" / "sf_xs.queries.csv").read_bytes() == (
-        straight / "results" / "runs" / run / "recalls" / "sf_xs.queries.csv").read_bytes()
+        straight / "results" / "runs" / run / "recalls" / "sf_xs.queries.csv"
+    ).read_bytes()
     assert not any((results / "checkpoints" / run).glob("ckpt-*.pt"))  # dropped once the model was written
 
 
@@ -535,8 +649,9 @@ def test_an_undecodable_image_in_a_loader_worker_is_one_line_not_a_traceback(tin
     for image in (sf_xs / "train").iterdir():
         image.write_bytes(b"<html>403 Forbidden</html>")  # every image: the first batch meets one
 
-    result = subprocess.run(training_command(sf_xs, tmp_path, "--num-workers", "2"), capture_output=True,
-                            text=True, timeout=300)
+    result = subprocess.run(
+        training_command(sf_xs, tmp_path, "--num-workers", "2"), capture_output=True, text=True, timeout=300
+    )
 
     assert_refused("train", result.returncode, result.stderr, "cannot decode image ", str(sf_xs / "train"))
     assert "worker" not in result.stderr.lower()
@@ -560,7 +675,8 @@ def test_a_stop_during_the_final_save_leaves_neither_output_and_the_rerun_writes
     err = capsys.readouterr().err
     assert code == 3, err
     assert err.strip().splitlines()[-1] == (
-        "geoloc train: error: stopped by signal 15 (SIGTERM) before it finished; rerun it")
+        "geoloc train: error: stopped by signal 15 (SIGTERM) before it finished; rerun it"
+    )
     outputs = [name for name in files_under(tmp_path / "run") if not name.startswith("tensorboard/")]
     assert outputs == []  # neither output, no temporary file
     assert files_under(tmp_path / "ckpt")[-1] == "ckpt-000000002.pt"  # the end-of-training checkpoint
@@ -575,8 +691,12 @@ def test_what_a_killed_run_left_is_removed_by_the_next_run(tiny_city, tmp_path):
     sf_xs = copy_sf_xs(tiny_city, tmp_path / "data")
     (tmp_path / "run").mkdir()
     (tmp_path / "ckpt").mkdir()
-    leftovers = [tmp_path / "run" / ".model.pt.x1y2z3.tmp", tmp_path / "run" / "..model.pt.x1y2z3.tmp.q9.tmp",
-                 tmp_path / "run" / ".train.json.a1b2.tmp", tmp_path / "ckpt" / ".ckpt-000000004.pt.k3j2.tmp"]
+    leftovers = [
+        tmp_path / "run" / ".model.pt.x1y2z3.tmp",
+        tmp_path / "run" / "..model.pt.x1y2z3.tmp.q9.tmp",
+        tmp_path / "run" / ".train.json.a1b2.tmp",
+        tmp_path / "ckpt" / ".ckpt-000000004.pt.k3j2.tmp",
+    ]
     for path in leftovers:
         path.write_bytes(b"\0" * 1000)
     (tmp_path / "run" / "model.pt").write_bytes(b"a model without its train.json")
@@ -585,8 +705,12 @@ def test_what_a_killed_run_left_is_removed_by_the_next_run(tiny_city, tmp_path):
 
     assert not any(path.exists() for path in leftovers)
     assert files_under(tmp_path / "run") == sorted(
-        ["model.pt", "train.json",
-         *(str(Path("tensorboard") / p.name) for p in (tmp_path / "run" / "tensorboard").iterdir())])
+        [
+            "model.pt",
+            "train.json",
+            *(str(Path("tensorboard") / p.name) for p in (tmp_path / "run" / "tensorboard").iterdir()),
+        ]
+    )
     models.load_model(tmp_path / "run" / "model.pt")  # the new one
 
 
@@ -616,16 +740,21 @@ def test_tensorboard_that_cannot_be_written_never_fails_a_training(tiny_city, tm
     assert (tmp_path / "run" / "model.pt").is_file() and (tmp_path / "run" / "train.json").is_file()
 
 
-@pytest.mark.parametrize(("flag", "value", "problem"), [
-    ("--num-workers", "-1", "argument --num-workers: -1 is less than the minimum of 0"),
-    ("--seed", "99999999999999999999",
-     "argument --seed: 99999999999999999999 is greater than the maximum of 18446744073709551615"),
-    ("--batch-size", "4.0", "argument --batch-size: '4.0' is not of type 'integer'"),
-    ("--lr", "nan", "argument --lr: 'nan' is not a finite number"),
-    ("--image-size", "16", "argument --image-size: 16 is less than the minimum of 32"),
-])
-def test_train_refuses_a_value_the_schema_would_refuse_in_its_words(tiny_city, tmp_path, capsys, flag, value,
-                                                                     problem):
+@pytest.mark.parametrize(
+    ("flag", "value", "problem"),
+    [
+        ("--num-workers", "-1", "argument --num-workers: -1 is less than the minimum of 0"),
+        (
+            "--seed",
+            "99999999999999999999",
+            "argument --seed: 99999999999999999999 is greater than the maximum of 18446744073709551615",
+        ),
+        ("--batch-size", "4.0", "argument --batch-size: '4.0' is not of type 'integer'"),
+        ("--lr", "nan", "argument --lr: 'nan' is not a finite number"),
+        ("--image-size", "16", "argument --image-size: 16 is less than the minimum of 32"),
+    ],
+)
+def test_train_refuses_a_value_the_schema_would_refuse_in_its_words(tiny_city, tmp_path, capsys, flag, value, problem):
     args = train_args(tiny_city / "sf_xs", tmp_path)
     with pytest.raises(SystemExit) as exit_:
         main(["train", *args, flag, value])
@@ -633,8 +762,9 @@ def test_train_refuses_a_value_the_schema_would_refuse_in_its_words(tiny_city, t
     assert capsys.readouterr().err.strip().splitlines()[-1] == f"geoloc train: error: {problem}"
 
 
-def test_a_bug_keeps_its_traceback_and_still_ends_with_the_line_and_exit_code_1(tiny_city, tmp_path, capsys,
-                                                                               monkeypatch):
+def test_a_bug_keeps_its_traceback_and_still_ends_with_the_line_and_exit_code_1(
+    tiny_city, tmp_path, capsys, monkeypatch
+):
     from geoloc.train import trainer
 
     def broken_fit(self, fresh=False):
@@ -646,7 +776,8 @@ def test_a_bug_keeps_its_traceback_and_still_ends_with_the_line_and_exit_code_1(
     assert code == 1
     assert "Traceback" in err and "broken_fit" in err
     assert err.strip().splitlines()[-1] == (
-        "geoloc train: error: unexpected KeyError: 'progress' (a bug: the traceback above says where)")
+        "geoloc train: error: unexpected KeyError: 'progress' (a bug: the traceback above says where)"
+    )
 
 
 def test_sigterm_during_evaluation_ends_with_one_line_and_no_output(tmp_path, capsys, model_file, monkeypatch):
@@ -664,5 +795,6 @@ def test_sigterm_during_evaluation_ends_with_one_line_and_no_output(tmp_path, ca
 
     assert code == 3 and "Traceback" not in err
     assert err.strip().splitlines()[-1] == (
-        "geoloc evaluate: error: stopped by signal 15 (SIGTERM) before it finished; rerun it")
+        "geoloc evaluate: error: stopped by signal 15 (SIGTERM) before it finished; rerun it"
+    )
     assert files_under(out) == []

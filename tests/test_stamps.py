@@ -61,7 +61,7 @@ def test_a_file_a_job_reads_counts_by_content(tmp_path):
     assert expected("s", files={"queries": tmp_path / "queries.txt"}) != first
 
 
-SNAKEFILE = textwrap.dedent('''
+SNAKEFILE = textwrap.dedent("""
     from geoloc.provenance import stamps
 
     stamps.write_stamps("stamps", {
@@ -75,7 +75,7 @@ SNAKEFILE = textwrap.dedent('''
         input: stamp="stamps/job/{name}.json"
         output: "out/{name}.txt"
         shell: "cp {input.stamp} {output}; echo {wildcards.name} >> ran.log"
-''')
+""")
 
 
 def snakemake(folder, settings: dict[str, str]) -> list[str]:
@@ -85,7 +85,11 @@ def snakemake(folder, settings: dict[str, str]) -> list[str]:
     config = [f"settings={settings}".replace(" ", "")]
     result = subprocess.run(
         [sys.executable, "-m", "snakemake", "-c1", "--rerun-triggers", "mtime", "--config", *config],
-        cwd=folder, capture_output=True, text=True, timeout=120, check=False,
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     log = folder / "ran.log"

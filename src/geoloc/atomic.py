@@ -142,8 +142,11 @@ def remove_stale_temporaries(folder: str | os.PathLike, name: str) -> list[Path]
             stale.unlink()
             removed.append(stale)
     if removed:
-        log.info("removed %d temporary file(s) left by a killed run: %s", len(removed),
-                 ", ".join(str(path) for path in removed))
+        log.info(
+            "removed %d temporary file(s) left by a killed run: %s",
+            len(removed),
+            ", ".join(str(path) for path in removed),
+        )
     return removed
 
 

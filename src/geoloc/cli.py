@@ -55,13 +55,19 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     for name, (module_name, help_text) in COMMANDS.items():
         sub_parser = sub.add_parser(name, help=help_text, description=help_text)
         sub_parser.add_argument(
-            "--threads", type=integer(minimum=1), default=None,
+            "--threads",
+            type=integer(minimum=1),
+            default=None,
             help="CPUs this command may use (torch's threads plus loader workers); default: "
-                 "SLURM_CPUS_PER_TASK inside a SLURM job, else the CPUs this process may run on")
+            "SLURM_CPUS_PER_TASK inside a SLURM job, else the CPUs this process may run on",
+        )
         sub_parser.add_argument(
-            "--max-image-megapixels", type=number(exclusive_minimum=0), default=None,
+            "--max-image-megapixels",
+            type=number(exclusive_minimum=0),
+            default=None,
             help="an image larger than this (width x height, read from its header before decoding) is refused; "
-                 f"default: ${MAX_PIXELS_VARIABLE} (in pixels), else 50")
+            f"default: ${MAX_PIXELS_VARIABLE} (in pixels), else 50",
+        )
         if name == command:
             module = importlib.import_module(module_name)
             module.add_arguments(sub_parser)
@@ -96,8 +102,9 @@ def main(argv: list[str] | None = None) -> int:
             return _fail(command, "interrupted by Ctrl-C (SIGINT); nothing was finished, rerun it", EXIT_CTRL_C)
         except Exception as exc:
             traceback.print_exc()
-            return _fail(command, f"unexpected {type(exc).__name__}: {exc} (a bug: the traceback above "
-                                  "says where)", EXIT_BUG)
+            return _fail(
+                command, f"unexpected {type(exc).__name__}: {exc} (a bug: the traceback above says where)", EXIT_BUG
+            )
 
 
 def _fail(command: str, message: str, code: int) -> int:

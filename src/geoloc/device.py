@@ -54,8 +54,9 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cpu")
     if name == "cuda":
         if not torch.cuda.is_available():
-            raise GeolocError(f"device cuda was asked for, but torch sees no CUDA device: "
-                              f"{_cuda_problem() or 'none is visible'}")
+            raise GeolocError(
+                f"device cuda was asked for, but torch sees no CUDA device: {_cuda_problem() or 'none is visible'}"
+            )
         return torch.device("cuda")
     raise GeolocError(f"unknown device {name!r}: expected auto, cpu or cuda")
 
@@ -64,13 +65,18 @@ def slurm_gpus_unusable() -> str | None:
     """Why this SLURM job's GPUs are unusable to torch, or None outside a job given GPUs."""
     if not os.environ.get("SLURM_JOB_ID"):
         return None
-    given = [f"{name}={os.environ[name]}" for name in _SLURM_GPU_VARIABLES
-             if os.environ.get(name, "").strip() not in _NO_GPU_VALUES
-             and not (name == "SLURM_GPUS_ON_NODE" and os.environ[name].strip() == "0")]
+    given = [
+        f"{name}={os.environ[name]}"
+        for name in _SLURM_GPU_VARIABLES
+        if os.environ.get(name, "").strip() not in _NO_GPU_VALUES
+        and not (name == "SLURM_GPUS_ON_NODE" and os.environ[name].strip() == "0")
+    ]
     if not given:
         return None
-    return (f"device auto: this SLURM job was given GPUs ({', '.join(given)}) but torch cannot use them: "
-            f"{_cuda_problem() or 'it sees no CUDA device'}; set device: cpu to run on the CPU anyway")
+    return (
+        f"device auto: this SLURM job was given GPUs ({', '.join(given)}) but torch cannot use them: "
+        f"{_cuda_problem() or 'it sees no CUDA device'}; set device: cpu to run on the CPU anyway"
+    )
 
 
 def _cuda_problem() -> str | None:
@@ -78,8 +84,9 @@ def _cuda_problem() -> str | None:
     import torch
 
     if torch.version.cuda is None:
-        return (f"torch {torch.__version__} is a CPU-only build (install a CUDA build of PyTorch "
-                "in the job's environment)")
+        return (
+            f"torch {torch.__version__} is a CPU-only build (install a CUDA build of PyTorch in the job's environment)"
+        )
     try:
         torch.cuda.init()
     except Exception as exc:  # torch reports driver and device problems as several types

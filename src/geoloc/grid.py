@@ -10,10 +10,10 @@ Errors name the config key they come from.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,8 +59,16 @@ class Run:
 
     def settings(self) -> tuple:
         """Everything that makes two runs of the same name the same run."""
-        return (self.backbone, self.pretraining, self.precision, self.aggregator, self.seed, self.tag,
-                self.trained, sorted(self.training.items()))
+        return (
+            self.backbone,
+            self.pretraining,
+            self.precision,
+            self.aggregator,
+            self.seed,
+            self.tag,
+            self.trained,
+            sorted(self.training.items()),
+        )
 
 
 def backbone_slug(backbone: str) -> str:
@@ -72,9 +80,18 @@ def backbone_slug(backbone: str) -> str:
 DEFAULT_AGGREGATOR = "gem"  # left out of run names, so that today's names stay
 # How a swept training key reads in a run name (`-px320`); a key not listed reads as itself
 # (`-groups_num2`), and "" gives the value alone (`-arcface`).
-SHORT_NAMES = {"image_size": "px", "batch_size": "bs", "epochs": "ep", "iterations_per_epoch": "it",
-               "classifier_lr": "clr", "fc_output_dim": "dim", "trainable_blocks": "tb",
-               "min_images_per_class": "mipc", "loss": "", "dataset": ""}
+SHORT_NAMES = {
+    "image_size": "px",
+    "batch_size": "bs",
+    "epochs": "ep",
+    "iterations_per_epoch": "it",
+    "classifier_lr": "clr",
+    "fc_output_dim": "dim",
+    "trainable_blocks": "tb",
+    "min_images_per_class": "mipc",
+    "loss": "",
+    "dataset": "",
+}
 
 
 def name_part(key: str, value: Any) -> str:
@@ -83,8 +100,15 @@ def name_part(key: str, value: Any) -> str:
     return f"{SHORT_NAMES.get(key, key)}{text}"
 
 
-def run_name(backbone: str, pretraining: str, precision: str, seed: int, tag: str | None = None,
-             aggregator: str = DEFAULT_AGGREGATOR, swept: Iterable[tuple[str, Any]] = ()) -> str:
+def run_name(
+    backbone: str,
+    pretraining: str,
+    precision: str,
+    seed: int,
+    tag: str | None = None,
+    aggregator: str = DEFAULT_AGGREGATOR,
+    swept: Iterable[tuple[str, Any]] = (),
+) -> str:
     """`{backbone}-{pretraining}-{precision}-s{seed}`, then the aggregator unless GeM, each swept
     setting (`-lr3e-05-px320`) and the tag."""
     parts = [backbone_slug(backbone), pretraining, precision, f"s{seed}"]
@@ -94,8 +118,9 @@ def run_name(backbone: str, pretraining: str, precision: str, seed: int, tag: st
     return "-".join(parts)
 
 
-def expand_grid(blocks: Iterable[Mapping[str, Any]], training: Mapping[str, Any], *,
-                untrained: bool = False) -> dict[str, Run]:
+def expand_grid(
+    blocks: Iterable[Mapping[str, Any]], training: Mapping[str, Any], *, untrained: bool = False
+) -> dict[str, Run]:
     """The runs of the grid by name, in config order; a name defined twice must mean the same run.
 
     A block is the product of its backbones, pretrainings, precisions, aggregators, seeds and
@@ -106,8 +131,10 @@ def expand_grid(blocks: Iterable[Mapping[str, Any]], training: Mapping[str, Any]
     seen: list[Mapping[str, Any]] = []
     for index, block in enumerate(blocks):
         if block in seen:
-            raise ConfigError(f"config key grid[{index}]: the same block as grid[{seen.index(block)}], which would "
-                              f"define its runs twice; remove one, or change a value")
+            raise ConfigError(
+                f"config key grid[{index}]: the same block as grid[{seen.index(block)}], which would "
+                f"define its runs twice; remove one, or change a value"
+            )
         seen.append(block)
         overrides = dict(block.get("training") or {})
         swept = [key for key, value in overrides.items() if isinstance(value, list)]
@@ -125,19 +152,35 @@ def expand_grid(blocks: Iterable[Mapping[str, Any]], training: Mapping[str, Any]
         resources = dict(block.get("resources") or {})
         if "gpus" in resources:  # the block's GPUs per node are its runs' gpus_per_run
             if "gpus_per_run" in overrides:
-                raise ConfigError(f"config key grid[{index}].resources.gpus: the block also sets "
-                                  f"training.gpus_per_run; give one of them")
+                raise ConfigError(
+                    f"config key grid[{index}].resources.gpus: the block also sets "
+                    f"training.gpus_per_run; give one of them"
+                )
             training = {**training, "gpus_per_run": resources.pop("gpus")}
-        points = itertools.product(block["backbones"], block["pretrainings"], block["precisions"],
-                                   block.get("aggregators", [DEFAULT_AGGREGATOR]), block["seeds"],
-                                   *(overrides[key] for key in swept))
+        points = itertools.product(
+            block["backbones"],
+            block["pretrainings"],
+            block["precisions"],
+            block.get("aggregators", [DEFAULT_AGGREGATOR]),
+            block["seeds"],
+            *(overrides[key] for key in swept),
+        )
         for backbone, pretraining, precision, aggregator, seed, *values in points:
             point = dict(zip(swept, values, strict=True))
             run = Run(
                 name=run_name(backbone, pretraining, precision, seed, tag, aggregator, point.items()),
-                backbone=backbone, pretraining=pretraining, precision=precision, seed=seed, tag=tag,
-                training={**training, **overrides, **point}, block=index, overrides=tuple(sorted(overrides)),
-                trained=trained, aggregator=aggregator, swept=tuple(swept), resources=resources,
+                backbone=backbone,
+                pretraining=pretraining,
+                precision=precision,
+                seed=seed,
+                tag=tag,
+                training={**training, **overrides, **point},
+                block=index,
+                overrides=tuple(sorted(overrides)),
+                trained=trained,
+                aggregator=aggregator,
+                swept=tuple(swept),
+                resources=resources,
             )
             _add_run(runs, run)
     return runs
@@ -269,8 +312,9 @@ def number_problems(value: Any, schema: Mapping[str, Any], root: Mapping[str, An
 def _branch(root: Mapping[str, Any], branches: list, value: Any) -> Mapping[str, Any]:
     """The branch of an anyOf that the value's shape asks for: the array one for a list."""
     resolved = [_dereferenced(root, branch) for branch in branches]
-    return next((branch for branch in resolved if (branch.get("type") == "array") == isinstance(value, list)),
-                resolved[0])
+    return next(
+        (branch for branch in resolved if (branch.get("type") == "array") == isinstance(value, list)), resolved[0]
+    )
 
 
 def keys_that_change(schema: Mapping[str, Any], section: str, what: str) -> list[str]:
@@ -326,24 +370,31 @@ def check_datasets(config: Mapping[str, Any], runs: Iterable[Run], catalog: Mapp
     real data (not the synthetic city, generated later), the folders exist and hold the expected counts."""
     for index, name in enumerate(config["test_sets"]):
         if name not in catalog:
-            raise ConfigError(f"config key test_sets[{index}]: {name!r} is not a dataset of the catalog; add it "
-                              f"under `datasets:` or use one of: {', '.join(sorted(catalog))}")
+            raise ConfigError(
+                f"config key test_sets[{index}]: {name!r} is not a dataset of the catalog; add it "
+                f"under `datasets:` or use one of: {', '.join(sorted(catalog))}"
+            )
         if catalog[name].test is None:
-            raise ConfigError(f"config key test_sets[{index}]: dataset {name!r} has no test folder "
-                              f"(give datasets.{name}.test)")
+            raise ConfigError(
+                f"config key test_sets[{index}]: dataset {name!r} has no test folder (give datasets.{name}.test)"
+            )
     training: dict[str, str] = {}  # training set -> the config key naming it first
     for run in runs:
         training.setdefault(run.training["dataset"], run.key("dataset"))
     for name, key in training.items():
         entry = catalog.get(name)
         if entry is None:
-            raise ConfigError(f"config key {key}: {name!r} is not a dataset of the catalog; add it under "
-                              f"`datasets:` or use one of: {', '.join(sorted(catalog))}")
+            raise ConfigError(
+                f"config key {key}: {name!r} is not a dataset of the catalog; add it under "
+                f"`datasets:` or use one of: {', '.join(sorted(catalog))}"
+            )
         missing = [field for field in ("train", "val") if getattr(entry, field) is None]
         if missing:
-            raise ConfigError(f"config key {key}: dataset {name!r} has no {' and no '.join(missing)} folder "
-                              f"(give datasets.{name}.{missing[0]}); training sets: "
-                              f"{', '.join(sorted(n for n, e in catalog.items() if e.train and e.val)) or 'none'}")
+            raise ConfigError(
+                f"config key {key}: dataset {name!r} has no {' and no '.join(missing)} folder "
+                f"(give datasets.{name}.{missing[0]}); training sets: "
+                f"{', '.join(sorted(n for n, e in catalog.items() if e.train and e.val)) or 'none'}"
+            )
     if config["synthetic"]["enabled"]:
         return
     root = Path(config["datasets_root"])
@@ -388,8 +439,9 @@ def baselines_of(runs: Iterable[Run]) -> dict[str, Baseline]:
     baselines: dict[str, Baseline] = {}
     for run in runs:
         key = f"{backbone_slug(run.backbone)}-{run.pretraining}"
-        baselines.setdefault(key, Baseline(key, run.backbone, run.pretraining, run.weights_id,
-                                           run.training["fc_output_dim"], run.seed))
+        baselines.setdefault(
+            key, Baseline(key, run.backbone, run.pretraining, run.weights_id, run.training["fc_output_dim"], run.seed)
+        )
     return baselines
 
 

@@ -87,12 +87,16 @@ class Jobs:
         # The run's own axes by the table (backbone, precision, seed, aggregator where the table has it).
         axes = {field.name: getattr(run, field.name, None) for field in fields_from(RUN)}
         axes["weights_format"] = weights.format if weights else None
-        return quoted({
-            "--backbone": run.backbone, "--pretraining": run.pretraining, "--tag": run.tag,
-            **{option_of(name): value for name, value in axes.items()},
-            **{option_of(key): run.training[key] for key in MODEL_TRAINING_KEYS},
-            **{option_of(field.name): self.config["evaluation"][field.name] for field in fields_from(EVALUATION)},
-        })
+        return quoted(
+            {
+                "--backbone": run.backbone,
+                "--pretraining": run.pretraining,
+                "--tag": run.tag,
+                **{option_of(name): value for name, value in axes.items()},
+                **{option_of(key): run.training[key] for key in MODEL_TRAINING_KEYS},
+                **{option_of(field.name): self.config["evaluation"][field.name] for field in fields_from(EVALUATION)},
+            }
+        )
 
     def train_runtime(self, name: str, weights_path: str | None, model: str, threads: int) -> str:
         """Paths and runtime knobs of a training: never a reason to retrain."""
@@ -101,19 +105,28 @@ class Jobs:
         weights = self.study.weights.get(run.weights_id)
         results = self.config["results"]
         train_dir, val_dir = (self.folder(settings["dataset"], field) for field in ("train", "val"))
-        words = quoted({
-            "--run-name": run.name, "--train-dir": train_dir, "--val-dir": val_dir,
-            "--weights": weights_path if weights else "none", "--weights-sha256": weights.sha256 if weights else None,
-            "--out-dir": Path(model).parent, "--checkpoint-dir": f"{results}/checkpoints/{name}",
-            "--cache-dir": f"{results}/cache",
-            "--image-cache": self.image_cache_dir if settings["image_cache"] else None,
-            "--device": self.config["device"], "--num-workers": settings["num_workers"],
-            "--checkpoint-every": settings["checkpoint_every"], "--max-bad-steps": settings["max_bad_steps"],
-            "--max-bad-images": settings["max_bad_images"], "--compile": settings["compile"],
-            "--stop-margin-seconds": 60 * settings["stop_margin_minutes"],
-            # A run on several GPUs gets its threads per process from ranks.sh.
-            "--threads": threads if ranks(run) == (1, 1) else None,
-        })
+        words = quoted(
+            {
+                "--run-name": run.name,
+                "--train-dir": train_dir,
+                "--val-dir": val_dir,
+                "--weights": weights_path if weights else "none",
+                "--weights-sha256": weights.sha256 if weights else None,
+                "--out-dir": Path(model).parent,
+                "--checkpoint-dir": f"{results}/checkpoints/{name}",
+                "--cache-dir": f"{results}/cache",
+                "--image-cache": self.image_cache_dir if settings["image_cache"] else None,
+                "--device": self.config["device"],
+                "--num-workers": settings["num_workers"],
+                "--checkpoint-every": settings["checkpoint_every"],
+                "--max-bad-steps": settings["max_bad_steps"],
+                "--max-bad-images": settings["max_bad_images"],
+                "--compile": settings["compile"],
+                "--stop-margin-seconds": 60 * settings["stop_margin_minutes"],
+                # A run on several GPUs gets its threads per process from ranks.sh.
+                "--threads": threads if ranks(run) == (1, 1) else None,
+            }
+        )
         copy_to = self.config["image_cache"]["copy_to"]
         if copy_to and settings["image_cache"]:
             words = f"{words} --image-cache-copy-to {node_path(copy_to)}"
@@ -136,14 +149,23 @@ class Jobs:
         evaluation = self.config["evaluation"]
         threshold = evaluation["positive_dist_threshold"]
         entries = [self.catalog[name] for name in self.config["test_sets"]]
-        return quoted({
-            "--k": evaluation["k"], "--positive-dist-threshold": threshold,
-            "--resize": evaluation["resize"], "--autocast": evaluated_under_autocast(precision, evaluation["autocast"]),
-        }) + "".join(
-            f" --set-threshold {shlex.quote(f'{e.name}={e.positive_dist_threshold}')}"
-            for e in entries if e.positive_dist_threshold != threshold
-        ) + "".join(
-            f" --set-queries {shlex.quote(f'{e.name}={self._file(e.queries)}')}" for e in entries if e.queries
+        return (
+            quoted(
+                {
+                    "--k": evaluation["k"],
+                    "--positive-dist-threshold": threshold,
+                    "--resize": evaluation["resize"],
+                    "--autocast": evaluated_under_autocast(precision, evaluation["autocast"]),
+                }
+            )
+            + "".join(
+                f" --set-threshold {shlex.quote(f'{e.name}={e.positive_dist_threshold}')}"
+                for e in entries
+                if e.positive_dist_threshold != threshold
+            )
+            + "".join(
+                f" --set-queries {shlex.quote(f'{e.name}={self._file(e.queries)}')}" for e in entries if e.queries
+            )
         )
 
     def _file(self, path: str) -> str:
@@ -156,23 +178,34 @@ class Jobs:
     def evaluate_runtime(self, recalls: Iterable[str], threads: int) -> str:
         """Test sets, outputs and runtime knobs of an evaluation: never a reason to re-evaluate."""
         evaluation = self.config["evaluation"]
-        test_sets = [word for name in self.config["test_sets"]
-                     for word in ("--test-set", f"{name}={self.folder(name, 'test')}")]
-        options = quoted({
-            "--out-dir": Path(next(iter(recalls))).parent, "--batch-size": evaluation["batch_size"],
-            "--num-workers": evaluation["num_workers"], "--device": self.config["device"], "--threads": threads,
-        })
+        test_sets = [
+            word for name in self.config["test_sets"] for word in ("--test-set", f"{name}={self.folder(name, 'test')}")
+        ]
+        options = quoted(
+            {
+                "--out-dir": Path(next(iter(recalls))).parent,
+                "--batch-size": evaluation["batch_size"],
+                "--num-workers": evaluation["num_workers"],
+                "--device": self.config["device"],
+                "--threads": threads,
+            }
+        )
         return f"{options} {shlex.join(test_sets)}"
 
     def baseline_settings(self, key: str) -> str:
         """What makes the untrained network and its recalls."""
         baseline: Baseline = self.study.baselines[key]
         weights = self.study.weights.get(baseline.weights_id)
-        network = quoted({
-            "--untrained": True, "--backbone": baseline.backbone, "--pretraining": baseline.pretraining,
-            "--weights-format": weights.format if weights else None, "--fc-output-dim": baseline.fc_output_dim,
-            "--seed": baseline.seed,
-        })
+        network = quoted(
+            {
+                "--untrained": True,
+                "--backbone": baseline.backbone,
+                "--pretraining": baseline.pretraining,
+                "--weights-format": weights.format if weights else None,
+                "--fc-output-dim": baseline.fc_output_dim,
+                "--seed": baseline.seed,
+            }
+        )
         return f"{network} {self._evaluation_settings(BASELINE_PRECISION)}"
 
     def published_settings(self, name: str) -> str:
@@ -182,8 +215,9 @@ class Jobs:
     def published_runtime(self, weights: str, recalls: Iterable[str], threads: int) -> str:
         return f"{quoted({'--weights': weights})} {self.evaluate_runtime(recalls, threads)}"
 
-    def baseline_runtime(self, key: str, weights_path: str | None, summary: str, recalls: Iterable[str],
-                         threads: int) -> str:
+    def baseline_runtime(
+        self, key: str, weights_path: str | None, summary: str, recalls: Iterable[str], threads: int
+    ) -> str:
         weights = weights_path if self.study.baselines[key].weights_id else None
         paths = quoted({"--weights": weights, "--summary-out": summary})
         return f"{paths} {self.evaluate_runtime(recalls, threads)}"
@@ -199,18 +233,35 @@ class Jobs:
     def fetch_runtime(self, backbone: str, pretraining: str, out: str) -> str:
         """The registry's path is no reason to download again: all of this is runtime."""
         weights = self.study.weights[f"{backbone}-{pretraining}"]
-        return quoted({"--registry": self.registry, "--backbone": weights.backbone,
-                       "--pretraining": weights.pretraining, "--out": out})
+        return quoted(
+            {
+                "--registry": self.registry,
+                "--backbone": weights.backbone,
+                "--pretraining": weights.pretraining,
+                "--out": out,
+            }
+        )
 
     def cache_images_runtime(self, size: int, threads: int) -> str:
         """The whole command of a cache job: only whether a run caches this size decides if it builds
         (a cache turned on later is built by its first training), so none of it is a rerun trigger."""
-        train_dirs = sorted({self.folder(run.training["dataset"], "train") for run in self.study.runs.values()
-                             if run.training["image_cache"] and run.training["image_size"] == size})
+        train_dirs = sorted(
+            {
+                self.folder(run.training["dataset"], "train")
+                for run in self.study.runs.values()
+                if run.training["image_cache"] and run.training["image_size"] == size
+            }
+        )
         if not train_dirs:
             return f"echo no run caches its images at {size} px"
-        options = quoted({"--image-size": size, "--cache-dir": self.image_cache_dir,
-                          "--num-workers": max(0, threads - 1), "--threads": threads})
+        options = quoted(
+            {
+                "--image-size": size,
+                "--cache-dir": self.image_cache_dir,
+                "--num-workers": max(0, threads - 1),
+                "--threads": threads,
+            }
+        )
         return " && ".join(f"geoloc cache-images {quoted({'--train-dir': folder})} {options}" for folder in train_dirs)
 
     # ------------------------------------------------------------ stamps
@@ -221,8 +272,11 @@ class Jobs:
         reads of the datasets (image folders and query files). Without `data` (the synthetic city,
         which the workflow makes and each of these jobs takes as input) the settings alone."""
         test_sets = self.config["test_sets"]
-        folders = {f"{name}/{part}": f"{self.folder(name, 'test')}/{part}"
-                   for name in test_sets for part in ("database", "queries")}
+        folders = {
+            f"{name}/{part}": f"{self.folder(name, 'test')}/{part}"
+            for name in test_sets
+            for part in ("database", "queries")
+        }
         files = {name: self._file(self.catalog[name].queries) for name in test_sets if self.catalog[name].queries}
 
         def tested(settings: str) -> dict[str, Any]:
@@ -230,17 +284,25 @@ class Jobs:
 
         def training_set(dataset: str) -> dict[str, str]:
             val = self.folder(dataset, "val")
-            return {"train": self.folder(dataset, "train"), "val/database": f"{val}/database",
-                    "val/queries": f"{val}/queries"}
+            return {
+                "train": self.folder(dataset, "train"),
+                "val/database": f"{val}/database",
+                "val/queries": f"{val}/queries",
+            }
 
         trained = {name: training_set(run.training["dataset"]) for name, run in self.study.runs.items()}
         # datasets.json counts the images of every folder in use
-        every = {f"{run.training['dataset']}/{part}": folder for name, run in self.study.runs.items()
-                 for part, folder in trained[name].items()} | folders
+        every = {
+            f"{run.training['dataset']}/{part}": folder
+            for name, run in self.study.runs.items()
+            for part, folder in trained[name].items()
+        } | folders
         return {
             "datasets/datasets": stamps.expected("", every, files) if data else stamps.expected(""),
-            **{f"train/{name}": stamps.expected(self.train_settings(name), read if data else None)
-               for name, read in trained.items()},
+            **{
+                f"train/{name}": stamps.expected(self.train_settings(name), read if data else None)
+                for name, read in trained.items()
+            },
             **{f"evaluate/{name}": tested(self.evaluate_settings(name)) for name in self.study.runs},
             **{f"baseline/{key}": tested(self.baseline_settings(key)) for key in self.study.baselines},
             **{f"published/{name}": tested(self.published_settings(name)) for name in self.config["published_models"]},
@@ -249,12 +311,24 @@ class Jobs:
     def report_settings(self) -> str:
         """What the report says, beside its inputs: the expected runs and the reference. A config
         naming no reference gives none: the report takes the first expected run and says it chose."""
-        return quoted({"--positive-dist-threshold": self.config["evaluation"]["positive_dist_threshold"],
-                       "--reference": self.config.get("reference"), "--expected": list(self.study.runs)})
+        return quoted(
+            {
+                "--positive-dist-threshold": self.config["evaluation"]["positive_dist_threshold"],
+                "--reference": self.config.get("reference"),
+                "--expected": list(self.study.runs),
+            }
+        )
 
     def report_runtime(self, datasets: str, published: str | None, conclusions: str, templates: Path) -> str:
-        return quoted({"--runs-dir": f"{self.config['results']}/runs", "--templates": templates,
-                       "--datasets": datasets, "--published": published or None, "--conclusions-out": conclusions})
+        return quoted(
+            {
+                "--runs-dir": f"{self.config['results']}/runs",
+                "--templates": templates,
+                "--datasets": datasets,
+                "--published": published or None,
+                "--conclusions-out": conclusions,
+            }
+        )
 
     def aggregate_runtime(self, summaries: Iterable[str]) -> str:
         """The folder of every run and baseline, from their summary files, and of every published model."""

@@ -85,11 +85,15 @@ def acquire(folder: str | os.PathLike, what: str) -> int | None:
         os.close(fd)
         if exc.errno not in _NO_LOCKS:
             raise GeolocError(f"cannot lock {path}: {exc.strerror or exc}") from exc
-        log.warning("%s: this file system cannot lock files (%s); nothing stops a second process from writing "
-                    "%s at the same time", path, exc.strerror, folder)
+        log.warning(
+            "%s: this file system cannot lock files (%s); nothing stops a second process from writing "
+            "%s at the same time",
+            path,
+            exc.strerror,
+            folder,
+        )
         return None
-    record = {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv)[:300],
-              "since": now()}
+    record = {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv)[:300], "since": now()}
     try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)

@@ -69,8 +69,9 @@ def assert_close_color(actual: tuple[int, ...], expected: tuple[int, ...], toler
     ],
 )
 def test_class_and_group_match_hand_computed_cells(east, north, heading, expected_class, expected_group):
-    classes, groups = classes_and_groups(np.array([east]), np.array([north]), np.array([heading]),
-                                         M=10, alpha=30, N=5, L=2)
+    classes, groups = classes_and_groups(
+        np.array([east]), np.array([north]), np.array([heading]), M=10, alpha=30, N=5, L=2
+    )
     assert tuple(classes[0].tolist()) == expected_class and tuple(groups[0].tolist()) == expected_group
 
 
@@ -85,14 +86,21 @@ def test_adjacent_classes_never_share_a_group():
 # strings, skipping dropped classes) differs from sorted group ids and from a part-by-part path
 # sort ('a-b/' sorts before 'a/'), with a heading of 360 and a dropped class that appears first.
 COSPLACE_CASE = [
-    "@1.0@11.0@@@@@@@200@@@@@@.jpg", "@2.0@11.0@@@@@@@205@@@@@@.jpg",
+    "@1.0@11.0@@@@@@@200@@@@@@.jpg",
+    "@2.0@11.0@@@@@@@205@@@@@@.jpg",
     "a-b/@0.5@21.0@@@@@@@40@@@@@@.jpg",  # alone in its class: dropped
-    "a-b/@12.0@1.0@@@@@@@10@@@@@@.jpg", "a-b/@13.0@1.0@@@@@@@20@@@@@@.jpg",
-    "a/@1.0@2.0@@@@@@@0@@@@@@.jpg", "a/@2.0@2.0@@@@@@@5@@@@@@.jpg",
-    "a/@3.0@2.0@@@@@@@360@@@@@@.jpg", "a/@4.0@2.0@@@@@@@360.0@@@@@@.jpg",
-    "a/@1.0@3.0@@@@@@@45@@@@@@.jpg", "a/@2.0@3.0@@@@@@@45@@@@@@.jpg",
-    "a/@5.0@5.0@@@@@@@359.99@@@@@@.jpg", "a/@6.0@5.0@@@@@@@359.99@@@@@@.jpg",
-    "a/@-5.0@2.0@@@@@@@100@@@@@@.jpg", "a/@-6.0@2.0@@@@@@@100@@@@@@.jpg",
+    "a-b/@12.0@1.0@@@@@@@10@@@@@@.jpg",
+    "a-b/@13.0@1.0@@@@@@@20@@@@@@.jpg",
+    "a/@1.0@2.0@@@@@@@0@@@@@@.jpg",
+    "a/@2.0@2.0@@@@@@@5@@@@@@.jpg",
+    "a/@3.0@2.0@@@@@@@360@@@@@@.jpg",
+    "a/@4.0@2.0@@@@@@@360.0@@@@@@.jpg",
+    "a/@1.0@3.0@@@@@@@45@@@@@@.jpg",
+    "a/@2.0@3.0@@@@@@@45@@@@@@.jpg",
+    "a/@5.0@5.0@@@@@@@359.99@@@@@@.jpg",
+    "a/@6.0@5.0@@@@@@@359.99@@@@@@.jpg",
+    "a/@-5.0@2.0@@@@@@@100@@@@@@.jpg",
+    "a/@-6.0@2.0@@@@@@@100@@@@@@.jpg",
 ]
 # What gmberton/CosPlace (commit 33ce8d0) gives on COSPLACE_CASE: its own
 # datasets/train_dataset.py TrainDataset.initialize(folder, M=10, N=2, alpha=30, L=2,
@@ -103,10 +111,14 @@ COSPLACE_GROUPS = [
     [["@1.0@11.0@@@@@@@200@@@@@@.jpg", "@2.0@11.0@@@@@@@205@@@@@@.jpg"]],  # (0, 10, 180)
     [["a-b/@12.0@1.0@@@@@@@10@@@@@@.jpg", "a-b/@13.0@1.0@@@@@@@20@@@@@@.jpg"]],  # (10, 0, 0)
     [["a/@-5.0@2.0@@@@@@@100@@@@@@.jpg", "a/@-6.0@2.0@@@@@@@100@@@@@@.jpg"]],  # (-10, 0, 90)
-    [["a/@1.0@2.0@@@@@@@0@@@@@@.jpg", "a/@2.0@2.0@@@@@@@5@@@@@@.jpg"],  # (0, 0, 0)
-     ["a/@3.0@2.0@@@@@@@360@@@@@@.jpg", "a/@4.0@2.0@@@@@@@360.0@@@@@@.jpg"]],  # (0, 0, 360)
-    [["a/@1.0@3.0@@@@@@@45@@@@@@.jpg", "a/@2.0@3.0@@@@@@@45@@@@@@.jpg"],  # (0, 0, 30)
-     ["a/@5.0@5.0@@@@@@@359.99@@@@@@.jpg", "a/@6.0@5.0@@@@@@@359.99@@@@@@.jpg"]],  # (0, 0, 330)
+    [
+        ["a/@1.0@2.0@@@@@@@0@@@@@@.jpg", "a/@2.0@2.0@@@@@@@5@@@@@@.jpg"],  # (0, 0, 0)
+        ["a/@3.0@2.0@@@@@@@360@@@@@@.jpg", "a/@4.0@2.0@@@@@@@360.0@@@@@@.jpg"],
+    ],  # (0, 0, 360)
+    [
+        ["a/@1.0@3.0@@@@@@@45@@@@@@.jpg", "a/@2.0@3.0@@@@@@@45@@@@@@.jpg"],  # (0, 0, 30)
+        ["a/@5.0@5.0@@@@@@@359.99@@@@@@.jpg", "a/@6.0@5.0@@@@@@@359.99@@@@@@.jpg"],
+    ],  # (0, 0, 330)
 ]
 
 
@@ -152,8 +164,9 @@ def test_non_positive_group_parameter_is_an_error_naming_it(tmp_path, name, valu
         build_groups(tmp_path, **params)
 
 
-@pytest.mark.parametrize("heading, message", [("", "field heading is empty"),
-                                              ("-20", "field heading is -20, outside 0 to 360 degrees")])
+@pytest.mark.parametrize(
+    "heading, message", [("", "field heading is empty"), ("-20", "field heading is -20, outside 0 to 360 degrees")]
+)
 def test_training_image_without_a_valid_heading_is_an_error_naming_file_and_field(tmp_path, heading, message):
     path = write_image(tmp_path / "train" / "sub" / raw_name("1.0", "2.0", heading))
     with pytest.raises(GeolocError, match=message) as error:
@@ -378,9 +391,18 @@ def test_a_palette_png_with_a_transparent_index_shows_white_there(tmp_path):
     assert pixel(decoded, 0, 0) == (255, 255, 255) and pixel(decoded, 1, 3) == (0, 200, 0)
 
 
-@pytest.mark.parametrize("mode, value, expected", [("I", 65535, 255), ("I", 30000, 117), ("I", -5, 0),
-                                                   ("I", 70000, 255), ("F", 100.4, 100), ("F", 300.0, 255),
-                                                   ("F", -1.0, 0)])
+@pytest.mark.parametrize(
+    "mode, value, expected",
+    [
+        ("I", 65535, 255),
+        ("I", 30000, 117),
+        ("I", -5, 0),
+        ("I", 70000, 255),
+        ("F", 100.4, 100),
+        ("F", 300.0, 255),
+        ("F", -1.0, 0),
+    ],
+)
 def test_32_bit_modes_are_shown_on_their_usual_scales(mode, value, expected):
     # I holds 16-bit samples (how PIL opened 16-bit PNGs before I;16); F is on PIL's 0..255 scale.
     rgb = viewer_rgb(Image.new(mode, (2, 2), value))

@@ -17,8 +17,19 @@ from geoloc.data.packed import PackedNames
 # Characters allowed in a Linux file name that break naive CSV, JSON, shell, URL or UTF-8
 # handling: newline, tab, quotes, comma, backslash, %, #, ?, a non-UTF-8 byte (decoded by
 # Python as a lone surrogate), an emoji and a right-to-left mark.
-ODD = ["new\nline", "tab\there", 'quote"s', "it's", "com,ma", "back\\slash", "100%", "#hash?q=1",
-       os.fsdecode(b"latin1-\xe9"), "emoji-\U0001f5fa", "rtl-\u200f"]
+ODD = [
+    "new\nline",
+    "tab\there",
+    'quote"s',
+    "it's",
+    "com,ma",
+    "back\\slash",
+    "100%",
+    "#hash?q=1",
+    os.fsdecode(b"latin1-\xe9"),
+    "emoji-\U0001f5fa",
+    "rtl-\u200f",
+]
 
 
 def odd_train_folder(root: Path) -> list[Path]:
@@ -34,16 +45,19 @@ def odd_train_folder(root: Path) -> list[Path]:
     return paths
 
 
-@pytest.mark.parametrize("names", [
-    ODD + ["", "plain.jpg"],  # multi-byte characters
-    [os.fsdecode(b"raw-\xff\xfe"), "a", "plain.jpg"],  # one byte per character, undecodable bytes too
-    ["a", "plain.jpg"],
-])
+@pytest.mark.parametrize(
+    "names",
+    [
+        ODD + ["", "plain.jpg"],  # multi-byte characters
+        [os.fsdecode(b"raw-\xff\xfe"), "a", "plain.jpg"],  # one byte per character, undecodable bytes too
+        ["a", "plain.jpg"],
+    ],
+)
 def test_packed_names_round_trip_every_character(names):
     packed = PackedNames.from_strings(names)
     assert list(packed) == names and len(packed) == len(names)
     assert packed[-1] == "plain.jpg"
-    assert os.fsencode(names[0]) == packed.buffer[:packed.offsets[1]].tobytes()
+    assert os.fsencode(names[0]) == packed.buffer[: packed.offsets[1]].tobytes()
     with pytest.raises(IndexError):
         packed[len(names)]
 

@@ -202,11 +202,14 @@ def test_pickled_cache_carries_no_pixels_nor_paths_and_reads_after_unpickling(tm
     assert len(copy) == 3 and torch.equal(copy.get(2), cache.get(2))
 
 
-@pytest.mark.parametrize("paths, size, message", [
-    ([], SIZE, "no images to cache"),
-    ([Path("missing.jpg")], SIZE, "cannot read .*missing.jpg"),
-    ([Path("any.jpg")], 0, "image size must be at least 1"),
-])
+@pytest.mark.parametrize(
+    "paths, size, message",
+    [
+        ([], SIZE, "no images to cache"),
+        ([Path("missing.jpg")], SIZE, "cannot read .*missing.jpg"),
+        ([Path("any.jpg")], 0, "image size must be at least 1"),
+    ],
+)
 def test_bad_requests_are_errors(tmp_path, paths, size, message):
     with pytest.raises(GeolocError, match=message):
         ImageCache.build_or_open(paths, size, tmp_path / "cache")
@@ -241,7 +244,7 @@ def test_dataset_with_cache_works_in_loader_workers(tmp_path, class_group):
     cache = ImageCache.build_or_open(paths, SIZE, tmp_path / "cache")
     dataset = TrainGroupDataset(class_group(tmp_path / "imgs", [paths]), SIZE, cache=cache)
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=[[(0, 3), (0, 1)]], num_workers=2)
-    (images, labels), = list(loader)
+    ((images, labels),) = list(loader)
     assert torch.equal(images[0], read_image(paths[3], SIZE)) and labels.tolist() == [0, 0]
 
 
@@ -250,8 +253,7 @@ def test_dataset_leaves_out_undecodable_images_and_emptied_classes(tmp_path, cla
     for bad in (paths[1], paths[4]):
         bad.write_bytes(b"not an image")
     cache = ImageCache.build_or_open(paths, SIZE, tmp_path / "cache")
-    dataset = TrainGroupDataset(class_group(tmp_path / "imgs", [paths[:3], [paths[4]], paths[3:4]]), SIZE,
-                                cache=cache)
+    dataset = TrainGroupDataset(class_group(tmp_path / "imgs", [paths[:3], [paths[4]], paths[3:4]]), SIZE, cache=cache)
     assert list(dataset.classes) == [[paths[0], paths[2]], [paths[3]]]
     assert dataset.images_per_class.tolist() == [2, 1]
     assert torch.equal(dataset[(0, 1)][0], read_image(paths[2], SIZE))
@@ -286,8 +288,9 @@ def small_disk(tmp_path):
     mount_point.mkdir()
     if os.geteuid() != 0:
         pytest.skip("mounting a small tmpfs needs root")
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount_point)],
-                             capture_output=True, text=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount_point)], capture_output=True, text=True
+    )
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
     yield mount_point
@@ -295,8 +298,13 @@ def small_disk(tmp_path):
 
 
 def cache_images(*args: str, **run_args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "geoloc.cli", "cache-images", *args], capture_output=True,
-                          text=True, timeout=120, **run_args)
+    return subprocess.run(
+        [sys.executable, "-m", "geoloc.cli", "cache-images", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        **run_args,
+    )
 
 
 def last_line(stderr: str) -> str:
@@ -307,9 +315,11 @@ def test_a_full_disk_is_one_clear_error_before_decoding_and_leaves_no_file(tmp_p
     write_images(tmp_path / "imgs", 40)  # 40 x 3 x 64 x 64 bytes = 480 KiB > 256 KiB
     result = cache_images("--train-dir", str(tmp_path / "imgs"), "--image-size", "64", "--cache-dir", str(small_disk))
     assert result.returncode == 2, result.stderr  # not killed by SIGBUS (-7)
-    assert re.fullmatch(rf"geoloc cache-images: error: image cache: cannot reserve 480\.0 KiB for 40 images at 64 px "
-                        rf"in {re.escape(str(small_disk))} \(2\d\d\.\d KiB free\): not enough space",
-                        last_line(result.stderr)), last_line(result.stderr)
+    assert re.fullmatch(
+        rf"geoloc cache-images: error: image cache: cannot reserve 480\.0 KiB for 40 images at 64 px "
+        rf"in {re.escape(str(small_disk))} \(2\d\d\.\d KiB free\): not enough space",
+        last_line(result.stderr),
+    ), last_line(result.stderr)
     assert "decoding" not in result.stderr and cache_files(small_disk) == []
 
 
@@ -322,7 +332,8 @@ def _write_through_a_sparse_map(path: str, size: int) -> None:
 def test_a_sparse_memory_map_on_that_disk_dies_with_sigbus(small_disk):
     # Keeps the full-disk test honest: the way the cache used to write is killed on that disk.
     child = multiprocessing.get_context("fork").Process(
-        target=_write_through_a_sparse_map, args=(str(small_disk / "sparse.u8"), 480 * 1024))
+        target=_write_through_a_sparse_map, args=(str(small_disk / "sparse.u8"), 480 * 1024)
+    )
     child.start()
     child.join(timeout=60)
     assert child.exitcode == -signal.SIGBUS
@@ -334,17 +345,32 @@ def test_a_file_size_limit_is_one_clear_error_and_leaves_no_file(tmp_path):
     def limit_file_size():
         resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
 
-    result = cache_images("--train-dir", str(tmp_path / "imgs"), "--image-size", "64", "--cache-dir",
-                          str(tmp_path / "cache"), preexec_fn=limit_file_size)
+    result = cache_images(
+        "--train-dir",
+        str(tmp_path / "imgs"),
+        "--image-size",
+        "64",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        preexec_fn=limit_file_size,
+    )
     assert result.returncode == 2, result.stderr
-    assert re.fullmatch(r"geoloc cache-images: error: image cache: cannot reserve 144\.0 KiB for 12 images at 64 px "
-                        r"in .*cache \(\d+\.\d [KMGT]iB free\): File too large", last_line(result.stderr))
+    assert re.fullmatch(
+        r"geoloc cache-images: error: image cache: cannot reserve 144\.0 KiB for 12 images at 64 px "
+        r"in .*cache \(\d+\.\d [KMGT]iB free\): File too large",
+        last_line(result.stderr),
+    )
     assert cache_files(tmp_path / "cache") == []
 
 
 def test_sizes_are_shown_in_human_units():
     assert [image_cache._human_bytes(n) for n in (100, 3 * 1024, 480 * 1024, 45 * 2**30, 5 * 2**40)] == [
-        "100 B", "3.0 KiB", "480.0 KiB", "45.0 GiB", "5.0 TiB"]
+        "100 B",
+        "3.0 KiB",
+        "480.0 KiB",
+        "45.0 GiB",
+        "5.0 TiB",
+    ]
 
 
 def _build_that_hangs_on_row_2(paths, folder):
@@ -436,8 +462,11 @@ def test_a_copy_without_file_locks_still_completes(tmp_path, monkeypatch):
 def test_a_copy_to_a_full_disk_is_one_clear_error_and_leaves_no_file(tmp_path, small_disk):
     paths = write_images(tmp_path / "imgs", 40)
     cache = ImageCache.build_or_open(paths, 64, tmp_path / "shared")
-    with pytest.raises(GeolocError, match=rf"cannot reserve 480\.0 KiB for the copy of {cache.data_file.name} in "
-                                          rf"{re.escape(str(small_disk))} .*not enough space"):
+    with pytest.raises(
+        GeolocError,
+        match=rf"cannot reserve 480\.0 KiB for the copy of {cache.data_file.name} in "
+        rf"{re.escape(str(small_disk))} .*not enough space",
+    ):
         cache.copy_to(small_disk)
     assert cache_files(small_disk) == []
 
@@ -448,19 +477,36 @@ def test_a_copy_to_a_full_disk_is_one_clear_error_and_leaves_no_file(tmp_path, s
 def test_cache_images_caches_the_whole_folder_for_training_to_open(tmp_path, monkeypatch, caplog):
     caplog.set_level(logging.INFO)
     paths = write_images(tmp_path / "train" / "sub", 4)
-    assert main(["cache-images", "--train-dir", str(tmp_path / "train"), "--image-size", "32", "--cache-dir",
-                 str(tmp_path / "cache"), "--num-workers", "1"]) == 0
+    assert (
+        main(
+            [
+                "cache-images",
+                "--train-dir",
+                str(tmp_path / "train"),
+                "--image-size",
+                "32",
+                "--cache-dir",
+                str(tmp_path / "cache"),
+                "--num-workers",
+                "1",
+            ]
+        )
+        == 0
+    )
     assert re.search(r"images-32px-\w+\.u8: 4 images at 32 px, 0 undecodable, built in \d+\.\d s", caplog.text)
     monkeypatch.setattr(image_cache, "_build", lambda *a: pytest.fail("the command's cache was not found"))
     cache = ImageCache.build_or_open(list_images(tmp_path / "train"), 32, tmp_path / "cache")
     assert torch.equal(cache.get(cache.index_of(paths[2])), read_image(paths[2], 32))
 
 
-@pytest.mark.parametrize("flag, value, message", [
-    ("--image-size", "31", "31 is less than the minimum of 32"),
-    ("--image-size", "64.0", "'64.0' is not of type 'integer'"),
-    ("--num-workers", "-1", "-1 is less than the minimum of 0"),
-])
+@pytest.mark.parametrize(
+    "flag, value, message",
+    [
+        ("--image-size", "31", "31 is less than the minimum of 32"),
+        ("--image-size", "64.0", "'64.0' is not of type 'integer'"),
+        ("--num-workers", "-1", "-1 is less than the minimum of 0"),
+    ],
+)
 def test_cache_images_refuses_bad_values_in_the_schemas_words(tmp_path, capsys, flag, value, message):
     args = {"--train-dir": str(tmp_path), "--image-size": "64", "--cache-dir": str(tmp_path / "c"), flag: value}
     with pytest.raises(SystemExit) as exit_:
@@ -470,7 +516,12 @@ def test_cache_images_refuses_bad_values_in_the_schemas_words(tmp_path, capsys, 
 
 
 def test_cache_images_of_a_missing_folder_is_one_error_line(tmp_path, capsys):
-    assert main(["cache-images", "--train-dir", str(tmp_path / "nope"), "--image-size", "64", "--cache-dir",
-                 str(tmp_path)]) == 2
-    assert last_line(capsys.readouterr().err) == (f"geoloc cache-images: error: image folder {tmp_path / 'nope'} "
-                                                  "does not exist or is not a folder")
+    assert (
+        main(
+            ["cache-images", "--train-dir", str(tmp_path / "nope"), "--image-size", "64", "--cache-dir", str(tmp_path)]
+        )
+        == 2
+    )
+    assert last_line(capsys.readouterr().err) == (
+        f"geoloc cache-images: error: image folder {tmp_path / 'nope'} does not exist or is not a folder"
+    )

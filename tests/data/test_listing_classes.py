@@ -50,8 +50,11 @@ def test_special_files_named_like_images_are_refused_without_opening_them(tmp_pa
     make_images(tmp_path, "a.jpg")
     (tmp_path / "sub").mkdir()
     make(tmp_path / "sub" / "b.jpg")
-    with pytest.raises(GeolocError, match=rf"{tmp_path / 'sub' / 'b.jpg'} is named like an image but is no regular "
-                                          "file .*: remove it from the dataset"):
+    with pytest.raises(
+        GeolocError,
+        match=rf"{tmp_path / 'sub' / 'b.jpg'} is named like an image but is no regular "
+        "file .*: remove it from the dataset",
+    ):
         image_names(tmp_path)
 
 

@@ -30,8 +30,7 @@ def test_a_formatted_heading_is_never_written_360(heading, written):
     assert format_image_name(1.0, 2.0, heading).split("@")[9] == written
 
 
-@pytest.mark.parametrize("text, value", [("000", 0.0), ("360", 360.0), ("359.99", 359.99), ("+45.", 45.0),
-                                         (".5", 0.5)])
+@pytest.mark.parametrize("text, value", [("000", 0.0), ("360", 360.0), ("359.99", 359.99), ("+45.", 45.0), (".5", 0.5)])
 def test_headings_are_read_as_written_from_0_to_360(text, value):
     # As CosPlace reads them: 360 stays 360 (a class of its own there), it is not wrapped to 0.
     assert parse_image_name(f"@1@2@@@@@@@{text}@@@@@@.jpg", need_heading=True).heading == value
@@ -63,10 +62,14 @@ def test_heading_is_optional_unless_needed():
         ("@1@@10@S@@@@@000@@@@@@.jpg", "utm_north is empty"),
         ("@1@2@10@S@@@@@north@@@@@@.jpg", "heading is not a number"),
         ("@1@2@3@.jpg", "expected 14 '@'-separated fields (@utm_east@utm_north@...@note@.jpg), found 3"),
-        ("photo.jpg", "expected 14 '@'-separated fields (@utm_east@utm_north@...@note@.jpg): the name must start "
-                      "with '@'"),
-        ("@1@2@10@S@@@@@000@@@@@@.jpg.jpg", "the name must end with '@' right before the extension .jpg, but "
-                                            "'.jpg' follows the last '@'"),
+        (
+            "photo.jpg",
+            "expected 14 '@'-separated fields (@utm_east@utm_north@...@note@.jpg): the name must start with '@'",
+        ),
+        (
+            "@1@2@10@S@@@@@000@@@@@@.jpg.jpg",
+            "the name must end with '@' right before the extension .jpg, but '.jpg' follows the last '@'",
+        ),
         ("@1@2@10@S@@@@@000@@@@@@.gif", "extension '.gif'"),
         ("@nan@2@10@S@@@@@000@@@@@@.jpg", "utm_east is not finite: 'nan'"),
         ("@1@-inf@10@S@@@@@000@@@@@@.jpg", "utm_north is not finite: '-inf'"),
@@ -79,7 +82,9 @@ def test_bad_names_name_the_file_and_the_field(name, message):
 
 
 @pytest.mark.parametrize("field", ["utm_east", "utm_north", "heading"])
-@pytest.mark.parametrize("text", ["\u0661\u0662\u0663", "\uff11\uff12", "1_000", " 5 ", "5 ", "1e3", "0x1f", "--5", "1.2.3"])
+@pytest.mark.parametrize(
+    "text", ["\u0661\u0662\u0663", "\uff11\uff12", "1_000", " 5 ", "5 ", "1e3", "0x1f", "--5", "1.2.3"]
+)
 def test_only_ascii_decimal_numbers_are_numbers_naming_the_field(field, text):
     # float() takes Arabic-Indic and full-width digits, '1_000', ' 5 ' and '1e3'; a name must mean
     # one position on every machine and to every reader of the dataset.

@@ -53,8 +53,11 @@ def group_zero_class_sizes(east_north_heading: np.ndarray, *, M, alpha, N, L, mi
     """Images per class of CosPlace group 0, classes below the minimum dropped."""
     east, north, heading = east_north_heading.T
     cells = zip((east // M).astype(int), (north // M).astype(int), (heading // alpha).astype(int))
-    return [n for (e, no, h), n in collections.Counter(cells).items()
-            if n >= min_images_per_class and e % N == 0 and no % N == 0 and h % L == 0]
+    return [
+        n
+        for (e, no, h), n in collections.Counter(cells).items()
+        if n >= min_images_per_class and e % N == 0 and no % N == 0 and h % L == 0
+    ]
 
 
 def recall_at_1(queries: np.ndarray, database: np.ndarray, q_utm: np.ndarray, db_utm: np.ndarray) -> float:
@@ -75,8 +78,13 @@ def render_folder(plan, folder: str) -> tuple[np.ndarray, np.ndarray]:
     city, shots = plan["sf" if folder.startswith("sf_xs") else "tokyo"]
     chosen = [s for s in shots if s.folder == folder]
     rendered = [
-        renderer.render_views(city, [(s.x, s.y, s.heading) for s in batch], [s.conditions for s in batch],
-                               64, [np.random.default_rng(s.noise_seed) for s in batch])
+        renderer.render_views(
+            city,
+            [(s.x, s.y, s.heading) for s in batch],
+            [s.conditions for s in batch],
+            64,
+            [np.random.default_rng(s.noise_seed) for s in batch],
+        )
         for _, batch in itertools.groupby(chosen, lambda s: s.pano_id)
         for batch in [list(batch)]
     ]
@@ -107,8 +115,9 @@ def test_image_names_parse_back_with_zone_and_heading(tiny):
 def test_names_give_the_camera_position_and_heading_in_utm():
     city = layout.build_city(layout.SF_STYLE, (3, 3), np.random.default_rng(0))
     theta = math.radians(city.style.rotation_deg)
-    shot = planning.Shot("f", x=0.0, y=30.0, heading=0.0, street_heading=0.0, conditions=None,
-                          noise_seed=0, pano_id="p")
+    shot = planning.Shot(
+        "f", x=0.0, y=30.0, heading=0.0, street_heading=0.0, conditions=None, noise_seed=0, pano_id="p"
+    )
     meta = parse_image_name(writer.shot_file_name(city, shot), need_heading=True)
     east0, north0 = city.style.utm_origin
     # 30 m up the grid's north axis, which is turned counter-clockwise by the grid rotation.
@@ -174,7 +183,8 @@ def test_views_depend_on_where_the_camera_stands_and_looks():
     cameras = [(x, y, 90.0), (x, y + 2.0, 92.0), (x, y, 270.0), (x, y + 150.0, 90.0)]
     conditions = lighting.sample_conditions("database", rng)
     view, near, turned, far = renderer.render_views(
-        city, cameras, [conditions] * 4, 64, [np.random.default_rng(0) for _ in cameras]).astype(float)
+        city, cameras, [conditions] * 4, 64, [np.random.default_rng(0) for _ in cameras]
+    ).astype(float)
     nearby = np.abs(view - near).mean()
     assert nearby < 0.5 * np.abs(view - turned).mean()
     assert nearby < 0.5 * np.abs(view - far).mean()
@@ -187,7 +197,7 @@ def test_views_rendered_together_equal_views_rendered_alone():
     conditions = [lighting.sample_conditions("day", rng), lighting.sample_conditions("night", rng)]
     together = renderer.render_views(city, cameras, conditions, 32, [np.random.default_rng(i) for i in range(2)])
     for i in range(2):
-        alone = renderer.render_views(city, cameras[i:i + 1], conditions[i:i + 1], 32, [np.random.default_rng(i)])
+        alone = renderer.render_views(city, cameras[i : i + 1], conditions[i : i + 1], 32, [np.random.default_rng(i)])
         assert np.array_equal(together[i], alone[0])
 
 
@@ -271,12 +281,15 @@ def test_the_dataset_folder_gets_the_umasks_mode(tmp_path, monkeypatch, umask, m
     assert stat.S_IMODE((tmp_path / "out" / "sf_xs" / "train").stat().st_mode) == mode
 
 
-@pytest.mark.parametrize("flag, value, message", [
-    ("--seed", "-1", "-1 is less than the minimum of 0"),
-    ("--seed", "9223372036854775808", "9223372036854775808 is greater than the maximum of 9223372036854775807"),
-    ("--seed", "1.0", "'1.0' is not of type 'integer'"),
-    ("--workers", "0", "0 is less than the minimum of 1"),
-])
+@pytest.mark.parametrize(
+    "flag, value, message",
+    [
+        ("--seed", "-1", "-1 is less than the minimum of 0"),
+        ("--seed", "9223372036854775808", "9223372036854775808 is greater than the maximum of 9223372036854775807"),
+        ("--seed", "1.0", "'1.0' is not of type 'integer'"),
+        ("--workers", "0", "0 is less than the minimum of 1"),
+    ],
+)
 def test_command_line_refuses_bad_values_in_the_schemas_words(tmp_path, capsys, flag, value, message):
     args = {"--seed": "0", "--size": "tiny", flag: value}
     with pytest.raises(SystemExit) as exit_:

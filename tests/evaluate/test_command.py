@@ -113,20 +113,38 @@ def test_three_test_sets_one_model_load_and_a_shared_database_embedded_once(
     monkeypatch.setattr(command, "load_model", lambda *a, **kw: loads.append(a) or models.load_model(*a, **kw))
 
     with caplog.at_level("INFO", logger="geoloc.evaluate.command"):
-        code, err = evaluate(capsys, "--model", model_file, "--test-set", f"a={tmp_path / 'a'}",
-                             "--test-set", f"b={tmp_path / 'b'}", "--test-set", f"c={tmp_path / 'c'}",
-                             "--out-dir", tmp_path / "out")
+        code, err = evaluate(
+            capsys,
+            "--model",
+            model_file,
+            "--test-set",
+            f"a={tmp_path / 'a'}",
+            "--test-set",
+            f"b={tmp_path / 'b'}",
+            "--test-set",
+            f"c={tmp_path / 'c'}",
+            "--out-dir",
+            tmp_path / "out",
+        )
 
     assert code == 0, err
-    assert files_under(tmp_path / "out") == ["a.csv", "a.queries.csv", "b.csv", "b.queries.csv",
-                                             "c.csv", "c.queries.csv"]
+    assert files_under(tmp_path / "out") == [
+        "a.csv",
+        "a.queries.csv",
+        "b.csv",
+        "b.queries.csv",
+        "c.csv",
+        "c.queries.csv",
+    ]
     assert len(loads) == 1
     assert embedded == [("a/database", 5), ("a/queries", 3), ("b/database", 5), ("b/queries", 3), ("c/queries", 1)]
     assert "c: its database is an earlier test set's; embedded once" in caplog.text
     # c's results are those it gets alone.
     (c_row,) = read_csv(tmp_path / "out" / "c.csv")
-    assert evaluate(capsys, "--model", model_file, "--test-set", f"c={tmp_path / 'c'}",
-                    "--out-dir", tmp_path / "alone")[0] == 0
+    assert (
+        evaluate(capsys, "--model", model_file, "--test-set", f"c={tmp_path / 'c'}", "--out-dir", tmp_path / "alone")[0]
+        == 0
+    )
     (alone_row,) = read_csv(tmp_path / "alone" / "c.csv")
     assert recalls_of(c_row) == recalls_of(alone_row)
     assert read_csv(tmp_path / "out" / "c.queries.csv") == read_csv(tmp_path / "alone" / "c.queries.csv")
@@ -138,8 +156,17 @@ def test_a_database_differing_in_one_file_size_is_embedded_again(tmp_path, capsy
     victim = sorted((tmp_path / "c" / "database").iterdir())[3]
     Image.new("RGB", (16, 16), (9, 9, 9)).save(victim)  # same name, another image, another size
 
-    code, err = evaluate(capsys, "--model", model_file, "--test-set", f"b={tmp_path / 'b'}",
-                         "--test-set", f"c={tmp_path / 'c'}", "--out-dir", tmp_path / "out")
+    code, err = evaluate(
+        capsys,
+        "--model",
+        model_file,
+        "--test-set",
+        f"b={tmp_path / 'b'}",
+        "--test-set",
+        f"c={tmp_path / 'c'}",
+        "--out-dir",
+        tmp_path / "out",
+    )
 
     assert code == 0, err
     assert [folder for folder, _ in embedded] == ["b/database", "b/queries", "c/database", "c/queries"]
@@ -148,18 +175,37 @@ def test_a_database_differing_in_one_file_size_is_embedded_again(tmp_path, capsy
 def test_recall_csv_records_the_model_and_the_protocol(tmp_path, capsys, model_file):
     make_test_set(tmp_path / "set")
 
-    code, err = evaluate(capsys, "--model", model_file, "--test-set", f"t={tmp_path / 'set'}",
-                         "--out-dir", tmp_path / "native")
+    code, err = evaluate(
+        capsys, "--model", model_file, "--test-set", f"t={tmp_path / 'set'}", "--out-dir", tmp_path / "native"
+    )
     assert code == 0, err
-    code, err = evaluate(capsys, "--model", model_file, "--test-set", f"t={tmp_path / 'set'}",
-                         "--out-dir", tmp_path / "resized", "--resize", "24", "32", "--autocast",
-                         "--positive-dist-threshold", "30.5")
+    code, err = evaluate(
+        capsys,
+        "--model",
+        model_file,
+        "--test-set",
+        f"t={tmp_path / 'set'}",
+        "--out-dir",
+        tmp_path / "resized",
+        "--resize",
+        "24",
+        "32",
+        "--autocast",
+        "--positive-dist-threshold",
+        "30.5",
+    )
     assert code == 0, err
 
     (native,), (resized,) = read_csv(tmp_path / "native" / "t.csv"), read_csv(tmp_path / "resized" / "t.csv")
     assert list(native) == list(RECALL_COLUMNS)
-    common = {"model_sha256": sha256_file(model_file), "k": "5", "device": device_name(torch.device("cpu")),
-              "kind": "trained", "test_set": "t", "test_dir": str(tmp_path / "set")}
+    common = {
+        "model_sha256": sha256_file(model_file),
+        "k": "5",
+        "device": device_name(torch.device("cpu")),
+        "kind": "trained",
+        "test_set": "t",
+        "test_dir": str(tmp_path / "set"),
+    }
     assert native == {**native, **common, "positive_dist_threshold": "25.0", "resize": "", "autocast": "0"}
     assert resized == {**resized, **common, "positive_dist_threshold": "30.5", "resize": "24x32", "autocast": "1"}
 
@@ -190,14 +236,31 @@ def utm_of(paths):
 def test_each_set_is_scored_and_recorded_at_its_own_threshold(downloader_tokyo, tmp_path, capsys, model_file):
     # The city lies within 100 km: every database image is a positive of every query, so recall@1
     # is 100 whatever the model; at 20 m, two queries have no positive.
-    code, err = evaluate(capsys, "--model", model_file, "--test-set", f"whole={downloader_tokyo}",
-                         "--test-set", f"near={downloader_tokyo}", "--set-threshold", "whole=100000",
-                         "--positive-dist-threshold", "20", "--k", "20", "--out-dir", tmp_path / "out")
+    code, err = evaluate(
+        capsys,
+        "--model",
+        model_file,
+        "--test-set",
+        f"whole={downloader_tokyo}",
+        "--test-set",
+        f"near={downloader_tokyo}",
+        "--set-threshold",
+        "whole=100000",
+        "--positive-dist-threshold",
+        "20",
+        "--k",
+        "20",
+        "--out-dir",
+        tmp_path / "out",
+    )
 
     assert code == 0, err
     (whole,), (near,) = read_csv(tmp_path / "out" / "whole.csv"), read_csv(tmp_path / "out" / "near.csv")
     assert (whole["r1"], whole["n_queries_without_positive"], whole["positive_dist_threshold"]) == (
-        "100.0000", "0", "100000.0")
+        "100.0000",
+        "0",
+        "100000.0",
+    )
     assert (near["positive_dist_threshold"], near["n_queries_without_positive"]) == ("20.0", "2")
 
 
@@ -206,30 +269,48 @@ def test_a_queries_file_keeps_only_its_queries(downloader_tokyo, tmp_path, capsy
     subset = tmp_path / "subset.txt"
     subset.write_text("\n".join(queries[1::3]) + "\n", encoding="utf-8")
 
-    code, err = evaluate(capsys, "--model", model_file, "--test-set", f"all={downloader_tokyo}",
-                         "--test-set", f"some={downloader_tokyo}", "--set-queries", f"some={subset}",
-                         "--k", "20", "--out-dir", tmp_path / "out")
+    code, err = evaluate(
+        capsys,
+        "--model",
+        model_file,
+        "--test-set",
+        f"all={downloader_tokyo}",
+        "--test-set",
+        f"some={downloader_tokyo}",
+        "--set-queries",
+        f"some={subset}",
+        "--k",
+        "20",
+        "--out-dir",
+        tmp_path / "out",
+    )
 
     assert code == 0, err
     (all_row,), (some,) = read_csv(tmp_path / "out" / "all.csv"), read_csv(tmp_path / "out" / "some.csv")
     assert (int(all_row["n_queries"]), int(some["n_queries"])) == (len(queries), len(queries[1::3]))
     assert some["n_database"] == all_row["n_database"]
     assert [row["query"] for row in read_csv(tmp_path / "out" / "some.queries.csv")] == [
-        f"queries/{name}" for name in queries[1::3]]
+        f"queries/{name}" for name in queries[1::3]
+    ]
 
 
-@pytest.mark.parametrize(("flags", "message"), [
-    (["--set-threshold", "other=30"], "--set-threshold other=...: 'other' is not a --test-set name (t)"),
-    (["--set-threshold", "t=30", "--set-threshold", "t=40"], "--set-threshold: test set 't' is given twice"),
-    (["--set-threshold", "t=0"], "argument --set-threshold: 0 is less than or equal to the minimum of 0"),
-    (["--set-threshold", "t"], "argument --set-threshold: 't' is not NAME=METRES"),
-    (["--set-queries", "t=missing.txt"], "cannot read the queries file missing.txt"),
-])
-def test_bad_per_set_flags_are_refused_before_anything_is_embedded(tmp_path, capsys, model_file, embedded,
-                                                                   flags, message):
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--set-threshold", "other=30"], "--set-threshold other=...: 'other' is not a --test-set name (t)"),
+        (["--set-threshold", "t=30", "--set-threshold", "t=40"], "--set-threshold: test set 't' is given twice"),
+        (["--set-threshold", "t=0"], "argument --set-threshold: 0 is less than or equal to the minimum of 0"),
+        (["--set-threshold", "t"], "argument --set-threshold: 't' is not NAME=METRES"),
+        (["--set-queries", "t=missing.txt"], "cannot read the queries file missing.txt"),
+    ],
+)
+def test_bad_per_set_flags_are_refused_before_anything_is_embedded(
+    tmp_path, capsys, model_file, embedded, flags, message
+):
     make_test_set(tmp_path / "set")
-    code, err = evaluate(capsys, "--model", model_file, "--test-set", f"t={tmp_path / 'set'}",
-                         "--out-dir", tmp_path / "out", *flags)
+    code, err = evaluate(
+        capsys, "--model", model_file, "--test-set", f"t={tmp_path / 'set'}", "--out-dir", tmp_path / "out", *flags
+    )
     assert_refused(code, err, message)
     assert embedded == [] and not (tmp_path / "out").exists()
 
@@ -237,8 +318,10 @@ def test_bad_per_set_flags_are_refused_before_anything_is_embedded(tmp_path, cap
 def test_per_query_rows_agree_with_the_recall_row(tmp_path, capsys, model_file):
     make_test_set(tmp_path / "set")
 
-    assert evaluate(capsys, "--model", model_file, "--test-set", f"t={tmp_path / 'set'}",
-                    "--out-dir", tmp_path / "out")[0] == 0
+    assert (
+        evaluate(capsys, "--model", model_file, "--test-set", f"t={tmp_path / 'set'}", "--out-dir", tmp_path / "out")[0]
+        == 0
+    )
 
     (summary,) = read_csv(tmp_path / "out" / "t.csv")
     queries = read_csv(tmp_path / "out" / "t.queries.csv")
@@ -255,8 +338,7 @@ def test_per_query_rows_agree_with_the_recall_row(tmp_path, capsys, model_file):
 # ---------------------------------------------------------------- all pairs or none
 
 
-def test_a_full_disk_at_the_last_file_leaves_no_pair_and_no_temporary_file(tmp_path, capsys, model_file,
-                                                                           monkeypatch):
+def test_a_full_disk_at_the_last_file_leaves_no_pair_and_no_temporary_file(tmp_path, capsys, model_file, monkeypatch):
     make_test_set(tmp_path / "a", seed=1)
     make_test_set(tmp_path / "b", seed=2)
     real = command.write_queries
@@ -269,15 +351,23 @@ def test_a_full_disk_at_the_last_file_leaves_no_pair_and_no_temporary_file(tmp_p
 
     monkeypatch.setattr(command, "write_queries", fills_up)
 
-    code, err = evaluate(capsys, "--model", model_file, "--test-set", f"a={tmp_path / 'a'}",
-                         "--test-set", f"b={tmp_path / 'b'}", "--out-dir", tmp_path / "out")
+    code, err = evaluate(
+        capsys,
+        "--model",
+        model_file,
+        "--test-set",
+        f"a={tmp_path / 'a'}",
+        "--test-set",
+        f"b={tmp_path / 'b'}",
+        "--out-dir",
+        tmp_path / "out",
+    )
 
     assert_refused(code, err, f"cannot write {tmp_path / 'out' / 'b.queries.csv'}: No space left on device")
     assert files_under(tmp_path / "out") == []
 
 
-def test_sigterm_while_writing_leaves_no_pair_and_removes_older_outputs(tmp_path, capsys, model_file,
-                                                                        monkeypatch):
+def test_sigterm_while_writing_leaves_no_pair_and_removes_older_outputs(tmp_path, capsys, model_file, monkeypatch):
     make_test_set(tmp_path / "a", seed=1)
     make_test_set(tmp_path / "b", seed=2)
     out = tmp_path / "out"
@@ -292,8 +382,17 @@ def test_sigterm_while_writing_leaves_no_pair_and_removes_older_outputs(tmp_path
             os.kill(os.getpid(), signal.SIGTERM)
 
     monkeypatch.setattr(command, "write_recalls", killed_midway)
-    code, err = evaluate(capsys, "--model", model_file, "--test-set", f"a={tmp_path / 'a'}",
-                         "--test-set", f"b={tmp_path / 'b'}", "--out-dir", out)
+    code, err = evaluate(
+        capsys,
+        "--model",
+        model_file,
+        "--test-set",
+        f"a={tmp_path / 'a'}",
+        "--test-set",
+        f"b={tmp_path / 'b'}",
+        "--out-dir",
+        out,
+    )
 
     assert code == 3 and "Traceback" not in err
     assert err.strip().splitlines()[-1].startswith("geoloc evaluate: error: stopped by signal 15")
@@ -313,8 +412,17 @@ def test_a_failed_rename_midway_takes_the_renamed_files_back(tmp_path, capsys, m
 
     monkeypatch.setattr(atomic.os, "replace", third_fails)
 
-    code, err = evaluate(capsys, "--model", model_file, "--test-set", f"a={tmp_path / 'a'}",
-                         "--test-set", f"b={tmp_path / 'b'}", "--out-dir", tmp_path / "out")
+    code, err = evaluate(
+        capsys,
+        "--model",
+        model_file,
+        "--test-set",
+        f"a={tmp_path / 'a'}",
+        "--test-set",
+        f"b={tmp_path / 'b'}",
+        "--out-dir",
+        tmp_path / "out",
+    )
 
     assert_refused(code, err, "Input/output error")
     assert [path.name for path in renamed] == ["b.queries.csv", "a.queries.csv"]  # per-query files first
@@ -346,10 +454,12 @@ def test_baseline_is_deterministic_for_a_seed_and_differs_across_seeds():
 def test_baseline_with_weights_loads_them_into_the_backbone_and_seeds_the_head(tmp_path):
     state = torchvision_weights(tmp_path / "resnet18.pth", seed=123)
 
-    model = build_baseline("resnet18", fc_output_dim=8, seed=0, weights=tmp_path / "resnet18.pth",
-                           weights_format="torchvision")
-    other_seed = build_baseline("resnet18", fc_output_dim=8, seed=1, weights=tmp_path / "resnet18.pth",
-                                weights_format=None)
+    model = build_baseline(
+        "resnet18", fc_output_dim=8, seed=0, weights=tmp_path / "resnet18.pth", weights_format="torchvision"
+    )
+    other_seed = build_baseline(
+        "resnet18", fc_output_dim=8, seed=1, weights=tmp_path / "resnet18.pth", weights_format=None
+    )
 
     for key in ("conv1.weight", "layer1.0.conv1.weight", "layer4.1.bn2.running_var"):
         assert torch.equal(model.state_dict()[f"backbone.{key}"], state[key])
@@ -364,21 +474,63 @@ def test_untrained_command_writes_baseline_json_and_every_pair(tmp_path, capsys)
     summary_out = tmp_path / "baselines" / "resnet18-imagenet" / "baseline.json"
     out = summary_out.parent / "recalls"
 
-    code, err = evaluate(capsys, "--untrained", "--backbone", "resnet18", "--pretraining", "imagenet",
-                         "--weights", tmp_path / "w.pth", "--fc-output-dim", "8", "--seed", "7",
-                         "--summary-out", summary_out, "--test-set", f"a={tmp_path / 'a'}",
-                         "--test-set", f"b={tmp_path / 'b'}", "--out-dir", out)
+    code, err = evaluate(
+        capsys,
+        "--untrained",
+        "--backbone",
+        "resnet18",
+        "--pretraining",
+        "imagenet",
+        "--weights",
+        tmp_path / "w.pth",
+        "--fc-output-dim",
+        "8",
+        "--seed",
+        "7",
+        "--summary-out",
+        summary_out,
+        "--test-set",
+        f"a={tmp_path / 'a'}",
+        "--test-set",
+        f"b={tmp_path / 'b'}",
+        "--out-dir",
+        out,
+    )
 
     assert code == 0, err
-    assert files_under(summary_out.parent) == ["baseline.json", "recalls/a.csv", "recalls/a.queries.csv",
-                                               "recalls/b.csv", "recalls/b.queries.csv"]
+    assert files_under(summary_out.parent) == [
+        "baseline.json",
+        "recalls/a.csv",
+        "recalls/a.queries.csv",
+        "recalls/b.csv",
+        "recalls/b.queries.csv",
+    ]
     summary = json.loads(summary_out.read_text())
-    assert summary["run"] == {"name": "resnet18-imagenet-baseline", "backbone": "resnet18", "pretraining": "imagenet",
-                              "precision": "fp32", "seed": 7, "tag": None, "kind": "baseline"}
-    assert summary["weights"] == {"path": str(tmp_path / "w.pth"), "sha256": sha256_file(tmp_path / "w.pth"),
-                                  "format": "torchvision"}
-    for key in ("training_time_seconds", "train_seconds", "val_seconds", "images_per_second", "best_epoch",
-                "best_val_r1", "model_sha256", "image_cache_build_seconds", "compile_seconds"):
+    assert summary["run"] == {
+        "name": "resnet18-imagenet-baseline",
+        "backbone": "resnet18",
+        "pretraining": "imagenet",
+        "precision": "fp32",
+        "seed": 7,
+        "tag": None,
+        "kind": "baseline",
+    }
+    assert summary["weights"] == {
+        "path": str(tmp_path / "w.pth"),
+        "sha256": sha256_file(tmp_path / "w.pth"),
+        "format": "torchvision",
+    }
+    for key in (
+        "training_time_seconds",
+        "train_seconds",
+        "val_seconds",
+        "images_per_second",
+        "best_epoch",
+        "best_val_r1",
+        "model_sha256",
+        "image_cache_build_seconds",
+        "compile_seconds",
+    ):
         assert summary[key] is None, key
     model = build_baseline("resnet18", fc_output_dim=8, seed=7, weights=tmp_path / "w.pth", weights_format=None)
     assert (summary["params"], summary["trainable_params"]) == models.count_parameters(model)
@@ -397,9 +549,22 @@ def test_a_patch_14_vit_baseline_is_evaluated_on_images_no_multiple_of_14(tmp_pa
     make_test_set(tmp_path / "set", size=(50, 37))
     summary_out = tmp_path / "baseline" / "baseline.json"
 
-    code, err = evaluate(capsys, "--untrained", "--backbone", "timm:vit_small_patch14_dinov2", "--pretraining",
-                         "none", "--fc-output-dim", "8", "--summary-out", summary_out,
-                         "--test-set", f"t={tmp_path / 'set'}", "--out-dir", tmp_path / "out")
+    code, err = evaluate(
+        capsys,
+        "--untrained",
+        "--backbone",
+        "timm:vit_small_patch14_dinov2",
+        "--pretraining",
+        "none",
+        "--fc-output-dim",
+        "8",
+        "--summary-out",
+        summary_out,
+        "--test-set",
+        f"t={tmp_path / 'set'}",
+        "--out-dir",
+        tmp_path / "out",
+    )
 
     assert code == 0, err
     (row,) = read_csv(tmp_path / "out" / "t.csv")
@@ -410,13 +575,31 @@ def test_a_patch_14_vit_baseline_is_evaluated_on_images_no_multiple_of_14(tmp_pa
 def test_untrained_baseline_evaluates_as_the_same_network_saved_and_loaded(tmp_path, capsys):
     make_test_set(tmp_path / "set")
     torch.manual_seed(0)
-    models.save_model(tmp_path / "model.pt", build_baseline("resnet18", fc_output_dim=8, seed=11, weights=None,
-                                                              weights_format=None))
+    models.save_model(
+        tmp_path / "model.pt", build_baseline("resnet18", fc_output_dim=8, seed=11, weights=None, weights_format=None)
+    )
     common = ["--test-set", f"t={tmp_path / 'set'}"]
 
-    assert evaluate(capsys, "--untrained", "--backbone", "resnet18", "--pretraining", "none", "--fc-output-dim", "8",
-                    "--seed", "11", "--summary-out", tmp_path / "baseline.json", *common,
-                    "--out-dir", tmp_path / "baseline")[0] == 0
+    assert (
+        evaluate(
+            capsys,
+            "--untrained",
+            "--backbone",
+            "resnet18",
+            "--pretraining",
+            "none",
+            "--fc-output-dim",
+            "8",
+            "--seed",
+            "11",
+            "--summary-out",
+            tmp_path / "baseline.json",
+            *common,
+            "--out-dir",
+            tmp_path / "baseline",
+        )[0]
+        == 0
+    )
     assert evaluate(capsys, "--model", tmp_path / "model.pt", *common, "--out-dir", tmp_path / "saved")[0] == 0
 
     assert read_csv(tmp_path / "baseline" / "t.queries.csv") == read_csv(tmp_path / "saved" / "t.queries.csv")
@@ -426,46 +609,57 @@ def test_untrained_baseline_evaluates_as_the_same_network_saved_and_loaded(tmp_p
 # ---------------------------------------------------------------- hostile input
 
 
-@pytest.mark.parametrize(("flags", "message"), [
-    (["--positive-dist-threshold", "inf"], "argument --positive-dist-threshold: 'inf' is not a finite number"),
-    (["--positive-dist-threshold", "nan"], "argument --positive-dist-threshold: 'nan' is not a finite number"),
-    (["--positive-dist-threshold", "0"], "0 is less than or equal to the minimum of 0"),
-    (["--positive-dist-threshold", "-5"], "-5 is less than or equal to the minimum of 0"),
-    (["--k", "0"], "argument --k: 0 is less than the minimum of 1"),
-    (["--k", "2.0"], "argument --k: '2.0' is not of type 'integer'"),
-    (["--batch-size", "0"], "argument --batch-size: 0 is less than the minimum of 1"),
-    (["--num-workers", "-1"], "argument --num-workers: -1 is less than the minimum of 0"),
-    (["--resize", "0", "16"], "argument --resize: 0 is less than the minimum of 1"),
-    (["--seed", "1"], "--seed goes with --untrained, not --model"),
-    (["--summary-out", "x.json"], "--summary-out goes with --untrained, not --model"),
-])
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--positive-dist-threshold", "inf"], "argument --positive-dist-threshold: 'inf' is not a finite number"),
+        (["--positive-dist-threshold", "nan"], "argument --positive-dist-threshold: 'nan' is not a finite number"),
+        (["--positive-dist-threshold", "0"], "0 is less than or equal to the minimum of 0"),
+        (["--positive-dist-threshold", "-5"], "-5 is less than or equal to the minimum of 0"),
+        (["--k", "0"], "argument --k: 0 is less than the minimum of 1"),
+        (["--k", "2.0"], "argument --k: '2.0' is not of type 'integer'"),
+        (["--batch-size", "0"], "argument --batch-size: 0 is less than the minimum of 1"),
+        (["--num-workers", "-1"], "argument --num-workers: -1 is less than the minimum of 0"),
+        (["--resize", "0", "16"], "argument --resize: 0 is less than the minimum of 1"),
+        (["--seed", "1"], "--seed goes with --untrained, not --model"),
+        (["--summary-out", "x.json"], "--summary-out goes with --untrained, not --model"),
+    ],
+)
 def test_bad_values_are_refused_before_anything_is_embedded(tmp_path, capsys, model_file, embedded, flags, message):
     make_test_set(tmp_path / "set")
-    code, err = evaluate(capsys, "--model", model_file, "--test-set", f"t={tmp_path / 'set'}",
-                         "--out-dir", tmp_path / "out", *flags)
+    code, err = evaluate(
+        capsys, "--model", model_file, "--test-set", f"t={tmp_path / 'set'}", "--out-dir", tmp_path / "out", *flags
+    )
     assert_refused(code, err, message)
     assert embedded == [] and not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("name", ["../up", "a/b", ".hidden", "-dash", "", "has space", "x.queries", "X.Queries",
-                                  "n" * 201, "tab\there"])
+@pytest.mark.parametrize(
+    "name", ["../up", "a/b", ".hidden", "-dash", "", "has space", "x.queries", "X.Queries", "n" * 201, "tab\there"]
+)
 def test_a_test_set_name_that_is_not_a_safe_file_name_is_refused(tmp_path, capsys, model_file, name):
     make_test_set(tmp_path / "set")
-    code, err = evaluate(capsys, "--model", model_file, f"--test-set={name}={tmp_path / 'set'}",
-                         "--out-dir", tmp_path / "out")
+    code, err = evaluate(
+        capsys, "--model", model_file, f"--test-set={name}={tmp_path / 'set'}", "--out-dir", tmp_path / "out"
+    )
     assert_refused(code, err, "argument --test-set: test set name", "is not a safe file name")
     assert not (tmp_path / "out").exists()
 
 
 def test_a_test_set_without_a_folder_is_refused(capsys, tmp_path, model_file):
-    assert_refused(*evaluate(capsys, "--model", model_file, "--test-set", "sf_xs", "--out-dir", tmp_path),
-                   "argument --test-set: 'sf_xs' is not NAME=DIR")
+    assert_refused(
+        *evaluate(capsys, "--model", model_file, "--test-set", "sf_xs", "--out-dir", tmp_path),
+        "argument --test-set: 'sf_xs' is not NAME=DIR",
+    )
 
 
-@pytest.mark.parametrize(("names", "message"), [
-    (["t", "t"], "--test-set: the name 't' is given twice"),
-    (["tokyo", "Tokyo"], "--test-set: the names 'tokyo' and 'Tokyo' are one file on a case-insensitive disk"),
-])
+@pytest.mark.parametrize(
+    ("names", "message"),
+    [
+        (["t", "t"], "--test-set: the name 't' is given twice"),
+        (["tokyo", "Tokyo"], "--test-set: the names 'tokyo' and 'Tokyo' are one file on a case-insensitive disk"),
+    ],
+)
 def test_two_test_sets_of_one_name_are_refused(tmp_path, capsys, model_file, names, message):
     make_test_set(tmp_path / "set")
     sets = [flag for name in names for flag in ("--test-set", f"{name}={tmp_path / 'set'}")]
@@ -475,49 +669,70 @@ def test_two_test_sets_of_one_name_are_refused(tmp_path, capsys, model_file, nam
 
 
 @pytest.mark.parametrize("out", ["file", "file/recalls"])
-def test_an_out_folder_that_is_or_lies_in_a_file_is_refused_before_evaluating(tmp_path, capsys, model_file,
-                                                                             embedded, out):
+def test_an_out_folder_that_is_or_lies_in_a_file_is_refused_before_evaluating(
+    tmp_path, capsys, model_file, embedded, out
+):
     make_test_set(tmp_path / "set")
     (tmp_path / "file").write_text("a file")
-    code, err = evaluate(capsys, "--model", model_file, "--test-set", f"t={tmp_path / 'set'}",
-                         "--out-dir", tmp_path / out)
+    code, err = evaluate(
+        capsys, "--model", model_file, "--test-set", f"t={tmp_path / 'set'}", "--out-dir", tmp_path / out
+    )
     assert_refused(code, err, f"--out-dir {tmp_path / out}", f"{tmp_path / 'file'} is not a folder")
     assert embedded == [] and (tmp_path / "file").read_text() == "a file"
 
 
-@pytest.mark.parametrize(("flags", "message"), [
-    (["--pretraining", "none", "--summary-out", "S"],
-     "--untrained needs --backbone, --pretraining and --summary-out (missing: --backbone)"),
-    (["--backbone", "resnet18"], "(missing: --pretraining, --summary-out)"),
-    (["--backbone", "resnet18", "--pretraining", "imagenet", "--summary-out", "S"],
-     "--pretraining imagenet needs its --weights file (or --pretraining none for random initialisation)"),
-    (["--backbone", "resnet18", "--pretraining", "none", "--weights", "w.pth", "--summary-out", "S"],
-     "--pretraining none is random initialisation: it takes no --weights"),
-    (["--backbone", "resnet18", "--pretraining", "none", "--weights-format", "timm", "--summary-out", "S"],
-     "--weights-format goes with --weights"),
-    (["--backbone", "resnet18", "--pretraining", "places365", "--weights", "missing.pth", "--summary-out", "S"],
-     "weights file missing.pth does not exist"),
-    (["--backbone", "resnet99", "--pretraining", "none", "--summary-out", "S"], "unknown backbone 'resnet99'"),
-    (["--backbone", "resnet18", "--pretraining", "none", "--summary-out", "."], "--summary-out . is a folder"),
-    (["--backbone", "resnet18", "--pretraining", "none", "--summary-out", "OUT/t.queries.csv"],
-     "is one of the CSVs --out-dir gets"),
-    (["--seed", "-1"], "argument --seed: -1 is less than the minimum of 0"),
-    (["--seed", "99999999999999999999"],
-     "argument --seed: 99999999999999999999 is greater than the maximum of 18446744073709551615"),
-])
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (
+            ["--pretraining", "none", "--summary-out", "S"],
+            "--untrained needs --backbone, --pretraining and --summary-out (missing: --backbone)",
+        ),
+        (["--backbone", "resnet18"], "(missing: --pretraining, --summary-out)"),
+        (
+            ["--backbone", "resnet18", "--pretraining", "imagenet", "--summary-out", "S"],
+            "--pretraining imagenet needs its --weights file (or --pretraining none for random initialisation)",
+        ),
+        (
+            ["--backbone", "resnet18", "--pretraining", "none", "--weights", "w.pth", "--summary-out", "S"],
+            "--pretraining none is random initialisation: it takes no --weights",
+        ),
+        (
+            ["--backbone", "resnet18", "--pretraining", "none", "--weights-format", "timm", "--summary-out", "S"],
+            "--weights-format goes with --weights",
+        ),
+        (
+            ["--backbone", "resnet18", "--pretraining", "places365", "--weights", "missing.pth", "--summary-out", "S"],
+            "weights file missing.pth does not exist",
+        ),
+        (["--backbone", "resnet99", "--pretraining", "none", "--summary-out", "S"], "unknown backbone 'resnet99'"),
+        (["--backbone", "resnet18", "--pretraining", "none", "--summary-out", "."], "--summary-out . is a folder"),
+        (
+            ["--backbone", "resnet18", "--pretraining", "none", "--summary-out", "OUT/t.queries.csv"],
+            "is one of the CSVs --out-dir gets",
+        ),
+        (["--seed", "-1"], "argument --seed: -1 is less than the minimum of 0"),
+        (
+            ["--seed", "99999999999999999999"],
+            "argument --seed: 99999999999999999999 is greater than the maximum of 18446744073709551615",
+        ),
+    ],
+)
 def test_untrained_mode_refuses_incomplete_or_contradicting_flags(tmp_path, capsys, flags, message):
     make_test_set(tmp_path / "set")
     summary = tmp_path / "baseline.json"
     flags = [str(summary) if flag == "S" else flag.replace("OUT", str(tmp_path / "out")) for flag in flags]
-    code, err = evaluate(capsys, "--untrained", *flags, "--test-set", f"t={tmp_path / 'set'}",
-                         "--out-dir", tmp_path / "out")
+    code, err = evaluate(
+        capsys, "--untrained", *flags, "--test-set", f"t={tmp_path / 'set'}", "--out-dir", tmp_path / "out"
+    )
     assert_refused(code, err, message)
     assert not summary.exists() and not (tmp_path / "out").exists()
 
 
 def test_model_and_untrained_together_are_refused(tmp_path, capsys, model_file):
-    code, err = evaluate(capsys, "--model", model_file, "--untrained", "--test-set", f"t={tmp_path}",
-                         "--out-dir", tmp_path / "out")
+    code, err = evaluate(
+        capsys, "--model", model_file, "--untrained", "--test-set", f"t={tmp_path}", "--out-dir", tmp_path / "out"
+    )
     assert_refused(code, err, "argument --untrained: not allowed with argument --model")
 
 
@@ -526,8 +741,9 @@ def test_a_file_name_that_is_not_utf8_is_refused_before_embedding(tmp_path, caps
     query = sorted((tmp_path / "set" / "queries").iterdir())[0]
     bad = os.fsdecode(os.fsencode(query.name).replace(b"@.png", b"\xff@.png"))  # the note field: byte 0xff
     query.rename(query.with_name(bad))
-    code, err = evaluate(capsys, "--model", model_file, "--test-set", f"t={tmp_path / 'set'}",
-                         "--out-dir", tmp_path / "out")
+    code, err = evaluate(
+        capsys, "--model", model_file, "--test-set", f"t={tmp_path / 'set'}", "--out-dir", tmp_path / "out"
+    )
     assert_refused(code, err, "is not valid UTF-8: rename it")
     assert embedded == []
 
@@ -539,15 +755,35 @@ def test_baseline_is_the_network_training_starts_from(tiny_city, tmp_path):
     from geoloc.train.trainer import Trainer
 
     torchvision_weights(tmp_path / "w.pth", seed=9)
-    settings = TrainSettings(backbone="resnet18", seed=5, image_size=32, batch_size=4, M=10, alpha=45, N=2, L=1,
-                             min_images_per_class=3, fc_output_dim=16, weights_format="torchvision")
-    trainer = Trainer(settings, RunInfo("r", "resnet18", "imagenet", "fp32", 5, None),
-                      train_dir=tiny_city / "sf_xs" / "train", val_dir=tiny_city / "sf_xs" / "val",
-                      weights=tmp_path / "w.pth", checkpoint_dir=tmp_path / "ckpt", cache_dir=None, device="cpu",
-                      num_workers=0, checkpoint_every=10)
+    settings = TrainSettings(
+        backbone="resnet18",
+        seed=5,
+        image_size=32,
+        batch_size=4,
+        M=10,
+        alpha=45,
+        N=2,
+        L=1,
+        min_images_per_class=3,
+        fc_output_dim=16,
+        weights_format="torchvision",
+    )
+    trainer = Trainer(
+        settings,
+        RunInfo("r", "resnet18", "imagenet", "fp32", 5, None),
+        train_dir=tiny_city / "sf_xs" / "train",
+        val_dir=tiny_city / "sf_xs" / "val",
+        weights=tmp_path / "w.pth",
+        checkpoint_dir=tmp_path / "ckpt",
+        cache_dir=None,
+        device="cpu",
+        num_workers=0,
+        checkpoint_every=10,
+    )
 
-    baseline = build_baseline("resnet18", fc_output_dim=16, seed=5, weights=tmp_path / "w.pth",
-                              weights_format="torchvision").state_dict()
+    baseline = build_baseline(
+        "resnet18", fc_output_dim=16, seed=5, weights=tmp_path / "w.pth", weights_format="torchvision"
+    ).state_dict()
 
     started = trainer.model.state_dict()
     assert started.keys() == baseline.keys()

@@ -188,6 +188,7 @@ def test_stop_signals_to_the_loader_workers_are_left_to_the_main_process(tmp_pat
                 with signalled.get_lock():
                     signalled.value += 1
             return read(*args)
+
         return read_after_a_signal
 
     monkeypatch.setattr(batches, "upright_size", signalled_in_workers(batches.upright_size))
@@ -210,8 +211,15 @@ def tiny_vit14():
     from geoloc.model.timm_backbone import TimmBackbone
 
     torch.manual_seed(0)
-    full = timm.create_model("vit_small_patch14_dinov2", pretrained=False, img_size=28, depth=1, embed_dim=24,
-                             num_heads=2, dynamic_img_size=True)
+    full = timm.create_model(
+        "vit_small_patch14_dinov2",
+        pretrained=False,
+        img_size=28,
+        depth=1,
+        embed_dim=24,
+        num_heads=2,
+        dynamic_img_size=True,
+    )
     spec = TimmBackbone("vit_small_patch14_dinov2")
     body = spec.truncate(full)
     gem = resolve_hyperparameters("gem", spec.output_channels(body), fc_output_dim=8, feature_hw=(0, 0), vit=True)

@@ -118,8 +118,15 @@ def test_k_above_the_database_size_is_an_error(tmp_path):
         evaluate(make_test_set(tmp_path), k=20)
 
 
-PROVENANCE = Provenance(model_sha256="ab" * 32, k=4, positive_dist_threshold=25, resize=(480, 640),
-                        autocast=True, device="cpu (x86_64, 1 threads)", kind="trained")
+PROVENANCE = Provenance(
+    model_sha256="ab" * 32,
+    k=4,
+    positive_dist_threshold=25,
+    resize=(480, 640),
+    autocast=True,
+    device="cpu (x86_64, 1 threads)",
+    kind="trained",
+)
 
 
 def write_with(path, writer):
@@ -135,20 +142,50 @@ def test_recall_csv_has_the_contract_columns_and_one_row(tmp_path):
 
     columns, rows = write_with(tmp_path / "out" / "val.csv", partial(write_recalls, row=row))
 
-    assert columns == RECALL_COLUMNS == (
-        "test_set", "n_queries", "n_database", "n_queries_without_positive", "r1", "r5", "r10", "r20",
-        "descriptor_seconds", "search_seconds", "latency_ms_per_image", "test_dir",
-        "model_sha256", "k", "positive_dist_threshold", "resize", "autocast", "device", "kind",
+    assert (
+        columns
+        == RECALL_COLUMNS
+        == (
+            "test_set",
+            "n_queries",
+            "n_database",
+            "n_queries_without_positive",
+            "r1",
+            "r5",
+            "r10",
+            "r20",
+            "descriptor_seconds",
+            "search_seconds",
+            "latency_ms_per_image",
+            "test_dir",
+            "model_sha256",
+            "k",
+            "positive_dist_threshold",
+            "resize",
+            "autocast",
+            "device",
+            "kind",
+        )
     )
     (row,) = rows
     assert (row["test_set"], row["n_queries"], row["n_database"], row["n_queries_without_positive"]) == (
-        "sf_xs_val", "3", "4", "1")
+        "sf_xs_val",
+        "3",
+        "4",
+        "1",
+    )
     assert float(row["r1"]) == pytest.approx(100 / 3, abs=1e-4)
     assert float(row["r20"]) == pytest.approx(200 / 3, abs=1e-4)
     assert row["test_dir"] == str(tmp_path / "set")
     assert {key: row[key] for key in RECALL_COLUMNS[12:]} == {
-        "model_sha256": "ab" * 32, "k": "4", "positive_dist_threshold": "25", "resize": "480x640",
-        "autocast": "1", "device": "cpu (x86_64, 1 threads)", "kind": "trained"}
+        "model_sha256": "ab" * 32,
+        "k": "4",
+        "positive_dist_threshold": "25",
+        "resize": "480x640",
+        "autocast": "1",
+        "device": "cpu (x86_64, 1 threads)",
+        "kind": "trained",
+    }
 
 
 def test_recall_csv_of_a_native_resolution_fp32_baseline(tmp_path):
@@ -159,7 +196,11 @@ def test_recall_csv_of_a_native_resolution_fp32_baseline(tmp_path):
     _, (written,) = write_with(tmp_path / "sf_xs.csv", partial(write_recalls, row=row))
 
     assert (written["model_sha256"], written["resize"], written["autocast"], written["kind"]) == (
-        "", "", "0", "baseline")
+        "",
+        "",
+        "0",
+        "baseline",
+    )
 
 
 def test_queries_csv_lists_each_query_with_relative_paths_and_json_arrays(tmp_path):
@@ -180,7 +221,7 @@ def test_queries_csv_lists_each_query_with_relative_paths_and_json_arrays(tmp_pa
 
 
 # Every character a file name may hold but '/' and NUL, in a sub-folder and in the note field.
-HOSTILE = ['pipe|bar', 'comma,quote"', 'new\nline', 'carriage\rreturn', 'tab\tsemi;', 'é東京😀', "'single'"]
+HOSTILE = ["pipe|bar", 'comma,quote"', "new\nline", "carriage\rreturn", "tab\tsemi;", "é東京😀", "'single'"]
 
 
 def test_queries_csv_survives_any_character_a_file_name_may_hold(tmp_path):
@@ -200,7 +241,8 @@ def test_queries_csv_survives_any_character_a_file_name_may_hold(tmp_path):
     assert [row["query"] for row in rows] == [p.relative_to(tmp_path).as_posix() for p in test_set.queries_paths]
     assert [json.loads(row["predictions"]) for row in rows] == [[names[i] for i in p] for p in result.predictions]
     assert [json.loads(row["distances_m"]) for row in rows] == [
-        [round(d, 1) for d in distances] for distances in result.distances_m.tolist()]
+        [round(d, 1) for d in distances] for distances in result.distances_m.tolist()
+    ]
     written = [row["query"] for row in rows] + [name for row in rows for name in json.loads(row["predictions"])]
     assert all(any(text in name for name in written) for text in HOSTILE)  # every one went through
 

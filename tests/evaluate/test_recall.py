@@ -151,13 +151,15 @@ def test_search_equals_a_float64_brute_force_with_index_order_ties():
 
 
 def test_first_correct_ranks_is_the_rank_of_the_first_positive_prediction():
-    predictions = np.array([
-        [4, 2, 7],  # first positive at rank 1
-        [9, 8, 3],  # at rank 3 (3 is its only positive in the top k)
-        [1, 2, 3],  # has positives, none in the top k
-        [5, 6, 0],  # has no positive at all
-        [0, 6, 5],  # positives 6 and 5: the first one counts
-    ])
+    predictions = np.array(
+        [
+            [4, 2, 7],  # first positive at rank 1
+            [9, 8, 3],  # at rank 3 (3 is its only positive in the top k)
+            [1, 2, 3],  # has positives, none in the top k
+            [5, 6, 0],  # has no positive at all
+            [0, 6, 5],  # positives 6 and 5: the first one counts
+        ]
+    )
     positives = [
         np.array([4, 7]),
         np.array([0, 3]),
@@ -194,11 +196,13 @@ def test_query_without_positive_never_counts_end_to_end():
     database_utm = np.array([[0.0, 0.0], [100.0, 0.0], [200.0, 0.0]])
     queries_utm = np.array([[3.0, 4.0], [100.0, 20.0], [1000.0, 1000.0]])
     database = unit_rows([[1, 0, 0], [0, 1, 0], [0, 0, 1]])
-    queries = unit_rows([
-        [1.0, 0.1, 0.0],  # looks like place 0, stands there: rank 1
-        [0.0, 0.2, 1.0],  # looks like place 2 (then 1), stands at place 1: rank 2
-        [1.0, 0.0, 0.0],  # looks like place 0, no positive anywhere
-    ])
+    queries = unit_rows(
+        [
+            [1.0, 0.1, 0.0],  # looks like place 0, stands there: rank 1
+            [0.0, 0.2, 1.0],  # looks like place 2 (then 1), stands at place 1: rank 2
+            [1.0, 0.0, 0.0],  # looks like place 0, no positive anywhere
+        ]
+    )
 
     positives = positives_within(database_utm, queries_utm, 25.0)
     _, predictions = search(database, queries, k=3)
@@ -243,8 +247,11 @@ def test_importing_recall_leaves_the_environment_as_it_was():
     env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_CORETYPE"}
     unset = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     chosen = subprocess.run(
-        [sys.executable, "-c", code], env={**env, "OPENBLAS_CORETYPE": "Haswell"},
-        capture_output=True, text=True, check=True,
+        [sys.executable, "-c", code],
+        env={**env, "OPENBLAS_CORETYPE": "Haswell"},
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert unset.stdout.strip() == "unset"
     assert chosen.stdout.strip() == "Haswell"
@@ -256,9 +263,9 @@ def test_recalls_match_a_numpy_brute_force_on_random_data(tmp_path):
     script = Path(__file__).resolve().parents[2] / "benchmarks" / "search_benchmark.py"
     out = tmp_path / "search.json"
     subprocess.run(
-        [sys.executable, str(script), "--database", "3000", "--queries", "400", "--repeats", "1",
-         "--out", str(out)],
-        check=True, capture_output=True,
+        [sys.executable, str(script), "--database", "3000", "--queries", "400", "--repeats", "1", "--out", str(out)],
+        check=True,
+        capture_output=True,
     )
     results = json.loads(out.read_text())
     assert results["identical_recalls"] is True

@@ -96,12 +96,15 @@ def test_parse_time_check_says_why_a_size_is_refused():
     assert input_size_problem("mixvpr", "resnet18", 320) is None
     assert input_size_problem("mixvpr", "resnet18", 32) == (
         "aggregator mixvpr projects the backbone's feature positions to 4 rows, but resnet18 gives a 1x1 map "
-        "at 32 px; use a larger image_size")
+        "at 32 px; use a larger image_size"
+    )
     assert input_size_problem("gem", "resnet18", 32) is None
     assert input_size_problem("mixvpr", "convnext_tiny", 16) == (
-        "backbone convnext_tiny needs images of at least 32 px, not 16")
+        "backbone convnext_tiny needs images of at least 32 px, not 16"
+    )
     assert input_size_problem("vlad", "resnet18", 320) == (
-        "unknown aggregator 'vlad'; known aggregators: gem, netvlad, convap, mixvpr, salad, boq")
+        "unknown aggregator 'vlad'; known aggregators: gem, netvlad, convap, mixvpr, salad, boq"
+    )
     with pytest.raises(GeolocError, match="unknown aggregator 'vlad'"):
         aggregator_entry("vlad")
 
@@ -120,7 +123,7 @@ def test_netvlad_residuals_match_the_definition():
         got = head(x)
         local = torch.nn.functional.normalize(x, dim=1).flatten(2)[0].T  # (4, 3)
         assign = (local @ head.conv.weight[:, :, 0, 0].T).softmax(dim=1)  # (4, 2)
-        vlad = torch.stack([(assign[:, k:k + 1] * (local - head.centroids[k])).sum(0) for k in range(2)])
+        vlad = torch.stack([(assign[:, k : k + 1] * (local - head.centroids[k])).sum(0) for k in range(2)])
         expected = torch.nn.functional.normalize(torch.nn.functional.normalize(vlad, dim=1).flatten(), dim=0)
     torch.testing.assert_close(got[0], expected)
 
@@ -130,12 +133,32 @@ def test_each_aggregator_trains_with_cosplaces_recipe_on_the_tiny_city(tiny_city
     from geoloc.train.settings import RunInfo, TrainSettings
     from geoloc.train.trainer import Trainer
 
-    settings = TrainSettings(backbone="resnet18", epochs=1, iterations_per_epoch=2, batch_size=4, image_size=64,
-                             lr=1e-3, alpha=45, N=2, L=1, min_images_per_class=3, fc_output_dim=16, aggregator=name)
-    trainer = Trainer(settings, RunInfo(f"resnet18-none-fp32-s0-{name}", "resnet18", "none", "fp32", 0, None),
-                      train_dir=tiny_city / "sf_xs" / "train", val_dir=tiny_city / "sf_xs" / "val", weights=None,
-                      checkpoint_dir=tmp_path / "ckpt", cache_dir=tmp_path / "cache", device="cpu", num_workers=0,
-                      checkpoint_every=2)
+    settings = TrainSettings(
+        backbone="resnet18",
+        epochs=1,
+        iterations_per_epoch=2,
+        batch_size=4,
+        image_size=64,
+        lr=1e-3,
+        alpha=45,
+        N=2,
+        L=1,
+        min_images_per_class=3,
+        fc_output_dim=16,
+        aggregator=name,
+    )
+    trainer = Trainer(
+        settings,
+        RunInfo(f"resnet18-none-fp32-s0-{name}", "resnet18", "none", "fp32", 0, None),
+        train_dir=tiny_city / "sf_xs" / "train",
+        val_dir=tiny_city / "sf_xs" / "val",
+        weights=None,
+        checkpoint_dir=tmp_path / "ckpt",
+        cache_dir=tmp_path / "cache",
+        device="cpu",
+        num_workers=0,
+        checkpoint_every=2,
+    )
     summary = trainer.summary(trainer.fit())
     assert trainer.model.aggregator == name
     assert torch.isfinite(torch.tensor(summary["epochs"][0]["loss"]))

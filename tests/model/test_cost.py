@@ -58,11 +58,14 @@ def test_latency_restores_training_mode_and_accepts_amp():
     assert model[1].num_batches_tracked.item() == 0
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"precision": "fp16"}, "unknown precision 'fp16'"),
-    ({"batch_size": 0}, "batch_size must be at least 1"),
-    ({"repeats": 0}, "repeats must be at least 1"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"precision": "fp16"}, "unknown precision 'fp16'"),
+        ({"batch_size": 0}, "batch_size must be at least 1"),
+        ({"repeats": 0}, "repeats must be at least 1"),
+    ],
+)
 def test_latency_rejects_bad_settings(kwargs, message):
     settings = {"image_size": 8, "device": "cpu", "precision": "fp32", **kwargs}
     with pytest.raises(GeolocError, match=message):

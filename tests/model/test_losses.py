@@ -39,7 +39,10 @@ def test_losses_are_the_three_of_the_study():
 def test_each_loss_has_the_scale_and_margin_of_the_study():
     built = {loss: build_classifier(loss, 4, 3) for loss in LOSSES}
     assert {loss: (c.scale, c.margin) for loss, c in built.items()} == {
-        "cosface": (S, 0.4), "arcface": (S, 0.5), "sphereface": (S, 1.5)}
+        "cosface": (S, 0.4),
+        "arcface": (S, 0.5),
+        "sphereface": (S, 1.5),
+    }
     assert "scale=30.0, margin=0.4" in repr(built["cosface"])
 
 

@@ -69,7 +69,8 @@ def test_each_entry_knows_the_smallest_size_its_network_takes(models, name):
         assert models[name](torch.rand(1, 3, smallest, smallest)).shape == (1, DIM)
     if smallest > 1:
         assert input_size_problem(name, smallest - 1) == (
-            f"backbone {name} needs images of at least {smallest} px, not {smallest - 1}")
+            f"backbone {name} needs images of at least {smallest} px, not {smallest - 1}"
+        )
         with pytest.raises(RuntimeError):
             with torch.no_grad():
                 models[name](torch.rand(1, 3, smallest - 1, smallest - 1))
@@ -206,8 +207,11 @@ def test_timm_backbone_works_and_trains_its_last_stage(images, tmp_path):
 def test_timm_stages_include_the_modules_between_feature_points():
     # mobilenetv3 lists feature points at blocks.3 and blocks.5: the last stage is blocks.4-5.
     model = build_model("timm:mobilenetv3_small_050", fc_output_dim=DIM)
-    trained = {".".join(n.split(".")[2:4]) for n, p in model.named_parameters()
-               if n.startswith("backbone.") and p.requires_grad}
+    trained = {
+        ".".join(n.split(".")[2:4])
+        for n, p in model.named_parameters()
+        if n.startswith("backbone.") and p.requires_grad
+    }
     assert trained == {"blocks.4", "blocks.5"}
 
 
@@ -233,8 +237,16 @@ def test_a_model_file_written_before_aggregators_loads_as_gem(models, images, tm
     # The format of model.pt before aggregators and normalisation were recorded.
     model = models["resnet18"]
     path = tmp_path / "old.pt"
-    torch.save({"format": "geoloc-model/1", "backbone": "resnet18", "fc_output_dim": DIM, "trainable_blocks": 2,
-                "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()}}, path)
+    torch.save(
+        {
+            "format": "geoloc-model/1",
+            "backbone": "resnet18",
+            "fc_output_dim": DIM,
+            "trainable_blocks": 2,
+            "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()},
+        },
+        path,
+    )
     loaded = load_model(path).eval()
     assert loaded.aggregator == "gem" and loaded.aggregator_params["p"] == 3.0
     assert loaded.normalization == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -246,8 +258,10 @@ def test_model_file_records_the_aggregator_and_the_normalisation(tmp_path):
     model = build_model("resnet18", DIM, aggregator="netvlad")
     save_model(tmp_path / "model.pt", model)
     payload = torch.load(tmp_path / "model.pt", weights_only=True)
-    assert payload["aggregator"] == {"name": "netvlad", "params": {"in_channels": 512, "clusters": 64,
-                                                                   "normalize_input": True, "fc_output_dim": DIM}}
+    assert payload["aggregator"] == {
+        "name": "netvlad",
+        "params": {"in_channels": 512, "clusters": 64, "normalize_input": True, "fc_output_dim": DIM},
+    }
     assert (payload["mean"], payload["std"]) == ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
     payload["aggregator"] = {"name": "netvlad", "params": {"in_channels": 512, "centres": 3, "fc_output_dim": DIM}}
     torch.save(payload, tmp_path / "edited.pt")
@@ -285,8 +299,11 @@ def test_a_dinov2_vit_feeds_its_patch_tokens_to_the_aggregator(monkeypatch, tmp_
         assert features[1].shape == (2, 64)  # the class token
     torch.testing.assert_close(descriptors.norm(dim=1), torch.ones(2))
     # trainable_blocks counts transformer blocks: the last one trains with the final norm
-    trained = {".".join(n.split(".")[2:4]) for n, p in model.named_parameters()
-               if n.startswith("backbone.") and p.requires_grad}
+    trained = {
+        ".".join(n.split(".")[2:4])
+        for n, p in model.named_parameters()
+        if n.startswith("backbone.") and p.requires_grad
+    }
     assert trained == {"blocks.1", "norm.weight", "norm.bias"}
     if aggregator == "boq":
         assert model.aggregator_params["proj_channels"] == 384  # as BoQ's released DINOv2 model

@@ -8,7 +8,6 @@ and BoQ hold DINOv2's hub model (`backbone.model` / `backbone.dino`, with its ma
 
 import csv
 import hashlib
-
 from pathlib import Path
 
 import pytest
@@ -31,7 +30,7 @@ def _random_like(key: str, value: torch.Tensor) -> torch.Tensor:
 
 
 def resnet50_state(prefix: str, numbered: bool, last: str) -> dict[str, torch.Tensor]:
-    kept = RESNET_CHILDREN[:RESNET_CHILDREN.index(last) + 1]
+    kept = RESNET_CHILDREN[: RESNET_CHILDREN.index(last) + 1]
     state = {}
     for key, value in torchvision.models.resnet50().state_dict().items():
         child, _, rest = key.partition(".")
@@ -59,8 +58,11 @@ def aggregator_state(prefix: str, name: str, in_channels: int) -> dict[str, torc
 
 def cosplace_head(dim: int) -> dict[str, torch.Tensor]:
     # CosPlace/EigenPlaces: aggregation = Sequential(L2Norm, GeM, Flatten, Linear, L2Norm)
-    return {"aggregation.1.p": torch.tensor([3.2]), "aggregation.3.weight": torch.randn(dim, 2048),
-            "aggregation.3.bias": torch.randn(dim)}
+    return {
+        "aggregation.1.p": torch.tensor([3.2]),
+        "aggregation.3.weight": torch.randn(dim, 2048),
+        "aggregation.3.bias": torch.randn(dim),
+    }
 
 
 @pytest.fixture
@@ -68,19 +70,28 @@ def tiny_dinov2(monkeypatch):
     import timm
 
     create = timm.create_model
-    monkeypatch.setattr(timm, "create_model", lambda name, **kw: create(name, **{**kw, "depth": 2, "embed_dim": 64,
-                                                                                 "num_heads": 2}))
+    monkeypatch.setattr(
+        timm, "create_model", lambda name, **kw: create(name, **{**kw, "depth": 2, "embed_dim": 64, "num_heads": 2})
+    )
 
 
 RELEASES = {
     "cosplace-resnet50-2048": lambda: {**resnet50_state("backbone.", True, "layer4"), **cosplace_head(2048)},
     "eigenplaces-resnet50-2048": lambda: {**resnet50_state("backbone.", True, "layer4"), **cosplace_head(2048)},
-    "mixvpr-resnet50-4096": lambda: {"state_dict": {**resnet50_state("backbone.model.", False, "layer3"),
-                                                    **aggregator_state("aggregator.", "mixvpr-resnet50-4096", 1024)}},
-    "boq-resnet50": lambda: {**resnet50_state("backbone.net.", True, "layer3"),
-                             **aggregator_state("aggregator.", "boq-resnet50", 1024)},
-    "salad-dinov2": lambda: {**dinov2_hub_state("backbone.model."),
-                             **aggregator_state("aggregator.", "salad-dinov2", 64)},
+    "mixvpr-resnet50-4096": lambda: {
+        "state_dict": {
+            **resnet50_state("backbone.model.", False, "layer3"),
+            **aggregator_state("aggregator.", "mixvpr-resnet50-4096", 1024),
+        }
+    },
+    "boq-resnet50": lambda: {
+        **resnet50_state("backbone.net.", True, "layer3"),
+        **aggregator_state("aggregator.", "boq-resnet50", 1024),
+    },
+    "salad-dinov2": lambda: {
+        **dinov2_hub_state("backbone.model."),
+        **aggregator_state("aggregator.", "salad-dinov2", 64),
+    },
     "boq-dinov2": lambda: {**dinov2_hub_state("backbone.dino."), **aggregator_state("aggregator.", "boq-dinov2", 64)},
 }
 # (release key, geoloc key, descriptor size) per release
@@ -96,8 +107,14 @@ LANDMARKS = {
 
 def test_every_published_model_has_a_release_layout_here():
     assert set(RELEASES) == set(PUBLISHED) == set(LANDMARKS)
-    assert {"cosplace-resnet50-2048", "eigenplaces-resnet50-2048", "mixvpr-resnet50-4096", "salad-dinov2",
-            "boq-dinov2", "boq-resnet50"} <= set(PUBLISHED)
+    assert {
+        "cosplace-resnet50-2048",
+        "eigenplaces-resnet50-2048",
+        "mixvpr-resnet50-4096",
+        "salad-dinov2",
+        "boq-dinov2",
+        "boq-resnet50",
+    } <= set(PUBLISHED)
 
 
 @pytest.mark.parametrize("name", list(RELEASES))
@@ -126,8 +143,10 @@ def test_the_weights_registry_says_where_each_release_is():
 
 def test_a_file_of_another_release_is_refused_naming_its_tensors(tmp_path):
     torch.save({**resnet50_state("backbone.net.", True, "layer3")}, tmp_path / "boq.pth")
-    with pytest.raises(GeolocError, match="cosplace-resnet50-2048: the file holds tensors this release does not "
-                                          "have: backbone.net.0.weight"):
+    with pytest.raises(
+        GeolocError,
+        match="cosplace-resnet50-2048: the file holds tensors this release does not have: backbone.net.0.weight",
+    ):
         load_published("cosplace-resnet50-2048", tmp_path / "boq.pth")
     with pytest.raises(GeolocError, match="unknown published model 'netvlad-vgg16'; known: cosplace-resnet50-2048"):
         load_published("netvlad-vgg16", tmp_path / "boq.pth")
@@ -140,12 +159,35 @@ def test_evaluate_runs_a_published_model_from_its_release_file(tiny_city, tmp_pa
     release = tmp_path / "ResNet50_2048_cosplace.pth"
     torch.save(RELEASES["cosplace-resnet50-2048"](), release)
     test_set = f"t={tiny_city / 'sf_xs' / 'test'}"
-    code = main(["evaluate", "--published", "cosplace-resnet50-2048", "--weights", str(release), "--test-set", test_set,
-                 "--out-dir", str(tmp_path / "out")])
+    code = main(
+        [
+            "evaluate",
+            "--published",
+            "cosplace-resnet50-2048",
+            "--weights",
+            str(release),
+            "--test-set",
+            test_set,
+            "--out-dir",
+            str(tmp_path / "out"),
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     with open(tmp_path / "out" / "t.csv", newline="") as handle:
         (row,) = csv.DictReader(handle)
     assert (row["kind"], row["model_sha256"]) == ("published", hashlib.sha256(release.read_bytes()).hexdigest())
-    assert main(["evaluate", "--published", "cosplace-resnet50-2048", "--test-set", test_set,
-                 "--out-dir", str(tmp_path / "out2")]) != 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--published",
+                "cosplace-resnet50-2048",
+                "--test-set",
+                test_set,
+                "--out-dir",
+                str(tmp_path / "out2"),
+            ]
+        )
+        != 0
+    )
     assert "--published takes its file as --weights and none of --backbone" in capsys.readouterr().err

@@ -35,6 +35,7 @@ def _leftovers(folder: Path, keep: Path | None = None) -> list[str]:
 
 # ---------------------------------------------------------------- local HTTP server
 
+
 class _Site:
     """Routes path -> list of responders (the last one repeats) and the requests seen."""
 
@@ -53,6 +54,7 @@ def _send(data: bytes, content_type="application/octet-stream", headers=()):
             handler.send_header(name, value)
         handler.end_headers()
         handler.wfile.write(data)
+
     return respond
 
 
@@ -64,6 +66,7 @@ def _send_truncated(data: bytes):
         handler.end_headers()
         handler.wfile.write(data[: len(data) // 2])
         handler.close_connection = True
+
     return respond
 
 
@@ -94,6 +97,7 @@ def site():
 
 
 # ---------------------------------------------------------------- fetch
+
 
 def test_fetch_from_file_url_places_the_checked_file(tmp_path):
     source = tmp_path / "src.pth"
@@ -176,8 +180,12 @@ def test_truncated_download_succeeds_on_retry(site, tmp_path):
 def test_download_shorter_than_the_registered_size_counts_as_truncated(site, tmp_path):
     site.routes["/w.pth"] = [_send(PAYLOAD)]
     with pytest.raises(GeolocError, match=f"received {len(PAYLOAD)} of {len(PAYLOAD) + 1} bytes"):
-        fetch(_entry(f"{site.url}/w.pth", sha256=None, size=len(PAYLOAD) + 1), tmp_path / "w.pth",
-              retries=1, backoff_seconds=0)
+        fetch(
+            _entry(f"{site.url}/w.pth", sha256=None, size=len(PAYLOAD) + 1),
+            tmp_path / "w.pth",
+            retries=1,
+            backoff_seconds=0,
+        )
     assert len(site.requests) == 2
 
 
@@ -231,6 +239,7 @@ def test_web_page_instead_of_the_file_explains_the_manual_fallback(site, tmp_pat
 
 # ---------------------------------------------------------------- registry
 
+
 def _write_registry(path: Path, content) -> Path:
     path.write_text(yaml.safe_dump(content), encoding="utf-8")
     return path
@@ -242,8 +251,9 @@ def test_lookup_returns_the_entry(tmp_path):
 
 
 def test_lookup_names_what_is_missing_and_what_is_known(tmp_path):
-    registry = _write_registry(tmp_path / "w.yaml", {"resnet18": {"imagenet": _entry("file:///a"),
-                                                                   "places365": _entry("file:///b")}})
+    registry = _write_registry(
+        tmp_path / "w.yaml", {"resnet18": {"imagenet": _entry("file:///a"), "places365": _entry("file:///b")}}
+    )
     with pytest.raises(GeolocError, match="no pretraining 'gldv2' for resnet18.*imagenet, places365"):
         lookup(registry, "resnet18", "gldv2")
     with pytest.raises(GeolocError, match="no backbone 'vgg16'.*resnet18"):
@@ -252,13 +262,16 @@ def test_lookup_names_what_is_missing_and_what_is_known(tmp_path):
         lookup(registry, "resnet18", "none")
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("sha256", "F37072FD", "sha256 must be null or 8 to 64 lowercase hex"),
-    ("sha256", "abc", "sha256 must be null or 8 to 64 lowercase hex"),
-    ("size", -5, "size must be null or a positive number"),
-    ("format", "onnx", "format must be one of torchvision, places365, gldv2, timm"),
-    ("url", "ftp://host/w.pth", "url must be an http"),
-])
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("sha256", "F37072FD", "sha256 must be null or 8 to 64 lowercase hex"),
+        ("sha256", "abc", "sha256 must be null or 8 to 64 lowercase hex"),
+        ("size", -5, "size must be null or a positive number"),
+        ("format", "onnx", "format must be one of torchvision, places365, gldv2, timm"),
+        ("url", "ftp://host/w.pth", "url must be an http"),
+    ],
+)
 def test_lookup_refuses_a_bad_field_naming_it(tmp_path, field, value, message):
     entry = {**_entry("file:///w.pth"), field: value}
     registry = _write_registry(tmp_path / "w.yaml", {"resnet18": {"imagenet": entry}})
@@ -283,33 +296,61 @@ def test_project_registry_covers_the_study_with_torchvision_hash_prefixes():
 def test_a_users_registry_adds_to_the_shipped_one(tmp_path, capsys):
     source = tmp_path / "src.pth"
     source.write_bytes(PAYLOAD)
-    mine = _write_registry(tmp_path / "mine.yaml", {
-        "resnet18": {"mine": _entry(source.as_uri())},  # a pretraining added beside the shipped ones
-        "timm:vit_base_patch14_dinov2": {"lvd142m": _entry(source.as_uri(), fmt="timm")},  # replaced
-    })
+    mine = _write_registry(
+        tmp_path / "mine.yaml",
+        {
+            "resnet18": {"mine": _entry(source.as_uri())},  # a pretraining added beside the shipped ones
+            "timm:vit_base_patch14_dinov2": {"lvd142m": _entry(source.as_uri(), fmt="timm")},  # replaced
+        },
+    )
     assert lookup([REGISTRY, mine], "resnet18", "mine")["url"] == source.as_uri()
     assert lookup([REGISTRY, mine], "resnet18", "imagenet") == lookup(REGISTRY, "resnet18", "imagenet")
     assert lookup([REGISTRY, mine], "timm:vit_base_patch14_dinov2", "lvd142m")["sha256"] == PAYLOAD_SHA
     with pytest.raises(GeolocError, match="has no backbone 'swin_tiny'"):
         lookup(mine, "swin_tiny", "imagenet")  # alone, the user's file knows only its own entries
     out = tmp_path / "w.pth"
-    assert main(["fetch-weights", "--registry", str(REGISTRY), "--registry", str(mine), "--backbone", "resnet18",
-                 "--pretraining", "mine", "--out", str(out), "--retries", "0"]) == 0
+    assert (
+        main(
+            [
+                "fetch-weights",
+                "--registry",
+                str(REGISTRY),
+                "--registry",
+                str(mine),
+                "--backbone",
+                "resnet18",
+                "--pretraining",
+                "mine",
+                "--out",
+                str(out),
+                "--retries",
+                "0",
+            ]
+        )
+        == 0
+    )
     assert out.read_bytes() == PAYLOAD
 
 
 def test_project_registry_has_dinov2_small_and_base_with_and_without_registers():
-    for model in ("vit_small_patch14_dinov2", "vit_base_patch14_dinov2", "vit_small_patch14_reg4_dinov2",
-                  "vit_base_patch14_reg4_dinov2"):
+    for model in (
+        "vit_small_patch14_dinov2",
+        "vit_base_patch14_dinov2",
+        "vit_small_patch14_reg4_dinov2",
+        "vit_base_patch14_reg4_dinov2",
+    ):
         entry = lookup(REGISTRY, f"timm:{model}", "lvd142m")
         assert entry["format"] == "timm"
         assert entry["url"] == f"https://huggingface.co/timm/{model}.lvd142m/resolve/main/model.safetensors"
 
 
 def test_project_registry_urls_match_the_installed_torchvision():
-    weights = {"resnet18": torchvision.models.ResNet18_Weights, "swin_tiny": torchvision.models.Swin_T_Weights,
-               "efficientnet_v2_s": torchvision.models.EfficientNet_V2_S_Weights,
-               "mobilenet_v3_small": torchvision.models.MobileNet_V3_Small_Weights}
+    weights = {
+        "resnet18": torchvision.models.ResNet18_Weights,
+        "swin_tiny": torchvision.models.Swin_T_Weights,
+        "efficientnet_v2_s": torchvision.models.EfficientNet_V2_S_Weights,
+        "mobilenet_v3_small": torchvision.models.MobileNet_V3_Small_Weights,
+    }
     for backbone, enum in weights.items():
         assert lookup(REGISTRY, backbone, "imagenet")["url"] == enum.IMAGENET1K_V1.url
 
@@ -319,8 +360,19 @@ def test_fetch_weights_command_prints_the_hash(tmp_path, capsys):
     source.write_bytes(PAYLOAD)
     registry = _write_registry(tmp_path / "w.yaml", {"resnet18": {"imagenet": _entry(source.as_uri())}})
     out = tmp_path / "weights" / "resnet18-imagenet.pth"
-    argv = ["fetch-weights", "--registry", str(registry), "--backbone", "resnet18", "--pretraining", "imagenet",
-            "--out", str(out), "--retries", "0"]
+    argv = [
+        "fetch-weights",
+        "--registry",
+        str(registry),
+        "--backbone",
+        "resnet18",
+        "--pretraining",
+        "imagenet",
+        "--out",
+        str(out),
+        "--retries",
+        "0",
+    ]
     assert main(argv) == 0
     assert PAYLOAD_SHA in capsys.readouterr().out
     assert out.read_bytes() == PAYLOAD
@@ -329,6 +381,7 @@ def test_fetch_weights_command_prints_the_hash(tmp_path, capsys):
 
 
 # ---------------------------------------------------------------- loading
+
 
 @pytest.fixture(scope="module")
 def resnet18_state():
@@ -347,8 +400,7 @@ def test_places365_checkpoint_loads_into_the_backbone(tmp_path):
     torch.manual_seed(2)
     state = torchvision.models.resnet18(num_classes=365).state_dict()
     path = tmp_path / "places.pth"
-    torch.save({"epoch": 90, "arch": "resnet18",
-                "state_dict": {f"module.{k}": v for k, v in state.items()}}, path)
+    torch.save({"epoch": 90, "arch": "resnet18", "state_dict": {f"module.{k}": v for k, v in state.items()}}, path)
     model = build_model("resnet18", 16, weights=path, weights_format="places365")
     _assert_backbone_holds(model, state)
 
@@ -369,12 +421,15 @@ def test_torchvision_checkpoint_loads_into_the_backbone(tmp_path):
     torch.save(state, path)
     model = build_model("mobilenet_v3_small", 16, weights=path)  # torchvision is the default format
     _assert_backbone_holds(model, state)
-    assert not any(k.startswith("classifier.") for k in load_state_dict(path, "torchvision",
-                                                                        drop_prefixes=("classifier.",)))
+    assert not any(
+        k.startswith("classifier.") for k in load_state_dict(path, "torchvision", drop_prefixes=("classifier.",))
+    )
 
 
-@pytest.mark.parametrize("model_name, head, as_safetensors", [("resnet10t", "fc.", False), ("resnet10t", "fc.", True),
-                                                             ("vit_tiny_patch16_224", "head.", True)])
+@pytest.mark.parametrize(
+    "model_name, head, as_safetensors",
+    [("resnet10t", "fc.", False), ("resnet10t", "fc.", True), ("vit_tiny_patch16_224", "head.", True)],
+)
 def test_timm_checkpoint_loads_into_the_backbone(tmp_path, model_name, head, as_safetensors):
     import timm
     from safetensors.torch import save_file
@@ -458,6 +513,7 @@ def test_sha256_file_matches_hashlib(tmp_path):
 
 # ---------------------------------------------------------------- checks where weights are used
 
+
 def test_verify_weights_returns_the_digest_and_accepts_the_pinned_digest_or_prefix(tmp_path):
     path = tmp_path / "w.pth"
     path.write_bytes(PAYLOAD)
@@ -472,13 +528,20 @@ def test_verify_weights_refuses_another_file_naming_it_and_both_digests(tmp_path
     pinned = "0" * 64
     with pytest.raises(GeolocError) as error:
         verify_weights(path, pinned)
-    assert str(error.value) == (f"weights file {path} has sha256 {PAYLOAD_SHA}, but the registry pins {pinned}: "
-                                "it is another file (delete it and run fetch-weights again)")
+    assert str(error.value) == (
+        f"weights file {path} has sha256 {PAYLOAD_SHA}, but the registry pins {pinned}: "
+        "it is another file (delete it and run fetch-weights again)"
+    )
 
 
-@pytest.mark.parametrize("pinned, message", [("abc", "must be 8 to 64 lowercase hex digits, got 'abc'"),
-                                             (PAYLOAD_SHA.upper(), "must be 8 to 64 lowercase hex digits"),
-                                             (12345678, "got 12345678")])
+@pytest.mark.parametrize(
+    "pinned, message",
+    [
+        ("abc", "must be 8 to 64 lowercase hex digits, got 'abc'"),
+        (PAYLOAD_SHA.upper(), "must be 8 to 64 lowercase hex digits"),
+        (12345678, "got 12345678"),
+    ],
+)
 def test_verify_weights_refuses_a_malformed_pinned_digest(tmp_path, pinned, message):
     path = tmp_path / "w.pth"
     path.write_bytes(PAYLOAD)
@@ -499,8 +562,9 @@ def test_pretrained_weights_with_non_finite_values_are_refused_before_training(t
     torch.save(damaged, path)
     with pytest.raises(GeolocError) as error:
         build_model("resnet18", 16, weights=path)
-    assert str(error.value) == (f"weights file {path} (resnet18) is damaged: non-finite values (NaN or inf) in "
-                                "layer2.0.bn1.running_var")
+    assert str(error.value) == (
+        f"weights file {path} (resnet18) is damaged: non-finite values (NaN or inf) in layer2.0.bn1.running_var"
+    )
 
 
 def test_a_refused_pickle_names_the_code_it_would_run_and_never_suggests_running_it(tmp_path, resnet18_state):
@@ -509,8 +573,10 @@ def test_a_refused_pickle_names_the_code_it_would_run_and_never_suggests_running
     with pytest.raises(GeolocError) as error:
         load_state_dict(path, "torchvision")
     message = str(error.value)
-    assert message == (f"weights file {path} was refused: loading it would run the Python code it names "
-                       "(io.open); geoloc loads tensors only")
+    assert message == (
+        f"weights file {path} was refused: loading it would run the Python code it names "
+        "(io.open); geoloc loads tensors only"
+    )
     assert "weights_only" not in message and "Re-running" not in message
 
 
@@ -528,15 +594,18 @@ def _saved_model(tmp_path: Path) -> tuple[Path, dict]:
     return path, torch.load(path, weights_only=True)
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("fc_output_dim", "512", "fc_output_dim must be a positive integer, got '512'"),
-    ("fc_output_dim", True, "fc_output_dim must be a positive integer, got True"),
-    ("backbone", 5, "backbone must be a backbone name, got 5"),
-    ("trainable_blocks", "3", "trainable_blocks must be null or an integer >= 0, got '3'"),
-    ("state_dict", [1, 2], "state_dict must be a mapping of tensor names to tensors, got list"),
-    ("state_dict", {"a": 1}, "state_dict must be a mapping of tensor names to tensors, got dict"),
-    ("backbone", None, "backbone must be a backbone name, got None"),
-])
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("fc_output_dim", "512", "fc_output_dim must be a positive integer, got '512'"),
+        ("fc_output_dim", True, "fc_output_dim must be a positive integer, got True"),
+        ("backbone", 5, "backbone must be a backbone name, got 5"),
+        ("trainable_blocks", "3", "trainable_blocks must be null or an integer >= 0, got '3'"),
+        ("state_dict", [1, 2], "state_dict must be a mapping of tensor names to tensors, got list"),
+        ("state_dict", {"a": 1}, "state_dict must be a mapping of tensor names to tensors, got dict"),
+        ("backbone", None, "backbone must be a backbone name, got None"),
+    ],
+)
 def test_a_hand_edited_model_file_with_wrong_field_types_is_one_error_line(tmp_path, field, value, message):
     path, payload = _saved_model(tmp_path)
     torch.save({**payload, field: value}, path)
@@ -560,8 +629,10 @@ def test_a_model_file_missing_a_field_or_a_tensor_is_one_error_line(tmp_path):
 @pytest.mark.parametrize("written", ["12345678", "00000000"])
 def test_an_unquoted_all_digit_sha256_is_refused_with_the_advice_to_quote_it(tmp_path, written):
     registry = tmp_path / "w.yaml"
-    registry.write_text(f"resnet18:\n  imagenet:\n    url: file:///w.pth\n    sha256: {written}\n"
-                        "    size: null\n    format: torchvision\n")
+    registry.write_text(
+        f"resnet18:\n  imagenet:\n    url: file:///w.pth\n    sha256: {written}\n"
+        "    size: null\n    format: torchvision\n"
+    )
     with pytest.raises(GeolocError) as error:
         lookup(registry, "resnet18", "imagenet")
     message = str(error.value)
@@ -575,8 +646,9 @@ def test_an_invalid_yaml_registry_is_one_error_line_with_its_place(tmp_path):
         lookup(registry, "resnet18", "imagenet")
     message = str(error.value)
     assert "\n" not in message and "^" not in message
-    assert re.fullmatch(rf"weights registry {re.escape(str(registry))} is not valid YAML: .+ \(line 3, column 1\)",
-                        message), message
+    assert re.fullmatch(
+        rf"weights registry {re.escape(str(registry))} is not valid YAML: .+ \(line 3, column 1\)", message
+    ), message
 
 
 def test_a_mismatching_file_in_place_is_deleted_even_when_the_new_download_fails(site, tmp_path):
@@ -590,14 +662,30 @@ def test_a_mismatching_file_in_place_is_deleted_even_when_the_new_download_fails
 def test_a_file_in_place_for_an_unpinned_entry_is_kept(site, tmp_path):
     out = tmp_path / "w.pth"
     out.write_bytes(b"put here by hand")
-    assert fetch(_entry(f"{site.url}/gone.pth", sha256=None, size=None), out) == hashlib.sha256(
-        b"put here by hand").hexdigest()
+    assert (
+        fetch(_entry(f"{site.url}/gone.pth", sha256=None, size=None), out)
+        == hashlib.sha256(b"put here by hand").hexdigest()
+    )
     assert site.requests == [] and out.read_bytes() == b"put here by hand"
 
 
 def test_fetch_weights_refuses_negative_retries_in_the_schemas_words(tmp_path, capsys):
     with pytest.raises(SystemExit):
-        main(["fetch-weights", "--registry", str(REGISTRY), "--backbone", "resnet18", "--pretraining", "imagenet",
-              "--out", str(tmp_path / "w.pth"), "--retries", "-1"])
+        main(
+            [
+                "fetch-weights",
+                "--registry",
+                str(REGISTRY),
+                "--backbone",
+                "resnet18",
+                "--pretraining",
+                "imagenet",
+                "--out",
+                str(tmp_path / "w.pth"),
+                "--retries",
+                "-1",
+            ]
+        )
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        "geoloc fetch-weights: error: argument --retries: -1 is less than the minimum of 0")
+        "geoloc fetch-weights: error: argument --retries: -1 is less than the minimum of 0"
+    )

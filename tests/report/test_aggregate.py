@@ -45,8 +45,10 @@ def write_recalls(run_dir: Path, recalls: dict[str, float], *, kind: str, model_
             encoding="utf-8",
         )
         ranks = query_ranks(r1)
-        lines = [f'queries/{i}.jpg,{rank},{int(i < N_QUERIES - 2)},"[""database/b.jpg""]",[3.0]'
-                 for i, rank in enumerate(ranks)]
+        lines = [
+            f'queries/{i}.jpg,{rank},{int(i < N_QUERIES - 2)},"[""database/b.jpg""]",[3.0]'
+            for i, rank in enumerate(ranks)
+        ]
         (run_dir / "recalls" / f"{test_set}.queries.csv").write_text(
             "query,first_correct_rank,has_positive,predictions,distances_m\n" + "\n".join(lines) + "\n",
             encoding="utf-8",
@@ -265,8 +267,11 @@ def test_a_hand_edited_recall_is_refused_naming_the_file_and_the_way_out(tmp_pat
     run = write_run(tmp_path, "run-a", recalls={"sf_xs": 25.0})
     path = run / "recalls" / "sf_xs.csv"
     path.write_text(path.read_text().replace(",25.0,", ",93.75,"))
-    with pytest.raises(GeolocError, match=r"sf_xs.csv: r1 is 93.75 but its per-query file sf_xs.queries.csv gives "
-                                          r"25.0000 .*: delete .*run-a/recalls and rerun the workflow"):
+    with pytest.raises(
+        GeolocError,
+        match=r"sf_xs.csv: r1 is 93.75 but its per-query file sf_xs.queries.csv gives "
+        r"25.0000 .*: delete .*run-a/recalls and rerun the workflow",
+    ):
         aggregate_runs([run])
 
 
@@ -289,16 +294,22 @@ def test_recalls_of_a_model_other_than_train_json_records_are_refused(tmp_path):
     run = write_run(tmp_path, "run-a", recalls={"sf_xs": 25.0})
     path = run / "recalls" / "sf_xs.csv"
     path.write_text(path.read_text().replace(MODEL_SHA256, "ab" * 32))
-    with pytest.raises(GeolocError, match=r"sf_xs.csv: evaluated a model with sha256 abababababab\.\.\., not the "
-                                          r".*: delete .*run-a/recalls and rerun the workflow \(it re-evaluates"):
+    with pytest.raises(
+        GeolocError,
+        match=r"sf_xs.csv: evaluated a model with sha256 abababababab\.\.\., not the "
+        r".*: delete .*run-a/recalls and rerun the workflow \(it re-evaluates",
+    ):
         aggregate_runs([run])
 
 
 def test_a_model_changed_after_training_is_refused_naming_both_files_to_delete(tmp_path):
     run = write_run(tmp_path, "run-a", recalls={"sf_xs": 25.0})
     (run / "model.pt").write_bytes(b"flipped bytes")
-    with pytest.raises(GeolocError, match=r"model.pt: its sha256 .* is not the model_sha256 .*: delete "
-                                          r".*run-a/model.pt and .*run-a/train.json and rerun the workflow"):
+    with pytest.raises(
+        GeolocError,
+        match=r"model.pt: its sha256 .* is not the model_sha256 .*: delete "
+        r".*run-a/model.pt and .*run-a/train.json and rerun the workflow",
+    ):
         aggregate_runs([run])
 
 

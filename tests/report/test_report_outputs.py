@@ -27,10 +27,20 @@ def quick_report(monkeypatch):
 
 
 def arguments(tmp_path):
-    return SimpleNamespace(config=tmp_path / "config.yaml", expected=None, baselines_dir=None, runs_dir=tmp_path,
-                           recalls=tmp_path / "recalls.csv", reference=None, positive_dist_threshold=None, datasets=None,
-                           published=None, templates=tmp_path, out=tmp_path / "report.html",
-                           conclusions_out=tmp_path / "conclusions.txt")
+    return SimpleNamespace(
+        config=tmp_path / "config.yaml",
+        expected=None,
+        baselines_dir=None,
+        runs_dir=tmp_path,
+        recalls=tmp_path / "recalls.csv",
+        reference=None,
+        positive_dist_threshold=None,
+        datasets=None,
+        published=None,
+        templates=tmp_path,
+        out=tmp_path / "report.html",
+        conclusions_out=tmp_path / "conclusions.txt",
+    )
 
 
 def test_on_a_full_disk_neither_the_page_nor_the_conclusions_appear(tmp_path, quick_report, monkeypatch):

@@ -11,4 +11,3 @@ def slurm_cluster():
     problem = cluster_problem()
     if problem:
         pytest.skip(problem)
-

@@ -27,13 +27,20 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 def fake_config(city: Path, grid: list[dict], **resources) -> dict:
     """Small jobs on the tiny city; `resources` adds to config `resources`."""
     return {
-        "datasets_root": str(city), "test_sets": TEST_SETS, "device": "cpu",
+        "datasets_root": str(city),
+        "test_sets": TEST_SETS,
+        "device": "cpu",
         "training": {"image_size": 32, "stop_margin_minutes": 2},
-        "grid": grid, "reference": SCRATCH_RUN, "report": {"published": None},
+        "grid": grid,
+        "reference": SCRATCH_RUN,
+        "report": {"published": None},
         # one CPU per training process: this machine's cores cap Snakemake's threads inside a job
-        "resources": {"train": {"threads": 1, "mem_mb": 1000, "runtime": 5},
-                      "evaluate": {"threads": 1, "mem_mb": 500, "runtime": 5},
-                      "cache_images": {"threads": 1, "mem_mb": 500, "runtime": 5}, **resources},
+        "resources": {
+            "train": {"threads": 1, "mem_mb": 1000, "runtime": 5},
+            "evaluate": {"threads": 1, "mem_mb": 500, "runtime": 5},
+            "cache_images": {"threads": 1, "mem_mb": 500, "runtime": 5},
+            **resources,
+        },
     }
 
 
@@ -60,26 +67,30 @@ DDP_RUN = f"{SCRATCH_RUN}-ddp"
 
 def test_without_a_profile_jobs_ask_for_their_gpus_type_tasks_and_arrays(tmp_path, tiny_city):
     small = {**BLOCK, "backbones": ["mobilenet_v3_small"]}  # a second baseline, for the array
-    config = fake_config(tiny_city, [BLOCK, {**BLOCK, "tag": "ddp", "training": {"gpus_per_run": 2}}, small],
-                         gpu_model="tgpu")
+    config = fake_config(
+        tiny_city, [BLOCK, {**BLOCK, "tag": "ddp", "training": {"gpus_per_run": 2}}, small], gpu_model="tgpu"
+    )
     config["resources"]["train"]["slurm_extra"] = "--nice=1"
     workdir, env, calls = fake_workdir(tmp_path, config)
     done = snakemake(workdir, "--verbose", "--slurm-array-jobs", "baseline", env=env, profile=False)
     assert done.returncode == 0, done.log[-5000:]
     submitted = sbatch_calls(done.log)
     single, ddp = submitted[f"train_wildcards_{SCRATCH_RUN}"], submitted[f"train_wildcards_{DDP_RUN}"]
-    for option in ("-t 5", "--mem 1000", "--cpus-per-task=1", "--gpus=tgpu:1",
-                   "--signal=USR1@120 --requeue --nice=1"):
+    for option in ("-t 5", "--mem 1000", "--cpus-per-task=1", "--gpus=tgpu:1", "--signal=USR1@120 --requeue --nice=1"):
         assert option in single, single
     assert "--ntasks-per-gpu" not in single and "--nodes" not in single
     # one job for the run on two GPUs: a task per GPU, each with its CPUs, memory for both
-    for option in ("--nodes=1", "--ntasks-per-gpu=1", "--ntasks=2", "--cpus-per-task=1", "--gpus=tgpu:2",
-                   "--mem 2000"):
+    for option in ("--nodes=1", "--ntasks-per-gpu=1", "--ntasks=2", "--cpus-per-task=1", "--gpus=tgpu:2", "--mem 2000"):
         assert option in ddp, ddp
-    ranks = sorted((run_of(c), c["env"].get("SLURM_PROCID"), c["env"].get("SLURM_NTASKS"))
-                   for c in fake_calls(calls, "train"))
-    assert ranks == [("mobilenet_v3_small-none-fp32-s0", "0", "1"), (SCRATCH_RUN, "0", "1"), (DDP_RUN, "0", "2"),
-                     (DDP_RUN, "1", "2")]
+    ranks = sorted(
+        (run_of(c), c["env"].get("SLURM_PROCID"), c["env"].get("SLURM_NTASKS")) for c in fake_calls(calls, "train")
+    )
+    assert ranks == [
+        ("mobilenet_v3_small-none-fp32-s0", "0", "1"),
+        (SCRATCH_RUN, "0", "1"),
+        (DDP_RUN, "0", "2"),
+        (DDP_RUN, "1", "2"),
+    ]
     assert {c["args"][c["args"].index("--threads") + 1] for c in fake_calls(calls, "train")} == {"1"}
     # both baselines in one array job (ready together, the same resources); the cache is a CPU job
     [array] = [call for comment, call in submitted.items() if comment.startswith("baseline")]
@@ -87,14 +98,20 @@ def test_without_a_profile_jobs_ask_for_their_gpus_type_tasks_and_arrays(tmp_pat
     cache = submitted["cache_images_wildcards_32"]
     assert "--gpus" not in cache and "--cpus-per-task=1" in cache
     jobs = slurm_jobs(workdir=workdir)
-    assert sorted(job.rule for job in jobs) == ["baseline", "baseline", "cache_images", *["evaluate"] * 3,
-                                                *["train"] * 3]
+    assert sorted(job.rule for job in jobs) == [
+        "baseline",
+        "baseline",
+        "cache_images",
+        *["evaluate"] * 3,
+        *["train"] * 3,
+    ]
     assert {job.state for job in jobs} == {"COMPLETED"}
 
 
 def test_a_training_stopped_at_its_time_limit_requeues_itself_and_bad_input_fails_once(tmp_path, tiny_city):
-    config = fake_config(tiny_city, [BLOCK, {**BLOCK, "tag": "bad", "training": {"lr": 0.1}}],
-                         gpu_request="gres", gpu_model="tgpu")
+    config = fake_config(
+        tiny_city, [BLOCK, {**BLOCK, "tag": "bad", "training": {"lr": 0.1}}], gpu_request="gres", gpu_model="tgpu"
+    )
     workdir, env, calls = fake_workdir(tmp_path, config)
     bad_run = f"{SCRATCH_RUN}-bad"
     env["FAKE_GEOLOC_TRAIN_EXIT"] = json.dumps({SCRATCH_RUN: 3, bad_run: 2})
@@ -106,7 +123,9 @@ def test_a_training_stopped_at_its_time_limit_requeues_itself_and_bad_input_fail
     assert " --requeue" in submitted["cache_images_wildcards_32"]
     # one submission per training: the requeued job is the same job
     assert sorted(c for c in submitted if c.startswith("train")) == [
-        f"train_wildcards_{SCRATCH_RUN}", f"train_wildcards_{bad_run}"]
+        f"train_wildcards_{SCRATCH_RUN}",
+        f"train_wildcards_{bad_run}",
+    ]
     for call in (submitted[f"train_wildcards_{SCRATCH_RUN}"], submitted[f"train_wildcards_{bad_run}"]):
         assert "--gres=gpu:tgpu:1" in call and "--gpus" not in call
     trains = {job.wildcards: job for job in slurm_jobs(workdir=workdir) if job.rule == "train"}

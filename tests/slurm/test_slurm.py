@@ -40,7 +40,7 @@ def write_resnet18_weights(path: Path) -> None:
 
 def reported_logs(invocation: Invocation, rule: str, workdir: Path) -> dict[Path, str]:
     """The log files Snakemake names in its error report for `rule`, with their text now."""
-    report = invocation.log[invocation.log.index(f"Error in rule {rule}:"):]
+    report = invocation.log[invocation.log.index(f"Error in rule {rule}:") :]
     logs = re.search(r"^\s*log: (.*) \(check log file", report, re.MULTILINE)
     assert logs, report
     paths = [workdir / path for path in logs.group(1).split(", ")]
@@ -83,8 +83,10 @@ def test_gpu_and_cache_jobs_run_on_slurm_while_datasets_aggregate_and_report_run
     jobs = slurm_jobs(workdir=fail_and_recover.workdir)
     runs = [PRETRAINED_RUN, SCRATCH_RUN]
     assert _jobs_in_state(jobs, "COMPLETED") == sorted(
-        [("train", run) for run in runs] + [("evaluate", run) for run in runs]
-        + [("baseline", SCRATCH_BASELINE), ("baseline", PRETRAINED_BASELINE), ("cache_images", "32")])
+        [("train", run) for run in runs]
+        + [("evaluate", run) for run in runs]
+        + [("baseline", SCRATCH_BASELINE), ("baseline", PRETRAINED_BASELINE), ("cache_images", "32")]
+    )
     for rule in ("datasets", "aggregate", "report"):
         assert f"localrule {rule}:" in fail_and_recover.broken.log + fail_and_recover.rest.log
     results = fail_and_recover.workdir / "results"
@@ -107,15 +109,19 @@ def test_failed_job_is_reported_with_its_logs_and_the_other_run_still_finishes(f
     # the broken weights fail the training and the baseline that load them, each once
     assert _jobs_in_state(jobs, "FAILED") == [("baseline", PRETRAINED_BASELINE), ("train", PRETRAINED_RUN)]
     [failed] = [job for job in jobs if job.state == "FAILED" and job.rule == "train"]
-    assert f"SLURM-job '{failed.job_id}' failed" in broken.log[broken.log.index("Error in rule train:"):]
+    assert f"SLURM-job '{failed.job_id}' failed" in broken.log[broken.log.index("Error in rule train:") :]
     [(rule_log, rule_text), (slurm_log, slurm_text)] = fail_and_recover.broken_logs.items()
     assert rule_log == fail_and_recover.workdir / "results" / "logs" / "train" / f"{PRETRAINED_RUN}.log"
     assert f"weights file {WEIGHTS_FILE} is not a readable PyTorch file" in rule_text
     assert slurm_log.name == f"{failed.job_id}.log"
     assert "Error in rule train" in slurm_text
     # --keep-going: the other run was still trained and evaluated.
-    assert _jobs_in_state(jobs, "COMPLETED") == [("baseline", SCRATCH_BASELINE), ("cache_images", "32"),
-                                                 ("evaluate", SCRATCH_RUN), ("train", SCRATCH_RUN)]
+    assert _jobs_in_state(jobs, "COMPLETED") == [
+        ("baseline", SCRATCH_BASELINE),
+        ("cache_images", "32"),
+        ("evaluate", SCRATCH_RUN),
+        ("train", SCRATCH_RUN),
+    ]
     for test in TEST_SETS:
         assert (fail_and_recover.workdir / "results" / "runs" / SCRATCH_RUN / "recalls" / f"{test}.csv").is_file()
 

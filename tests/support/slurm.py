@@ -20,9 +20,20 @@ PROFILE = REPO / "profiles" / "slurm"
 SCRATCH_RUN = "resnet18-none-fp32-s0"
 TEST_SETS = ["sf_xs"]
 TRAINING = {
-    "epochs": 1, "iterations_per_epoch": 4, "batch_size": 4, "image_size": 32, "lr": 1e-3,
-    "M": 10, "alpha": 45, "N": 2, "L": 1, "min_images_per_class": 3, "groups_num": 1,
-    "fc_output_dim": 16, "num_workers": 0, "checkpoint_every": 100,
+    "epochs": 1,
+    "iterations_per_epoch": 4,
+    "batch_size": 4,
+    "image_size": 32,
+    "lr": 1e-3,
+    "M": 10,
+    "alpha": 45,
+    "N": 2,
+    "L": 1,
+    "min_images_per_class": 3,
+    "groups_num": 1,
+    "fc_output_dim": 16,
+    "num_workers": 0,
+    "checkpoint_every": 100,
 }
 TEST_ONLY_ARGS = ["--slurm-init-seconds-before-status-checks", "1"]
 SNAKEMAKE_TIMEOUT_S = 400
@@ -85,9 +96,15 @@ def slurm_command(workdir: Path, *args: str, profile: bool = True) -> list[str]:
 def snakemake(workdir: Path, *args: str, env: dict | None = None, profile: bool = True) -> Invocation:
     """The workflow to its end on the cluster (jobs inherit `env`: sbatch --export=ALL)."""
     try:
-        done = subprocess.run(slurm_command(workdir, *args, profile=profile), cwd=workdir, env=env or venv_env(),
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              timeout=SNAKEMAKE_TIMEOUT_S)
+        done = subprocess.run(
+            slurm_command(workdir, *args, profile=profile),
+            cwd=workdir,
+            env=env or venv_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=SNAKEMAKE_TIMEOUT_S,
+        )
     finally:
         cancel_leftover_jobs(workdir)
     return Invocation(done.returncode, done.stdout)
@@ -97,10 +114,14 @@ def held_after_requeue(workdir: Path) -> dict[str, str]:
     """{rule_<rule>_wildcards_<values>: job id} of the jobs from `workdir` that SLURM requeued and
     now holds (it holds a requeued job about two minutes before it may start again; accounting
     shows the requeue only once it has started again)."""
-    queue = subprocess.run(["squeue", "-h", "-t", "PENDING", "-o", "%i|%Z|%r|%k"], capture_output=True, text=True,
-                           check=True, timeout=30).stdout
-    return {comment: job_id for job_id, job_workdir, reason, comment in (line.split("|") for line in queue.splitlines())
-            if reason == "BeginTime" and Path(job_workdir) == workdir.resolve()}
+    queue = subprocess.run(
+        ["squeue", "-h", "-t", "PENDING", "-o", "%i|%Z|%r|%k"], capture_output=True, text=True, check=True, timeout=30
+    ).stdout
+    return {
+        comment: job_id
+        for job_id, job_workdir, reason, comment in (line.split("|") for line in queue.splitlines())
+        if reason == "BeginTime" and Path(job_workdir) == workdir.resolve()
+    }
 
 
 def start_now(job_id: str, *changes: str) -> None:
@@ -132,8 +153,9 @@ def workflow_in_background(workdir: Path, log_path: Path, *args: str):
     """Snakemake on `workdir` in the background, its output in `log_path`; killed, and its jobs
     cancelled, if it still runs at the end."""
     with log_path.open("w") as log:
-        process = subprocess.Popen(slurm_command(workdir, *args), cwd=workdir, env=venv_env(),
-                                   stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            slurm_command(workdir, *args), cwd=workdir, env=venv_env(), stdout=log, stderr=subprocess.STDOUT
+        )
         try:
             yield process
         finally:
@@ -146,18 +168,31 @@ def workflow_in_background(workdir: Path, log_path: Path, *args: str):
 def queued_jobs(workdir: Path, rule: str | None = None) -> list[str]:
     """Ids of the pending or running jobs from `workdir` (of `rule` only, if given), as squeue
     lists them."""
-    queue = subprocess.run(["squeue", "-h", "-o", "%i|%Z|%k"], capture_output=True, text=True, check=True,
-                           timeout=30).stdout
-    return [job_id for job_id, job_workdir, comment in (line.split("|") for line in queue.splitlines())
-            if Path(job_workdir) == workdir.resolve()
-            and rule in (None, comment.removeprefix("rule_").split("_wildcards_")[0])]
+    queue = subprocess.run(
+        ["squeue", "-h", "-o", "%i|%Z|%k"], capture_output=True, text=True, check=True, timeout=30
+    ).stdout
+    return [
+        job_id
+        for job_id, job_workdir, comment in (line.split("|") for line in queue.splitlines())
+        if Path(job_workdir) == workdir.resolve()
+        and rule in (None, comment.removeprefix("rule_").split("_wildcards_")[0])
+    ]
 
 
 def slurm_jobs(*, workdir: Path | None = None, run_id: str | None = None) -> list[SlurmJob]:
     """Jobs SLURM accounting knows, of one workflow directory or one Snakemake invocation."""
     # -D: every run of a requeued job, oldest first
-    command = ["sacct", "-X", "-D", "-n", "-P", "-S", "now-6hours", "-o",
-               "JobIDRaw,JobName,WorkDir,Comment,State,ReqTRES"]
+    command = [
+        "sacct",
+        "-X",
+        "-D",
+        "-n",
+        "-P",
+        "-S",
+        "now-6hours",
+        "-o",
+        "JobIDRaw,JobName,WorkDir,Comment,State,ReqTRES",
+    ]
     output = subprocess.run(command, capture_output=True, text=True, check=True, timeout=30).stdout
     jobs: dict[str, SlurmJob] = {}
     for line in output.splitlines():

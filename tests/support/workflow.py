@@ -33,12 +33,25 @@ def snakemake_command(workdir: Path, *args: str, snakefile: Path | None = SNAKEF
     return [sys.executable, "-m", "snakemake", *site, "--directory", str(workdir), *args]
 
 
-def snakemake(workdir: Path, *args: str, env: dict | None = None, timeout: int = 300,
-              snakefile: Path | None = SNAKEFILE, merge_output: bool = False) -> subprocess.CompletedProcess:
+def snakemake(
+    workdir: Path,
+    *args: str,
+    env: dict | None = None,
+    timeout: int = 300,
+    snakefile: Path | None = SNAKEFILE,
+    merge_output: bool = False,
+) -> subprocess.CompletedProcess:
     """Run Snakemake to its end; `merge_output` puts stderr into stdout (one log, in order)."""
     stderr = subprocess.STDOUT if merge_output else subprocess.PIPE
-    return subprocess.run(snakemake_command(workdir, *args, snakefile=snakefile), cwd=workdir, env=env,
-                          stdout=subprocess.PIPE, stderr=stderr, text=True, timeout=timeout)
+    return subprocess.run(
+        snakemake_command(workdir, *args, snakefile=snakefile),
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def venv_env(**variables: str) -> dict[str, str]:
@@ -51,7 +64,7 @@ def fake_geoloc_env(folder: Path, **variables: str) -> tuple[dict, Path]:
     bin_dir = folder / "fake-bin"
     bin_dir.mkdir(exist_ok=True)
     script = bin_dir / "geoloc"
-    script.write_text(f"#!/bin/sh\nexec {sys.executable} {FAKE_GEOLOC} \"$@\"\n")
+    script.write_text(f'#!/bin/sh\nexec {sys.executable} {FAKE_GEOLOC} "$@"\n')
     script.chmod(0o755)
     calls = folder / "calls.jsonl"
     env = venv_env(FAKE_GEOLOC_CALLS=str(calls), **variables)
@@ -89,8 +102,14 @@ def write_yaml(path: Path, data: dict) -> Path:
 def dataset_layout(root: Path, test_sets=TEST_SETS) -> Path:
     """The folders of the real datasets, each with one empty image file: enough to plan (planning
     counts the images of every test set), not to run."""
-    folders = ["sf_xs/train", *(f"{name}/{part}" for name in ("sf_xs/val", *(f"{t}/test" for t in test_sets))
-                                for part in ("database", "queries"))]
+    folders = [
+        "sf_xs/train",
+        *(
+            f"{name}/{part}"
+            for name in ("sf_xs/val", *(f"{t}/test" for t in test_sets))
+            for part in ("database", "queries")
+        ),
+    ]
     for folder in folders:
         (root / folder).mkdir(parents=True, exist_ok=True)
         (root / folder / "@0@0@10@S@0@0@@@0@@@@@@.jpg").write_bytes(b"")
@@ -123,8 +142,11 @@ def job_counts(output: str) -> dict[str, int]:
 
 def planned_jobs(output: str, rule: str) -> list[str]:
     """The blocks Snakemake prints for each planned job of `rule`."""
-    return [block.split("\n\n", 1)[0] for block in re.split(r"^\[.*\]\n", output, flags=re.MULTILINE)
-            if re.match(rf"(local)?rule {rule}:", block)]
+    return [
+        block.split("\n\n", 1)[0]
+        for block in re.split(r"^\[.*\]\n", output, flags=re.MULTILINE)
+        if re.match(rf"(local)?rule {rule}:", block)
+    ]
 
 
 def job_resources(block: str) -> dict[str, str]:
@@ -163,5 +185,7 @@ def module_snakefile(workdir: Path, config_name: str) -> Path:
         "    config: config\n\n\n"
         "use rule * from geoloc\n\n\n"
         "onsuccess:\n"
-        "    geoloc.onsuccess()\n", encoding="utf-8")
+        "    geoloc.onsuccess()\n",
+        encoding="utf-8",
+    )
     return snakefile

@@ -14,13 +14,34 @@ FP = {"backbone": "resnet18", "batch_size": 4}
 
 def checkpoint_state(fingerprint=FP, **progress):
     """The smallest state `load_latest_checkpoint` accepts, with `progress` overrides."""
-    defaults = {"epoch": 0, "iteration": 0, "global_iteration": 0, "history": [], "loss_sum": 0.0,
-                "loss_count": 0, "bad_steps": 0, "train_seconds": 0.0, "val_seconds": 0.0,
-                "epoch_train_seconds": 0.0, "compile_seconds": None, "best_r1": None, "best_epoch": None,
-                "best_state": None, "started_at": "2026-01-01T00:00:00+00:00", "resumed_from_iteration": None}
-    return {"fingerprint": fingerprint, "progress": {**defaults, **progress}, "model": {"w": torch.ones(2)},
-            "classifiers": [], "model_opt": {}, "classifier_opts": [], "scaler": {},
-            "cpu_rng": torch.get_rng_state()}
+    defaults = {
+        "epoch": 0,
+        "iteration": 0,
+        "global_iteration": 0,
+        "history": [],
+        "loss_sum": 0.0,
+        "loss_count": 0,
+        "bad_steps": 0,
+        "train_seconds": 0.0,
+        "val_seconds": 0.0,
+        "epoch_train_seconds": 0.0,
+        "compile_seconds": None,
+        "best_r1": None,
+        "best_epoch": None,
+        "best_state": None,
+        "started_at": "2026-01-01T00:00:00+00:00",
+        "resumed_from_iteration": None,
+    }
+    return {
+        "fingerprint": fingerprint,
+        "progress": {**defaults, **progress},
+        "model": {"w": torch.ones(2)},
+        "classifiers": [],
+        "model_opt": {},
+        "classifier_opts": [],
+        "scaler": {},
+        "cpu_rng": torch.get_rng_state(),
+    }
 
 
 def test_keeps_the_two_newest_and_loads_the_newest(tmp_path):
@@ -48,15 +69,18 @@ def test_no_checkpoint_means_fresh_start(tmp_path):
     assert load_latest_checkpoint(tmp_path / "missing", FP) is None
 
 
-@pytest.mark.parametrize(("edit", "field", "expected", "found"), [
-    (lambda s: s["progress"].update(epoch="1"), "progress.epoch", "int", "str"),
-    (lambda s: s["progress"].update(loss_sum=None), "progress.loss_sum", "int or float", "NoneType"),
-    (lambda s: s["progress"].update(bad_steps=True), "progress.bad_steps", "int", "bool"),
-    (lambda s: s["progress"].pop("history"), "progress.history", "list", "NoneType"),
-    (lambda s: s.update(model=[1, 2]), "model", "dict", "list"),
-    (lambda s: s["model"].update(w=[1.0, 2.0]), "model.w", "Tensor", "list"),
-    (lambda s: s.update(progress="epoch 3"), "progress", "dict", "str"),
-])
+@pytest.mark.parametrize(
+    ("edit", "field", "expected", "found"),
+    [
+        (lambda s: s["progress"].update(epoch="1"), "progress.epoch", "int", "str"),
+        (lambda s: s["progress"].update(loss_sum=None), "progress.loss_sum", "int or float", "NoneType"),
+        (lambda s: s["progress"].update(bad_steps=True), "progress.bad_steps", "int", "bool"),
+        (lambda s: s["progress"].pop("history"), "progress.history", "list", "NoneType"),
+        (lambda s: s.update(model=[1, 2]), "model", "dict", "list"),
+        (lambda s: s["model"].update(w=[1.0, 2.0]), "model.w", "Tensor", "list"),
+        (lambda s: s.update(progress="epoch 3"), "progress", "dict", "str"),
+    ],
+)
 def test_hand_edited_checkpoint_is_refused_naming_the_field(tmp_path, edit, field, expected, found):
     state = checkpoint_state()
     edit(state)

@@ -35,17 +35,58 @@ ITERATIONS = 40
 
 
 def train_args(city, out, checkpoints, *extra):
-    return ["train", "--train-dir", str(city / "sf_xs" / "train"), "--val-dir", str(city / "sf_xs" / "val"),
-            "--out-dir", str(out), "--checkpoint-dir", str(checkpoints), "--run-name", "r",
-            "--backbone", "resnet18", "--weights", "none", "--device", "cpu", "--num-workers", "0",
-            "--epochs", "1", "--iterations-per-epoch", str(ITERATIONS), "--batch-size", "6",
-            "--image-size", "32", "--alpha", "45", "--N", "2", "--L", "1", "--min-images-per-class", "3",
-            "--fc-output-dim", "16", "--lr", "1e-5", "--checkpoint-every", "8", "--threads", "1", *extra]
+    return [
+        "train",
+        "--train-dir",
+        str(city / "sf_xs" / "train"),
+        "--val-dir",
+        str(city / "sf_xs" / "val"),
+        "--out-dir",
+        str(out),
+        "--checkpoint-dir",
+        str(checkpoints),
+        "--run-name",
+        "r",
+        "--backbone",
+        "resnet18",
+        "--weights",
+        "none",
+        "--device",
+        "cpu",
+        "--num-workers",
+        "0",
+        "--epochs",
+        "1",
+        "--iterations-per-epoch",
+        str(ITERATIONS),
+        "--batch-size",
+        "6",
+        "--image-size",
+        "32",
+        "--alpha",
+        "45",
+        "--N",
+        "2",
+        "--L",
+        "1",
+        "--min-images-per-class",
+        "3",
+        "--fc-output-dim",
+        "16",
+        "--lr",
+        "1e-5",
+        "--checkpoint-every",
+        "8",
+        "--threads",
+        "1",
+        *extra,
+    ]
 
 
 def two_ranks(args, **popen):
-    return subprocess.Popen([sys.executable, "-m", "geoloc.cli", *args, "--nproc", "2"],
-                            stderr=subprocess.PIPE, text=True, **popen)
+    return subprocess.Popen(
+        [sys.executable, "-m", "geoloc.cli", *args, "--nproc", "2"], stderr=subprocess.PIPE, text=True, **popen
+    )
 
 
 def weights(out):
@@ -115,8 +156,9 @@ def test_the_time_limit_one_rank_reads_stops_both_ranks_at_one_checkpoint(tiny_c
     (bin_dir / "squeue").write_text('#!/bin/sh\nif [ "$RANK" = 1 ]; then echo 1:01; else echo 1-00:00:00; fi\n')
     (bin_dir / "squeue").chmod(0o755)
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "SLURM_JOB_ID": "4242"}
-    process = two_ranks(train_args(tiny_city, tmp_path / "out", tmp_path / "ckpt", "--stop-margin-seconds", "60"),
-                        env=env)
+    process = two_ranks(
+        train_args(tiny_city, tmp_path / "out", tmp_path / "ckpt", "--stop-margin-seconds", "60"), env=env
+    )
     _, err = process.communicate(timeout=600)
     assert process.returncode == 3, err
     assert "error: stopped at epoch 0 iteration 8, 60 s before the SLURM job's time limit" in err  # rank 1

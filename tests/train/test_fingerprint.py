@@ -38,7 +38,8 @@ def test_a_renamed_image_other_classes_or_another_order_change_the_digest():
     assert trained_images_sha256([group(NAMES, [CLASSES[0][:1], CLASSES[0][1:] + CLASSES[1]])]) != reference
     # one name's end moved onto the next: the lengths keep names apart
     assert trained_images_sha256([group(["ab", "c"], [["ab", "c"]])]) != trained_images_sha256(
-        [group(["a", "bc"], [["a", "bc"]])])
+        [group(["a", "bc"], [["a", "bc"]])]
+    )
     assert trained_images_sha256([group(NAMES, CLASSES[::-1])]) != reference
     # one group of two classes is not two groups of one
     assert trained_images_sha256([group(NAMES, CLASSES[:1]), group(NAMES, CLASSES[1:])]) != reference
@@ -47,7 +48,7 @@ def test_a_renamed_image_other_classes_or_another_order_change_the_digest():
 def test_the_digest_does_not_depend_on_how_many_names_one_gather_takes(monkeypatch):
     names = [f"{i % 7}/{'x' * (i % 13)}{i}.jpg" for i in range(1000)]
     names.sort()
-    classes = [names[i:i + 9] for i in range(0, 990, 9)]
+    classes = [names[i : i + 9] for i in range(0, 990, 9)]
     reference = trained_images_sha256([group(names, classes)])
     monkeypatch.setattr(fingerprint, "_CHUNK", 7)
     assert trained_images_sha256([group(names, classes)]) == reference

@@ -18,15 +18,36 @@ from geoloc.train.trainer import Trainer
 
 # config/demo.yaml's runs: the last stage trains on top of random stages, with a larger learning
 # rate than the study's 1e-5 (random initialisation).
-SETTINGS = TrainSettings(backbone="timm:resnet10t", epochs=1, iterations_per_epoch=1000, batch_size=32,
-                         image_size=64, lr=1e-3, classifier_lr=1e-2, M=10, alpha=45, N=2, L=2,
-                         min_images_per_class=4, groups_num=1, fc_output_dim=512, trainable_blocks=1)
+SETTINGS = TrainSettings(
+    backbone="timm:resnet10t",
+    epochs=1,
+    iterations_per_epoch=1000,
+    batch_size=32,
+    image_size=64,
+    lr=1e-3,
+    classifier_lr=1e-2,
+    M=10,
+    alpha=45,
+    N=2,
+    L=2,
+    min_images_per_class=4,
+    groups_num=1,
+    fc_output_dim=512,
+    trainable_blocks=1,
+)
 TESTS = ("sf_xs", "tokyo_xs", "tokyo_night")
 
 
 def r1(model, city, test):
-    result = evaluate_model(model, TestSet(city / test / "test"), batch_size=64, device="cpu", num_workers=0,
-                            k=20, positive_dist_threshold=SETTINGS.positive_dist_threshold)
+    result = evaluate_model(
+        model,
+        TestSet(city / test / "test"),
+        batch_size=64,
+        device="cpu",
+        num_workers=0,
+        k=20,
+        positive_dist_threshold=SETTINGS.positive_dist_threshold,
+    )
     return result.recalls[1]
 
 
@@ -34,10 +55,18 @@ def r1(model, city, test):
 def test_1000_iterations_of_the_demos_learner_beat_the_untrained_network(tmp_path):
     city = tmp_path / "city"
     generate_city(city, seed=0, size="demo")
-    trainer = Trainer(SETTINGS, RunInfo("r", SETTINGS.backbone, "none", "fp32", 0, None),
-                      train_dir=city / "sf_xs" / "train", val_dir=city / "sf_xs" / "val", weights=None,
-                      checkpoint_dir=tmp_path / "ckpt", cache_dir=None, device="cpu", num_workers=1,
-                      checkpoint_every=10**9)
+    trainer = Trainer(
+        SETTINGS,
+        RunInfo("r", SETTINGS.backbone, "none", "fp32", 0, None),
+        train_dir=city / "sf_xs" / "train",
+        val_dir=city / "sf_xs" / "val",
+        weights=None,
+        checkpoint_dir=tmp_path / "ckpt",
+        cache_dir=None,
+        device="cpu",
+        num_workers=1,
+        checkpoint_every=10**9,
+    )
     untrained = {t: r1(trainer.model, city, t) for t in TESTS}
     trainer.fit()
     trained = {t: r1(trainer.model, city, t) for t in TESTS}

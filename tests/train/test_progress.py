@@ -10,13 +10,30 @@ from geoloc.train.progress import Progress
 
 
 def checkpoint_with(progress: Progress) -> dict:
-    return {"fingerprint": {}, "progress": progress.as_dict(), "model": {"w": torch.zeros(1)}, "classifiers": [],
-            "model_opt": {}, "classifier_opts": [], "scaler": {}, "cpu_rng": torch.get_rng_state()}
+    return {
+        "fingerprint": {},
+        "progress": progress.as_dict(),
+        "model": {"w": torch.zeros(1)},
+        "classifiers": [],
+        "model_opt": {},
+        "classifier_opts": [],
+        "scaler": {},
+        "cpu_rng": torch.get_rng_state(),
+    }
 
 
 def test_a_checkpoint_holds_the_checked_fields_and_resumes_them():
-    progress = Progress(epoch=1, iteration=2, global_iteration=8, history=[{"epoch": 0}], loss_sum=3.5,
-                        loss_count=2, best_r1=50.0, best_epoch=0, best_state={"w": torch.ones(1)})
+    progress = Progress(
+        epoch=1,
+        iteration=2,
+        global_iteration=8,
+        history=[{"epoch": 0}],
+        loss_sum=3.5,
+        loss_count=2,
+        best_r1=50.0,
+        best_epoch=0,
+        best_state={"w": torch.ones(1)},
+    )
     assert list(progress.as_dict()) == list(PROGRESS_FIELDS)
     check_fields(checkpoint_with(progress), "ckpt-000000008.pt")  # every field of the type it checks
     saved = progress.as_dict()

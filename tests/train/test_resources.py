@@ -17,8 +17,15 @@ AFFINITY = len(os.sched_getaffinity(0))
 
 @pytest.fixture
 def clean_environment(monkeypatch):
-    for name in ("SLURM_JOB_ID", "SLURM_CPUS_PER_TASK", "LOCAL_WORLD_SIZE", "SLURM_JOB_GPUS", "SLURM_STEP_GPUS",
-                 "SLURM_GPUS_ON_NODE", "CUDA_VISIBLE_DEVICES"):
+    for name in (
+        "SLURM_JOB_ID",
+        "SLURM_CPUS_PER_TASK",
+        "LOCAL_WORLD_SIZE",
+        "SLURM_JOB_GPUS",
+        "SLURM_STEP_GPUS",
+        "SLURM_GPUS_ON_NODE",
+        "CUDA_VISIBLE_DEVICES",
+    ):
         monkeypatch.delenv(name, raising=False)
     return monkeypatch
 
@@ -57,7 +64,8 @@ def test_every_command_takes_threads_and_refuses_what_the_schema_would(command, 
         main([command, "--threads", "0"])
     assert exit_.value.code == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        f"geoloc {command}: error: argument --threads: 0 is less than the minimum of 1")
+        f"geoloc {command}: error: argument --threads: 0 is less than the minimum of 1"
+    )
 
 
 class _WorkerFacts(Dataset):
@@ -65,8 +73,12 @@ class _WorkerFacts(Dataset):
         return 1
 
     def __getitem__(self, index):
-        return (os.environ.get("OMP_NUM_THREADS"), torch.get_num_threads(),
-                signal.getsignal(signal.SIGTERM) == signal.SIG_IGN, signal.getsignal(signal.SIGINT) == signal.SIG_IGN)
+        return (
+            os.environ.get("OMP_NUM_THREADS"),
+            torch.get_num_threads(),
+            signal.getsignal(signal.SIGTERM) == signal.SIG_IGN,
+            signal.getsignal(signal.SIGINT) == signal.SIG_IGN,
+        )
 
 
 def test_a_loader_worker_runs_one_thread_and_leaves_stop_signals_to_the_main_process():
@@ -96,16 +108,22 @@ def test_auto_in_a_slurm_gpu_job_reports_the_driver_problem(clean_environment):
         raise RuntimeError("The NVIDIA driver on your system is too old (found version 11040).\nPlease update")
 
     clean_environment.setattr(torch.cuda, "init", old_driver)
-    with pytest.raises(GeolocError, match=r"CUDA_VISIBLE_DEVICES=0,1\) but torch cannot use them: torch .* "
-                                          r"\(built for CUDA 12.8\): The NVIDIA driver on your system is too old"):
+    with pytest.raises(
+        GeolocError,
+        match=r"CUDA_VISIBLE_DEVICES=0,1\) but torch cannot use them: torch .* "
+        r"\(built for CUDA 12.8\): The NVIDIA driver on your system is too old",
+    ):
         resolve_device("auto")
 
 
-@pytest.mark.parametrize("variables", [
-    {"SLURM_JOB_ID": "42", "SLURM_GPUS_ON_NODE": "0", "CUDA_VISIBLE_DEVICES": ""},  # a CPU job
-    {"SLURM_JOB_ID": "42", "CUDA_VISIBLE_DEVICES": "NoDevFiles"},
-    {"CUDA_VISIBLE_DEVICES": "0"},  # not a SLURM job: a workstation without a driver
-])
+@pytest.mark.parametrize(
+    "variables",
+    [
+        {"SLURM_JOB_ID": "42", "SLURM_GPUS_ON_NODE": "0", "CUDA_VISIBLE_DEVICES": ""},  # a CPU job
+        {"SLURM_JOB_ID": "42", "CUDA_VISIBLE_DEVICES": "NoDevFiles"},
+        {"CUDA_VISIBLE_DEVICES": "0"},  # not a SLURM job: a workstation without a driver
+    ],
+)
 def test_auto_falls_back_to_the_cpu_where_no_gpu_was_given(clean_environment, variables):
     for name, value in variables.items():
         clean_environment.setenv(name, value)

@@ -30,9 +30,15 @@ def fake_squeue(folder, monkeypatch, output: str, exit_code: int = 0) -> None:
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
 
 
-@pytest.mark.parametrize(("said", "seconds_left"), [
-    ("2:59", 179), ("1:05:00", 3900), ("1-02:04:00", 93840), ("0:07", 7),
-])
+@pytest.mark.parametrize(
+    ("said", "seconds_left"),
+    [
+        ("2:59", 179),
+        ("1:05:00", 3900),
+        ("1-02:04:00", 93840),
+        ("0:07", 7),
+    ],
+)
 def test_the_time_left_is_read_in_each_of_squeues_formats(tmp_path, monkeypatch, said, seconds_left):
     fake_squeue(tmp_path / "bin", monkeypatch, said)
     before = time.monotonic()
@@ -67,26 +73,48 @@ def test_a_job_with_no_more_time_left_than_the_margin_is_refused(tmp_path, monke
 
 
 def test_a_training_past_its_deadline_checkpoints_at_once_and_stops(tiny_city, tmp_path):
-    trainer = Trainer(SETTINGS, RUN, train_dir=tiny_city / "sf_xs" / "train", val_dir=tiny_city / "sf_xs" / "val",
-                      weights=None, checkpoint_dir=tmp_path / "ckpt", cache_dir=None, device="cpu", num_workers=0,
-                      checkpoint_every=100, deadline=Deadline(time.monotonic(), 120))
+    trainer = Trainer(
+        SETTINGS,
+        RUN,
+        train_dir=tiny_city / "sf_xs" / "train",
+        val_dir=tiny_city / "sf_xs" / "val",
+        weights=None,
+        checkpoint_dir=tmp_path / "ckpt",
+        cache_dir=None,
+        device="cpu",
+        num_workers=0,
+        checkpoint_every=100,
+        deadline=Deadline(time.monotonic(), 120),
+    )
     with pytest.raises(TrainingInterrupted) as stopped:
         trainer.fit()
-    assert str(stopped.value) == ("stopped at epoch 0 iteration 1, 120 s before the SLURM job's time limit "
-                                  "(--stop-margin-seconds); checkpoint saved, rerun to resume")
+    assert str(stopped.value) == (
+        "stopped at epoch 0 iteration 1, 120 s before the SLURM job's time limit "
+        "(--stop-margin-seconds); checkpoint saved, rerun to resume"
+    )
     assert [path.name for path in (tmp_path / "ckpt").iterdir()] == ["ckpt-000000001.pt"]
 
 
-def test_geoloc_train_inside_a_job_stops_before_its_limit_with_exit_code_3(tiny_city, tmp_path, monkeypatch,
-                                                                          capsys):
+def test_geoloc_train_inside_a_job_stops_before_its_limit_with_exit_code_3(tiny_city, tmp_path, monkeypatch, capsys):
     fake_squeue(tmp_path / "bin", monkeypatch, "1:02")  # 2 s of training before the 60 s margin
-    args = _cli_args(tiny_city, tmp_path, "--epochs", "1", "--iterations-per-epoch", "5000",
-                     "--checkpoint-every", "100000", "--stop-margin-seconds", "60")
+    args = _cli_args(
+        tiny_city,
+        tmp_path,
+        "--epochs",
+        "1",
+        "--iterations-per-epoch",
+        "5000",
+        "--checkpoint-every",
+        "100000",
+        "--stop-margin-seconds",
+        "60",
+    )
     assert main(["train", *args]) == 3
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("geoloc train: error: stopped at epoch 0 iteration ")
-    assert last.endswith(", 60 s before the SLURM job's time limit (--stop-margin-seconds); checkpoint saved, "
-                         "rerun to resume")
+    assert last.endswith(
+        ", 60 s before the SLURM job's time limit (--stop-margin-seconds); checkpoint saved, rerun to resume"
+    )
     iteration = int(last.split("iteration ")[1].split(",")[0])
     assert [path.name for path in (tmp_path / "ckpt").iterdir()] == [f"ckpt-{iteration:09d}.pt"]
     assert not (tmp_path / "run" / "model.pt").exists()
@@ -106,9 +134,19 @@ def test_a_deadline_passed_in_validation_stops_after_that_epoch_unless_it_was_th
 
     monkeypatch.setattr(train_mod, "evaluate_model", evaluate_past_the_deadline)
     settings = TrainSettings(**{**SETTINGS.__dict__, "epochs": epochs})
-    trainer = Trainer(settings, RUN, train_dir=tiny_city / "sf_xs" / "train", val_dir=tiny_city / "sf_xs" / "val",
-                      weights=None, checkpoint_dir=tmp_path / "ckpt", cache_dir=None, device="cpu", num_workers=0,
-                      checkpoint_every=100, deadline=Deadline(100.0, 60))
+    trainer = Trainer(
+        settings,
+        RUN,
+        train_dir=tiny_city / "sf_xs" / "train",
+        val_dir=tiny_city / "sf_xs" / "val",
+        weights=None,
+        checkpoint_dir=tmp_path / "ckpt",
+        cache_dir=None,
+        device="cpu",
+        num_workers=0,
+        checkpoint_every=100,
+        deadline=Deadline(100.0, 60),
+    )
     if stops:
         with pytest.raises(TrainingInterrupted, match="^stopped after epoch 0, 60 s before the SLURM job's time"):
             trainer.fit()

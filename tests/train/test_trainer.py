@@ -16,16 +16,38 @@ from geoloc.train.settings import RunInfo, TrainSettings
 from geoloc.train.stopping import TrainingInterrupted
 from geoloc.train.trainer import Trainer
 
-SETTINGS = TrainSettings(backbone="resnet18", epochs=2, iterations_per_epoch=6, batch_size=4,
-                         image_size=32, lr=1e-3, M=10, alpha=45, N=2, L=1, min_images_per_class=3,
-                         groups_num=1, fc_output_dim=16)
+SETTINGS = TrainSettings(
+    backbone="resnet18",
+    epochs=2,
+    iterations_per_epoch=6,
+    batch_size=4,
+    image_size=32,
+    lr=1e-3,
+    M=10,
+    alpha=45,
+    N=2,
+    L=1,
+    min_images_per_class=3,
+    groups_num=1,
+    fc_output_dim=16,
+)
 RUN = RunInfo("resnet18-none-fp32-s0", "resnet18", "none", "fp32", 0, None)
 
 
 def make_trainer(city, tmp_path, settings=SETTINGS, name="ckpt", checkpoint_every=4, **runtime):
-    return Trainer(settings, RUN, train_dir=city / "sf_xs" / "train", val_dir=city / "sf_xs" / "val",
-                   weights=None, checkpoint_dir=tmp_path / name, cache_dir=tmp_path / "cache",
-                   device="cpu", num_workers=0, checkpoint_every=checkpoint_every, **runtime)
+    return Trainer(
+        settings,
+        RUN,
+        train_dir=city / "sf_xs" / "train",
+        val_dir=city / "sf_xs" / "val",
+        weights=None,
+        checkpoint_dir=tmp_path / name,
+        cache_dir=tmp_path / "cache",
+        device="cpu",
+        num_workers=0,
+        checkpoint_every=checkpoint_every,
+        **runtime,
+    )
 
 
 def test_training_records_every_epoch_and_keeps_the_best(tiny_city, tmp_path):
@@ -49,8 +71,11 @@ def test_trained_weights_change_only_trainable_layers(tiny_city, tmp_path):
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     trainer.fit()
     after = trainer.model.state_dict()
-    changed = {k for k in before if not torch.equal(before[k], after[k]) and before[k].is_floating_point()
-               and "running" not in k}
+    changed = {
+        k
+        for k in before
+        if not torch.equal(before[k], after[k]) and before[k].is_floating_point() and "running" not in k
+    }
     frozen = {n for n, p in trainer.model.named_parameters() if not p.requires_grad}
     trainable = {n for n, p in trainer.model.named_parameters() if p.requires_grad}
     assert changed & frozen == set()
@@ -85,8 +110,9 @@ def test_resumed_run_ends_exactly_like_an_uninterrupted_one(tiny_city, tmp_path,
     assert progress.resumed_from_iteration == 9
     for key, value in straight.model.state_dict().items():
         assert torch.equal(value, second.model.state_dict()[key]), key
-    assert [e["val_recalls"] for e in progress.history] == \
-        [e["val_recalls"] for e in straight.summary(straight.fit())["epochs"]]
+    assert [e["val_recalls"] for e in progress.history] == [
+        e["val_recalls"] for e in straight.summary(straight.fit())["epochs"]
+    ]
 
 
 def test_amp_trains_on_cpu_with_bfloat16_in_channels_last(tiny_city, tmp_path, monkeypatch):
@@ -96,8 +122,13 @@ def test_amp_trains_on_cpu_with_bfloat16_in_channels_last(tiny_city, tmp_path, m
     forward = trainer.train_model.forward
 
     def recording(x):
-        seen.append((x.is_contiguous(memory_format=torch.channels_last), torch.get_autocast_dtype("cpu"),
-                     torch.is_autocast_enabled("cpu")))
+        seen.append(
+            (
+                x.is_contiguous(memory_format=torch.channels_last),
+                torch.get_autocast_dtype("cpu"),
+                torch.is_autocast_enabled("cpu"),
+            )
+        )
         return forward(x)
 
     monkeypatch.setattr(trainer.train_model, "forward", recording)
@@ -145,31 +176,69 @@ def test_checkpoint_of_other_settings_is_refused(tiny_city, tmp_path):
     make_trainer(tiny_city, tmp_path, other).fit(fresh=True)  # told to start over
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    ({"batch_size": 10_000}, "larger than the"),
-    ({"iterations_per_epoch": -1}, "iterations_per_epoch must be at least 1"),
-    ({"groups_num": 5}, "exceeds N\\*N\\*L"),
-    ({"min_images_per_class": 10_000}, "min_images_per_class"),
-])
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"batch_size": 10_000}, "larger than the"),
+        ({"iterations_per_epoch": -1}, "iterations_per_epoch must be at least 1"),
+        ({"groups_num": 5}, "exceeds N\\*N\\*L"),
+        ({"min_images_per_class": 10_000}, "min_images_per_class"),
+    ],
+)
 def test_out_of_range_settings_are_clear_errors(tiny_city, tmp_path, change, message):
     with pytest.raises(GeolocError, match=message):
         make_trainer(tiny_city, tmp_path, TrainSettings(**{**SETTINGS.__dict__, **change}))
 
 
 def _cli_args(city, tmp_path, *extra):
-    return ["--train-dir", str(city / "sf_xs" / "train"), "--val-dir", str(city / "sf_xs" / "val"),
-            "--out-dir", str(tmp_path / "run"), "--checkpoint-dir", str(tmp_path / "ckpt"),
-            "--run-name", "r", "--backbone", "resnet18", "--weights", "none", "--precision", "fp32",
-            "--device", "cpu", "--num-workers", "0", "--image-size", "32", "--batch-size", "4",
-            "--M", "10", "--alpha", "45", "--N", "2", "--L", "1", "--min-images-per-class", "3",
-            "--fc-output-dim", "16", "--lr", "1e-3", *extra]
+    return [
+        "--train-dir",
+        str(city / "sf_xs" / "train"),
+        "--val-dir",
+        str(city / "sf_xs" / "val"),
+        "--out-dir",
+        str(tmp_path / "run"),
+        "--checkpoint-dir",
+        str(tmp_path / "ckpt"),
+        "--run-name",
+        "r",
+        "--backbone",
+        "resnet18",
+        "--weights",
+        "none",
+        "--precision",
+        "fp32",
+        "--device",
+        "cpu",
+        "--num-workers",
+        "0",
+        "--image-size",
+        "32",
+        "--batch-size",
+        "4",
+        "--M",
+        "10",
+        "--alpha",
+        "45",
+        "--N",
+        "2",
+        "--L",
+        "1",
+        "--min-images-per-class",
+        "3",
+        "--fc-output-dim",
+        "16",
+        "--lr",
+        "1e-3",
+        *extra,
+    ]
 
 
 def test_sigterm_checkpoints_exits_nonzero_and_the_rerun_resumes(tiny_city, tmp_path):
-    args = _cli_args(tiny_city, tmp_path, "--epochs", "1", "--iterations-per-epoch", "400",
-                     "--checkpoint-every", "1000")
-    proc = subprocess.Popen([sys.executable, "-m", "geoloc.cli", "train", *args],
-                            stderr=subprocess.PIPE, text=True)
+    args = _cli_args(
+        tiny_city, tmp_path, "--epochs", "1", "--iterations-per-epoch", "400", "--checkpoint-every", "1000"
+    )
+    proc = subprocess.Popen([sys.executable, "-m", "geoloc.cli", "train", *args], stderr=subprocess.PIPE, text=True)
     # Wait for the loop to start (the progress bar's first line), then ask it to stop.
     for line in proc.stderr:
         if "epoch 0: training" in line:
@@ -182,6 +251,7 @@ def test_sigterm_checkpoints_exits_nonzero_and_the_rerun_resumes(tiny_city, tmp_
     assert len(ckpts) == 1
 
     from geoloc.cli import main
+
     assert main(["train", *args]) == 0
     summary = json.loads((tmp_path / "run" / "train.json").read_text())
     assert summary["resumed_from_iteration"] == int(ckpts[0].stem.split("-")[1]) > 0
@@ -193,9 +263,19 @@ def test_sigterm_checkpoints_exits_nonzero_and_the_rerun_resumes(tiny_city, tmp_
 def test_compiled_training_reports_its_compile_time_apart(tiny_city, tmp_path):
     # torch.compile on a CPU builds C++ kernels: tens of seconds, hence slow.
     settings = TrainSettings(**{**SETTINGS.__dict__, "epochs": 1, "iterations_per_epoch": 3})
-    trainer = Trainer(settings, RUN, train_dir=tiny_city / "sf_xs" / "train", val_dir=tiny_city / "sf_xs" / "val",
-                      weights=None, checkpoint_dir=tmp_path / "ckpt", cache_dir=tmp_path / "cache", device="cpu",
-                      num_workers=0, checkpoint_every=100, compile=True)
+    trainer = Trainer(
+        settings,
+        RUN,
+        train_dir=tiny_city / "sf_xs" / "train",
+        val_dir=tiny_city / "sf_xs" / "val",
+        weights=None,
+        checkpoint_dir=tmp_path / "ckpt",
+        cache_dir=tmp_path / "cache",
+        device="cpu",
+        num_workers=0,
+        checkpoint_every=100,
+        compile=True,
+    )
     summary = trainer.summary(trainer.fit())
     assert summary["compile_seconds"] > 1.0  # the first step, compilation included
     assert summary["train_seconds"] < summary["compile_seconds"]  # the other two steps, compiled
@@ -210,9 +290,19 @@ def test_training_writes_tensorboard_scalars_and_a_fresh_run_starts_a_clean_fold
     (events_dir / "events.out.tfevents.0.old.1.0").write_bytes(b"an old run's events")
 
     def train():
-        trainer = Trainer(SETTINGS, RUN, train_dir=tiny_city / "sf_xs" / "train", val_dir=tiny_city / "sf_xs" / "val",
-                          weights=None, checkpoint_dir=tmp_path / "ckpt", cache_dir=tmp_path / "cache", device="cpu",
-                          num_workers=0, checkpoint_every=4, events_dir=events_dir)
+        trainer = Trainer(
+            SETTINGS,
+            RUN,
+            train_dir=tiny_city / "sf_xs" / "train",
+            val_dir=tiny_city / "sf_xs" / "val",
+            weights=None,
+            checkpoint_dir=tmp_path / "ckpt",
+            cache_dir=tmp_path / "cache",
+            device="cpu",
+            num_workers=0,
+            checkpoint_every=4,
+            events_dir=events_dir,
+        )
         return trainer.fit(fresh=True)
 
     train()
@@ -220,8 +310,17 @@ def test_training_writes_tensorboard_scalars_and_a_fresh_run_starts_a_clean_fold
     events = EventAccumulator(str(events_dir))
     events.Reload()
     tags = set(events.Tags()["scalars"])
-    assert {"train/loss", "train/lr_backbone", "train/lr_classifier", "train/images_per_second", "train/gem_p",
-            "val/R@1", "val/R@5", "val/R@10", "val/R@20"} <= tags
+    assert {
+        "train/loss",
+        "train/lr_backbone",
+        "train/lr_classifier",
+        "train/images_per_second",
+        "train/gem_p",
+        "val/R@1",
+        "val/R@5",
+        "val/R@10",
+        "val/R@20",
+    } <= tags
     assert [e.step for e in events.Scalars("train/loss")] == list(range(1, 13))  # every iteration, no repeat
     assert [e.step for e in events.Scalars("val/R@1")] == [6, 12]  # each epoch's end
     assert events.Scalars("train/lr_backbone")[0].value == pytest.approx(SETTINGS.lr)

@@ -36,8 +36,7 @@ def test_paths_with_shell_metacharacters_reach_every_command_intact(tmp_path, ti
     shutil.copytree(tiny_city, root)
     results = tmp_path / "out `touch PWNED` & $HOME"
     config = small_config(root, results, image_cache={"dir": str(tmp_path / "cache ;touch PWNED")})
-    result = snakemake(tmp_path, "--cores", "1", "--configfile", str(write_yaml(tmp_path / "c.yaml", config)),
-                       env=env)
+    result = snakemake(tmp_path, "--cores", "1", "--configfile", str(write_yaml(tmp_path / "c.yaml", config)), env=env)
     assert result.returncode == 0, result.stderr
     assert not list(tmp_path.rglob("PWNED")) and not (REPO / "PWNED").exists()
 
@@ -55,8 +54,14 @@ def test_paths_with_shell_metacharacters_reach_every_command_intact(tmp_path, ti
     assert flag(called["train"], "--weights") == "none" and "--weights-format" not in called["train"]
     assert flags(called["evaluate"], "--test-set") == [f"sf_xs={root}/sf_xs/test"]
     assert flag(called["evaluate"], "--out-dir") == f"{results}/runs/{run}/recalls"
-    assert called["aggregate"] == ["--out", f"{results}/recalls.csv", f"{results}/runs/{run}",
-                                   f"{results}/baselines/resnet18-none", "--threads", "1"]
+    assert called["aggregate"] == [
+        "--out",
+        f"{results}/recalls.csv",
+        f"{results}/runs/{run}",
+        f"{results}/baselines/resnet18-none",
+        "--threads",
+        "1",
+    ]
     assert flag(called["report"], "--runs-dir") == f"{results}/runs"
     assert flag(called["report"], "--expected") == run
     assert (results / "report.html").read_text() == "report"
@@ -71,40 +76,85 @@ def test_paths_with_shell_metacharacters_reach_every_command_intact(tmp_path, ti
 
 def test_every_setting_reaches_its_command_and_only_results_reach_the_settings_param(tmp_path, tiny_city):
     env, calls = fake_geoloc_env(tmp_path)
-    config = small_config(tiny_city, tmp_path / "results", grid=[
-        {**BLOCK, "precisions": ["amp"], "seeds": [7], "tag": "big", "training": {"image_size": 320, "lr": 0.002,
-                                                                                   "trainable_blocks": 3}}],
-        reference="resnet18-none-amp-s7-big", test_sets=["sf_xs", "tokyo_night"], device="cpu",
+    config = small_config(
+        tiny_city,
+        tmp_path / "results",
+        grid=[
+            {
+                **BLOCK,
+                "precisions": ["amp"],
+                "seeds": [7],
+                "tag": "big",
+                "training": {"image_size": 320, "lr": 0.002, "trainable_blocks": 3},
+            }
+        ],
+        reference="resnet18-none-amp-s7-big",
+        test_sets=["sf_xs", "tokyo_night"],
+        device="cpu",
         evaluation={"batch_size": 5, "k": 25, "resize": [480, 640], "autocast": True},
         training={"num_workers": 3, "compile": True, "stop_margin_minutes": 4},
         image_cache={"copy_to": "$FAKE_SCRATCH/geoloc"},
-        resources={"train": {"threads": 4}, "evaluate": {"threads": 3}})
+        resources={"train": {"threads": 4}, "evaluate": {"threads": 3}},
+    )
     env["FAKE_SCRATCH"] = str(tmp_path / "node local")
-    result = snakemake(tmp_path, str(tmp_path / "results" / "recalls.csv"), "--cores", "4",
-                       "--configfile", str(write_yaml(tmp_path / "c.yaml", config)), env=env)
+    result = snakemake(
+        tmp_path,
+        str(tmp_path / "results" / "recalls.csv"),
+        "--cores",
+        "4",
+        "--configfile",
+        str(write_yaml(tmp_path / "c.yaml", config)),
+        env=env,
+    )
     assert result.returncode == 0, result.stderr
     called = {args[0]: args[1:] for args in recorded_calls(calls) if "--untrained" not in args}
     train = called["train"]
-    expected = {"--run-name": "resnet18-none-amp-s7-big", "--backbone": "resnet18", "--pretraining": "none",
-                "--tag": "big", "--precision": "amp", "--seed": "7", "--image-size": "320", "--lr": "0.002",
-                "--trainable-blocks": "3", "--epochs": "3", "--iterations-per-epoch": "10000", "--loss": "cosface",
-                "--positive-dist-threshold": "25", "--device": "cpu", "--num-workers": "3",
-                "--stop-margin-seconds": "240", "--threads": "4",
-                "--image-cache-copy-to": f"{tmp_path}/node local/geoloc"}
+    expected = {
+        "--run-name": "resnet18-none-amp-s7-big",
+        "--backbone": "resnet18",
+        "--pretraining": "none",
+        "--tag": "big",
+        "--precision": "amp",
+        "--seed": "7",
+        "--image-size": "320",
+        "--lr": "0.002",
+        "--trainable-blocks": "3",
+        "--epochs": "3",
+        "--iterations-per-epoch": "10000",
+        "--loss": "cosface",
+        "--positive-dist-threshold": "25",
+        "--device": "cpu",
+        "--num-workers": "3",
+        "--stop-margin-seconds": "240",
+        "--threads": "4",
+        "--image-cache-copy-to": f"{tmp_path}/node local/geoloc",
+    }
     assert {name: flag(train, name) for name in expected} == expected
     assert "--compile" in train and "--nproc" not in train
     evaluate = called["evaluate"]
     assert {name: flag(evaluate, name) for name in ("--batch-size", "--k", "--threads", "--device")} == {
-        "--batch-size": "5", "--k": "25", "--threads": "3", "--device": "cpu"}
+        "--batch-size": "5",
+        "--k": "25",
+        "--threads": "3",
+        "--device": "cpu",
+    }
     assert flags(evaluate, "--resize") == ["480"] and evaluate[evaluate.index("--resize") + 2] == "640"
     assert "--autocast" in evaluate and "--image-size" not in evaluate and "--precision" not in evaluate
-    assert sorted(flags(evaluate, "--test-set")) == [f"sf_xs={tiny_city}/sf_xs/test",
-                                                    f"tokyo_night={tiny_city}/tokyo_night/test"]
+    assert sorted(flags(evaluate, "--test-set")) == [
+        f"sf_xs={tiny_city}/sf_xs/test",
+        f"tokyo_night={tiny_city}/tokyo_night/test",
+    ]
     baseline = [args for args in calls_of(calls, "evaluate") if "--untrained" in args][0]
-    assert {name: flag(baseline, name) for name in ("--backbone", "--pretraining", "--seed", "--fc-output-dim",
-                                                    "--summary-out")} == {
-        "--backbone": "resnet18", "--pretraining": "none", "--seed": "7", "--fc-output-dim": "512",
-        "--summary-out": f"{tmp_path}/results/baselines/resnet18-none/baseline.json"}
+    assert {
+        name: flag(baseline, name)
+        for name in ("--backbone", "--pretraining", "--seed", "--fc-output-dim", "--summary-out")
+    } == {
+        "--backbone": "resnet18",
+        "--pretraining": "none",
+        "--seed": "7",
+        "--fc-output-dim": "512",
+        "--summary-out": f"{tmp_path}/results/baselines/resnet18-none/baseline.json",
+    }
     assert "--weights" not in baseline and "--model" not in baseline
 
     # The settings param, Snakemake's rerun trigger, holds what makes the model and nothing else.
@@ -120,15 +170,24 @@ def every_rule_run(tmp_path_factory, tiny_city) -> list[dict]:
     workdir = tmp_path_factory.mktemp("every-rule")
     source = workdir / "resnet18.pth"
     source.write_bytes(b"weights")
-    write_yaml(workdir / "weights.yaml", {"resnet18": {"imagenet": {
-        "url": source.as_uri(), "sha256": None, "size": None, "format": "torchvision"}}})
-    config = small_config(workdir / "data", "results", synthetic={"enabled": True, "size": "tiny"},
-                          weights={"registry": str(workdir / "weights.yaml"), "dir": "weights"},
-                          grid=[BLOCK, {**BLOCK, "pretrainings": ["imagenet"], "precisions": ["amp"]},
-                                {**BLOCK, "tag": "ddp", "training": {"gpus_per_run": 2}}],
-                          training={"image_size": 32}, evaluation={"autocast": True},
-                          resources={"train": {"threads": 3}, "evaluate": {"threads": 2},
-                                     "cache_images": {"threads": 2}})
+    write_yaml(
+        workdir / "weights.yaml",
+        {"resnet18": {"imagenet": {"url": source.as_uri(), "sha256": None, "size": None, "format": "torchvision"}}},
+    )
+    config = small_config(
+        workdir / "data",
+        "results",
+        synthetic={"enabled": True, "size": "tiny"},
+        weights={"registry": str(workdir / "weights.yaml"), "dir": "weights"},
+        grid=[
+            BLOCK,
+            {**BLOCK, "pretrainings": ["imagenet"], "precisions": ["amp"]},
+            {**BLOCK, "tag": "ddp", "training": {"gpus_per_run": 2}},
+        ],
+        training={"image_size": 32},
+        evaluation={"autocast": True},
+        resources={"train": {"threads": 3}, "evaluate": {"threads": 2}, "cache_images": {"threads": 2}},
+    )
     # an installed copy first on PYTHONPATH, as a shared conda prefix or a user's shell may have it
     env, calls = fake_geoloc_env(workdir, FAKE_GEOLOC_CITY=str(tiny_city), PYTHONPATH="/stale/site-packages")
     done = snakemake(workdir, "--cores", "4", "--configfile", str(write_yaml(workdir / "c.yaml", config)), env=env)
@@ -141,30 +200,46 @@ def jobs_args(calls: list[dict]) -> list[list[str]]:
 
 
 def test_every_job_imports_the_workflows_own_package_first(every_rule_run):
-    assert {call["env"]["PYTHONPATH"] for call in every_rule_run} == {
-        f"{REPO / 'src'}{os.pathsep}/stale/site-packages"}
+    assert {call["env"]["PYTHONPATH"] for call in every_rule_run} == {f"{REPO / 'src'}{os.pathsep}/stale/site-packages"}
 
 
 def test_every_geoloc_command_gets_the_threads_of_its_rule(every_rule_run):
     """Contract C6: without --threads a command would take every CPU it may run on."""
-    threads = sorted((args[0], args[args.index("--run-name") + 1] if "--run-name" in args else "",
-                      flags(args, "--threads")) for args in jobs_args(every_rule_run))
-    assert threads == sorted([
-        ("synth", "", ["4"]), ("fetch-weights", "", ["1"]), ("cache-images", "", ["2"]),
-        ("train", "resnet18-none-fp32-s0", ["3"]), ("train", "resnet18-imagenet-amp-s0", ["3"]),
-        # 2 GPUs x 3 threads, within the 4 cores Snakemake has: --nproc 2 gives each process 2
-        ("train", "resnet18-none-fp32-s0-ddp", ["4"]),
-        *[("evaluate", "", ["2"])] * 5,  # three runs, two baselines
-        ("aggregate", "", ["1"]), ("report", "", ["1"])])
+    threads = sorted(
+        (args[0], args[args.index("--run-name") + 1] if "--run-name" in args else "", flags(args, "--threads"))
+        for args in jobs_args(every_rule_run)
+    )
+    assert threads == sorted(
+        [
+            ("synth", "", ["4"]),
+            ("fetch-weights", "", ["1"]),
+            ("cache-images", "", ["2"]),
+            ("train", "resnet18-none-fp32-s0", ["3"]),
+            ("train", "resnet18-imagenet-amp-s0", ["3"]),
+            # 2 GPUs x 3 threads, within the 4 cores Snakemake has: --nproc 2 gives each process 2
+            ("train", "resnet18-none-fp32-s0-ddp", ["4"]),
+            *[("evaluate", "", ["2"])] * 5,  # three runs, two baselines
+            ("aggregate", "", ["1"]),
+            ("report", "", ["1"]),
+        ]
+    )
     [ddp] = [args for args in jobs_args(every_rule_run) if "resnet18-none-fp32-s0-ddp" in args and args[0] == "train"]
     assert ddp[-4:] == ["--threads", "4", "--nproc", "2"]
 
 
 def test_evaluation_autocast_reaches_only_the_evaluations_of_runs_trained_with_amp(every_rule_run):
-    autocast = {(flag(args, "--out-dir").split("/")[2], "--autocast" in args)
-                for args in jobs_args(every_rule_run) if args[0] == "evaluate"}
-    assert autocast == {("resnet18-none-fp32-s0", False), ("resnet18-imagenet-amp-s0", True),
-                        ("resnet18-none-fp32-s0-ddp", False), ("resnet18-none", False), ("resnet18-imagenet", False)}
+    autocast = {
+        (flag(args, "--out-dir").split("/")[2], "--autocast" in args)
+        for args in jobs_args(every_rule_run)
+        if args[0] == "evaluate"
+    }
+    assert autocast == {
+        ("resnet18-none-fp32-s0", False),
+        ("resnet18-imagenet-amp-s0", True),
+        ("resnet18-none-fp32-s0-ddp", False),
+        ("resnet18-none", False),
+        ("resnet18-imagenet", False),
+    }
 
 
 def snakemake_params(workdir: Path, rule: str) -> list[str]:
@@ -201,8 +276,9 @@ def test_sigusr1_before_a_time_limit_reaches_training_and_not_snakemake(tmp_path
     env, _ = fake_geoloc_env(tmp_path, FAKE_GEOLOC_SIGNALS=str(signals))
     config = small_config(tiny_city, tmp_path / "results")
     command = snakemake_command(tmp_path, "--cores", "1", "--configfile", str(write_yaml(tmp_path / "c.yaml", config)))
-    process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
+    process = subprocess.Popen(
+        command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         deadline = time.monotonic() + 120
         while not (signals / "ready").exists():
@@ -228,8 +304,14 @@ def test_a_second_snakemake_on_the_same_results_folder_stops_with_one_line_namin
     config = write_yaml(tmp_path / "c.yaml", small_config(tiny_city, tmp_path / "results"))
     first_dir, second_dir = tmp_path / "first", tmp_path / "second"
     first_dir.mkdir(), second_dir.mkdir()
-    first = subprocess.Popen(snakemake_command(first_dir, "--cores", "1", "--configfile", str(config)), cwd=first_dir,
-                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(
+        snakemake_command(first_dir, "--cores", "1", "--configfile", str(config)),
+        cwd=first_dir,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 120
         while not (signals / "ready").exists():  # the first one trains (the fake waits for USR1)
@@ -244,8 +326,13 @@ def test_a_second_snakemake_on_the_same_results_folder_stops_with_one_line_namin
 
 
 def test_published_models_are_fetched_and_evaluated_on_every_test_set_and_aggregated_apart(tmp_path, tiny_city):
-    config = small_config(tmp_path / "data", "results", synthetic={"enabled": True, "size": "tiny"},
-                          test_sets=["sf_xs", "tokyo_night"], published_models=["cosplace-resnet50-2048"])
+    config = small_config(
+        tmp_path / "data",
+        "results",
+        synthetic={"enabled": True, "size": "tiny"},
+        test_sets=["sf_xs", "tokyo_night"],
+        published_models=["cosplace-resnet50-2048"],
+    )
     env, calls = fake_geoloc_env(tmp_path, FAKE_GEOLOC_CITY=str(tiny_city))
     path = str(write_yaml(tmp_path / "c.yaml", config))
     planned = snakemake(tmp_path, "-n", "--configfile", path, env=env)

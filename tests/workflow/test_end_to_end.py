@@ -21,12 +21,23 @@ def test_tiny_city_end_to_end_as_a_module_then_a_deleted_model_retrains_only_its
         "synthetic": {"enabled": True, "size": "tiny", "seed": 0},
         "test_sets": ["sf_xs", "tokyo_night"],
         "device": "cpu",
-        "training": {"epochs": 1, "iterations_per_epoch": 2, "batch_size": 4, "image_size": 32, "lr": 1e-3,
-                     "alpha": 45, "N": 2, "L": 1, "min_images_per_class": 2, "num_workers": 0,
-                     "checkpoint_every": 1},
+        "training": {
+            "epochs": 1,
+            "iterations_per_epoch": 2,
+            "batch_size": 4,
+            "image_size": 32,
+            "lr": 1e-3,
+            "alpha": 45,
+            "N": 2,
+            "L": 1,
+            "min_images_per_class": 2,
+            "num_workers": 0,
+            "checkpoint_every": 1,
+        },
         "evaluation": {"batch_size": 16, "num_workers": 0},
-        "grid": [{"backbones": ["mobilenet_v3_small"], "pretrainings": ["none"], "precisions": ["fp32", "amp"],
-                  "seeds": [0]}],
+        "grid": [
+            {"backbones": ["mobilenet_v3_small"], "pretrainings": ["none"], "precisions": ["fp32", "amp"], "seeds": [0]}
+        ],
         "reference": "mobilenet_v3_small-none-fp32-s0",
         "report": {"published": None},
         "resources": {"train": {"threads": 2}, "evaluate": {"threads": 2}, "cache_images": {"threads": 2}},
@@ -44,7 +55,8 @@ def test_tiny_city_end_to_end_as_a_module_then_a_deleted_model_retrains_only_its
     cells = [dict(zip(header, row.split(","))) for row in rows[1:]]
     runs = ("mobilenet_v3_small-none-fp32-s0", "mobilenet_v3_small-none-amp-s0", "mobilenet_v3_small-none-baseline")
     assert sorted((c["run"], c["test_set"]) for c in cells) == sorted(
-        (run, test) for run in runs for test in ("sf_xs", "tokyo_night"))
+        (run, test) for run in runs for test in ("sf_xs", "tokyo_night")
+    )
     assert all(0 <= float(c[r]) <= 100 for c in cells for r in ("r1", "r5", "r10", "r20"))
     train = json.loads((results / "runs/mobilenet_v3_small-none-amp-s0/train.json").read_text())
     assert train["run"]["precision"] == "amp" and len(train["epochs"]) == 1

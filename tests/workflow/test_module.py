@@ -1,6 +1,5 @@
 """The workflow used as a Snakemake module from a user's own project folder."""
 
-
 import yaml
 
 from support.workflow import (
@@ -21,8 +20,13 @@ def test_the_workflow_runs_as_a_module_from_another_folder_with_its_own_resource
     env, calls = fake_geoloc_env(tmp_path)
     project = tmp_path / "project"
     project.mkdir()
-    config = small_config(tiny_city, "results", grid=[{**BLOCK, "pretrainings": ["imagenet"]}],
-                          reference="resnet18-imagenet-fp32-s0", report={})
+    config = small_config(
+        tiny_city,
+        "results",
+        grid=[{**BLOCK, "pretrainings": ["imagenet"]}],
+        reference="resnet18-imagenet-fp32-s0",
+        report={},
+    )
     write_yaml(project / "config.yaml", config)
     weights = project / "resources" / "weights" / "resnet18-imagenet.pth"
     weights.parent.mkdir(parents=True)
@@ -33,6 +37,8 @@ def test_the_workflow_runs_as_a_module_from_another_folder_with_its_own_resource
     # defaults that name the workflow's own files resolve from its folder, not the working directory
     assert flag(called["report"], "--published") == str(REPO / "resources" / "published-results.csv")
     assert flag(called["report"], "--templates") == str(REPO / "workflow" / "report")
-    assert flag(called["train"], "--weights-sha256") == yaml.safe_load(WEIGHTS_REGISTRY.read_text())[
-        "resnet18"]["imagenet"]["sha256"]
+    assert (
+        flag(called["train"], "--weights-sha256")
+        == yaml.safe_load(WEIGHTS_REGISTRY.read_text())["resnet18"]["imagenet"]["sha256"]
+    )
     assert (project / "results" / "report.html").is_file()

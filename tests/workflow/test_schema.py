@@ -39,8 +39,11 @@ def test_every_config_key_says_what_a_change_reruns_in_its_description():
         node = schema
         for part in parts:
             node = grid._dereferenced(schema, node)
-            node = node["properties"][part] if "properties" in node else grid._dereferenced(
-                schema, node["items"])["properties"][part]
+            node = (
+                node["properties"][part]
+                if "properties" in node
+                else grid._dereferenced(schema, node["items"])["properties"][part]
+            )
         description = grid._dereferenced(schema, node)["description"]
         assert words[changes] in description, key
 

@@ -22,8 +22,11 @@ def test_conda_env_pins_the_tested_versions_with_cuda_builds_of_pytorch_and_fais
 
     env = yaml.safe_load((REPO / "workflow" / "envs" / "geoloc.yaml").read_text())
     assert env["channels"] == ["conda-forge", "nodefaults"]
-    pins = dict(re.fullmatch(r"(\S+) =(\S+)(?: =(\S+))?", spec).group(1, 2) for spec in env["dependencies"]
-                if spec not in ("pip",))
+    pins = dict(
+        re.fullmatch(r"(\S+) =(\S+)(?: =(\S+))?", spec).group(1, 2)
+        for spec in env["dependencies"]
+        if spec not in ("pip",)
+    )
     builds = {spec.split()[0]: spec.split()[2] for spec in env["dependencies"] if len(spec.split()) == 3}
     assert builds == {"pytorch": "=cuda*"}
     assert "faiss-gpu" in pins and "faiss-cpu" not in pins
@@ -61,7 +64,15 @@ def test_post_deploy_installs_the_workflow_from_a_copy_anywhere_in_a_conda_prefi
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "GEOLOC_SOURCE": str(REPO)}
     done = subprocess.run(["bash", str(script)], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert (tmp_path / "pip-args").read_text().split() == ["-m", "pip", "install", "--no-deps", "--no-build-isolation", "--editable", str(REPO)]
+    assert (tmp_path / "pip-args").read_text().split() == [
+        "-m",
+        "pip",
+        "install",
+        "--no-deps",
+        "--no-build-isolation",
+        "--editable",
+        str(REPO),
+    ]
     del env["GEOLOC_SOURCE"]
     done = subprocess.run(["bash", str(script)], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert done.returncode != 0 and "GEOLOC_SOURCE is set by workflow/rules/common.smk" in done.stderr
@@ -73,9 +84,11 @@ def test_a_container_image_runs_every_job_with_apptainer(tmp_path):
     (bin_dir / "apptainer").write_text('#!/bin/sh\necho "apptainer version 1.3.4"\n')
     (bin_dir / "apptainer").chmod(0o755)
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
-    config = small_config(dataset_layout(tmp_path / "datasets"), tmp_path / "results",
-                          container="docker://ghcr.io/me/geoloc:0.1")
-    plan = snakemake(tmp_path, "-n", "--sdm", "apptainer", "--configfile", str(write_yaml(tmp_path / "c.yaml", config)),
-                     env=env)
+    config = small_config(
+        dataset_layout(tmp_path / "datasets"), tmp_path / "results", container="docker://ghcr.io/me/geoloc:0.1"
+    )
+    plan = snakemake(
+        tmp_path, "-n", "--sdm", "apptainer", "--configfile", str(write_yaml(tmp_path / "c.yaml", config)), env=env
+    )
     assert plan.returncode == 0, plan.stderr
     assert "Singularity image docker://ghcr.io/me/geoloc:0.1 will be pulled." in plan.stdout + plan.stderr

@@ -12,8 +12,9 @@ from support.workflow import (
 
 
 def test_snakefmt_finds_nothing_to_change():
-    result = subprocess.run([str(VENV_BIN / "snakefmt"), "--check", "workflow"], cwd=REPO,
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [str(VENV_BIN / "snakefmt"), "--check", "workflow"], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -36,8 +37,19 @@ def test_a_run_on_several_gpus_starts_one_process_per_gpu_with_srun_in_slurm_and
     # geoloc train --nproc shares its --threads among the processes it starts: 4 each
     assert local.stdout.split() == ["geoloc", "train", "--threads", "24", "--nproc", "6"]
     in_job = subprocess.run(ranks, env={**env, "SLURM_JOB_ID": "7"}, capture_output=True, text=True, check=True)
-    assert in_job.stdout.split() == ["srun", "--nodes=3", "--ntasks=6", "--ntasks-per-node=2", "--cpus-per-task=4",
-                                     "--kill-on-bad-exit=1", "echo", "geoloc", "train", "--threads", "4"]
+    assert in_job.stdout.split() == [
+        "srun",
+        "--nodes=3",
+        "--ntasks=6",
+        "--ntasks-per-node=2",
+        "--cpus-per-task=4",
+        "--kill-on-bad-exit=1",
+        "echo",
+        "geoloc",
+        "train",
+        "--threads",
+        "4",
+    ]
 
 
 def test_workflow_scripts_are_valid_shell():

@@ -17,8 +17,11 @@ from geoloc.errors import GeolocError
 
 def main(root: Path, test_sets: dict, training: dict, out: Path, log: Path) -> None:
     try:
-        recorded = record(root, {name: DatasetEntry(**fields) for name, fields in test_sets.items()},
-                          {name: DatasetEntry(**fields) for name, fields in training.items()})
+        recorded = record(
+            root,
+            {name: DatasetEntry(**fields) for name, fields in test_sets.items()},
+            {name: DatasetEntry(**fields) for name, fields in training.items()},
+        )
     except GeolocError as error:
         log.write_text(f"datasets: error: {error}\n", encoding="utf-8")
         sys.exit(f"datasets: error: {error}")
@@ -27,5 +30,10 @@ def main(root: Path, test_sets: dict, training: dict, out: Path, log: Path) -> N
     log.write_text(f"{sum(images.values())} images in {len(images)} folders under {root}\n", encoding="utf-8")
 
 
-main(Path(snakemake.params.root), dict(snakemake.params.test_sets), dict(snakemake.params.training),
-     Path(snakemake.output[0]), Path(snakemake.log[0]))
+main(
+    Path(snakemake.params.root),
+    dict(snakemake.params.test_sets),
+    dict(snakemake.params.training),
+    Path(snakemake.output[0]),
+    Path(snakemake.log[0]),
+)

@@ -25,11 +25,19 @@ MIN_IMAGE_SIZE = 32
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train-dir", type=Path, required=True, help="e.g. DATASETS/sf_xs/train")
-    parser.add_argument("--image-size", type=integer(minimum=MIN_IMAGE_SIZE), required=True,
-                        help="the training image_size (the cache holds images at the side training decodes at)")
+    parser.add_argument(
+        "--image-size",
+        type=integer(minimum=MIN_IMAGE_SIZE),
+        required=True,
+        help="the training image_size (the cache holds images at the side training decodes at)",
+    )
     parser.add_argument("--cache-dir", type=Path, required=True, help="folder of the image cache")
-    parser.add_argument("--num-workers", type=integer(minimum=0), default=0,
-                        help="decoding processes (default: %(default)s, decode in this process)")
+    parser.add_argument(
+        "--num-workers",
+        type=integer(minimum=0),
+        default=0,
+        help="decoding processes (default: %(default)s, decode in this process)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -37,6 +45,12 @@ def run(args: argparse.Namespace) -> int:
     # At the side training decodes at (and opens the cache at) for this image_size.
     size = decode_size(args.image_size, stored_side(listing[0]))
     cache = ImageCache.build_or_open(listing, size, args.cache_dir, num_workers=args.num_workers)
-    log.info("%s: %d images at %d px, %d undecodable, built in %.1f s", cache.data_file, len(cache), cache.size,
-             len(cache.bad_paths), cache.build_seconds)
+    log.info(
+        "%s: %d images at %d px, %d undecodable, built in %.1f s",
+        cache.data_file,
+        len(cache),
+        cache.size,
+        len(cache.bad_paths),
+        cache.build_seconds,
+    )
     return 0

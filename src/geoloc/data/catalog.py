@@ -65,8 +65,10 @@ def load_catalog(shipped: Path, overrides: Mapping[str, Mapping] | None = None) 
     catalog = {name: _entry(name, fields) for name, fields in merged.items()}
     for entry in catalog.values():
         if entry.subset_of is not None and entry.subset_of not in catalog:
-            raise GeolocError(f"{_key(merged, entry.name, 'subset_of')}: {entry.subset_of!r} is not a dataset "
-                              f"of the catalog; datasets: {', '.join(sorted(catalog))}")
+            raise GeolocError(
+                f"{_key(merged, entry.name, 'subset_of')}: {entry.subset_of!r} is not a dataset "
+                f"of the catalog; datasets: {', '.join(sorted(catalog))}"
+            )
     return catalog
 
 
@@ -102,10 +104,15 @@ def _checked(key: str, field: str, value: object) -> object:
     # expected
     if value is None:
         return None
-    if not isinstance(value, Mapping) or not value or set(value) - set(_COUNT_KEYS) or any(
-            isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in value.values()):
-        raise GeolocError(f"{key}: {value!r} is not a mapping of database and/or queries to image counts "
-                          "(positive integers), or null")
+    if (
+        not isinstance(value, Mapping)
+        or not value
+        or set(value) - set(_COUNT_KEYS)
+        or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in value.values())
+    ):
+        raise GeolocError(
+            f"{key}: {value!r} is not a mapping of database and/or queries to image counts (positive integers), or null"
+        )
     return dict(value)
 
 
@@ -154,8 +161,9 @@ def keep_queries(names: list[str], listed: list[str], queries_file: Path, folder
     found = set(kept) | {name.rpartition("/")[2] for name in kept}
     missing = [name for name in listed if name not in found]
     if missing:
-        raise GeolocError(f"queries file {queries_file}: {len(missing)} listed name(s) are not in {folder}, "
-                          f"e.g. {missing[0]!r}")
+        raise GeolocError(
+            f"queries file {queries_file}: {len(missing)} listed name(s) are not in {folder}, e.g. {missing[0]!r}"
+        )
     return kept
 
 
@@ -163,13 +171,16 @@ def _test_counts(entry: DatasetEntry, root: Path) -> tuple[Path, dict[str, int]]
     folder = _existing(entry, "test", root)
     for part in _COUNT_KEYS:
         if not (folder / part).is_dir():
-            raise GeolocError(f"dataset {entry.name}: test folder {folder} has no {part}/ folder (a test set holds "
-                              f"database/ and queries/; config key datasets.{entry.name}.test)")
+            raise GeolocError(
+                f"dataset {entry.name}: test folder {folder} has no {part}/ folder (a test set holds "
+                f"database/ and queries/; config key datasets.{entry.name}.test)"
+            )
     counts = {part: len(image_names(folder / part)) for part in _COUNT_KEYS}
     if entry.queries is not None:
         queries_file = resolve_file(root, entry.queries)
-        kept = keep_queries(image_names(folder / "queries"), read_query_names(queries_file), queries_file,
-                            folder / "queries")
+        kept = keep_queries(
+            image_names(folder / "queries"), read_query_names(queries_file), queries_file, folder / "queries"
+        )
         counts["queries"] = len(kept)
     return folder, counts
 
@@ -180,8 +191,10 @@ def _existing(entry: DatasetEntry, field: str, root: Path) -> Path:
         raise GeolocError(f"dataset {entry.name} has no {field} folder (config key datasets.{entry.name}.{field})")
     folder = resolve_folder(root, value)
     if not folder.is_dir():
-        raise GeolocError(f"dataset {entry.name}: {field} folder {folder} does not exist (config key "
-                          f"datasets.{entry.name}.{field}, relative to datasets_root {root})")
+        raise GeolocError(
+            f"dataset {entry.name}: {field} folder {folder} does not exist (config key "
+            f"datasets.{entry.name}.{field}, relative to datasets_root {root})"
+        )
     return folder
 
 
@@ -194,7 +207,8 @@ def check_test_set(entry: DatasetEntry, root: Path) -> None:
                 f"dataset {entry.name}: {folder / part} holds {counts[part]} {part} images"
                 f"{' after the queries file' if part == 'queries' and entry.queries else ''}, "
                 f"expected {expected} (config key datasets.{entry.name}.expected: fix the folder, "
-                "or set the counts you mean)")
+                "or set the counts you mean)"
+            )
 
 
 def check_training_set(entry: DatasetEntry, root: Path) -> None:
@@ -233,9 +247,14 @@ def record(root: Path, test_sets: Mapping[str, DatasetEntry], training: Mapping[
         "root": str(root.resolve()),
         "images": images,
         "test_sets": {name: describe(entry, root) for name, entry in test_sets.items()},
-        "training": {name: {"label": entry.label, "train": _relative(_existing(entry, "train", root), root),
-                            "val": _relative(_existing(entry, "val", root), root)}
-                     for name, entry in training.items()},
+        "training": {
+            name: {
+                "label": entry.label,
+                "train": _relative(_existing(entry, "train", root), root),
+                "val": _relative(_existing(entry, "val", root), root),
+            }
+            for name, entry in training.items()
+        },
     }
 
 

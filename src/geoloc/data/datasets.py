@@ -44,8 +44,7 @@ class TrainGroupDataset(torch.utils.data.Dataset):
         self.rows: np.ndarray | None = None  # cache row of each of classes.images
         if cache is not None:
             if cache.size != image_size:
-                raise GeolocError(f"image cache {cache.data_file} holds {cache.size} px images, "
-                                  f"not {image_size} px")
+                raise GeolocError(f"image cache {cache.data_file} holds {cache.size} px images, not {image_size} px")
             classes, self.rows = _without_bad_images(classes, cache)
         self.classes = classes
         self.images_per_class = classes.images_per_class
@@ -69,8 +68,11 @@ def _without_bad_images(classes: ClassGroup, cache: ImageCache) -> tuple[ClassGr
         return classes, rows
     class_of_image = np.repeat(np.arange(len(classes)), classes.images_per_class)
     for class_index in np.unique(class_of_image[~good]):
-        log.warning("leaving %d undecodable image(s) out of the class of %s",
-                    np.count_nonzero(~good[class_of_image == class_index]), classes[int(class_index)][0])
+        log.warning(
+            "leaving %d undecodable image(s) out of the class of %s",
+            np.count_nonzero(~good[class_of_image == class_index]),
+            classes[int(class_index)][0],
+        )
     kept_per_class = np.bincount(class_of_image[good], minlength=len(classes))
     starts = np.zeros(np.count_nonzero(kept_per_class) + 1, dtype=np.int64)
     np.cumsum(kept_per_class[kept_per_class > 0], out=starts[1:])
@@ -109,4 +111,3 @@ class TestSet:
 def _utm_positions(paths: list[Path]) -> np.ndarray:
     metas = [parse_image_name(path) for path in paths]
     return np.array([(meta.utm_east, meta.utm_north) for meta in metas], dtype=np.float64).reshape(-1, 2)
-

@@ -36,8 +36,9 @@ _CACHE_FORMAT = 2
 _ARRAYS = ("images", "class_starts", "group_starts")
 
 
-def classes_and_groups(east: np.ndarray, north: np.ndarray, heading: np.ndarray, *, M: int, alpha: int,
-                       N: int, L: int) -> tuple[np.ndarray, np.ndarray]:
+def classes_and_groups(
+    east: np.ndarray, north: np.ndarray, heading: np.ndarray, *, M: int, alpha: int, N: int, L: int
+) -> tuple[np.ndarray, np.ndarray]:
     """The CosPlace class id (n, 3) and group id (n, 3) of each image position, as int64.
 
     A class id is the lower corner of its cell: (UTM east m, UTM north m, heading deg); a
@@ -50,8 +51,9 @@ def classes_and_groups(east: np.ndarray, north: np.ndarray, heading: np.ndarray,
     float floor division rounds as Python's `//` does, and an integral float times M is exact.
     """
     classes = np.stack([(east // M * M), (north // M * M), (heading // alpha * alpha)], axis=1).astype(np.int64)
-    groups = np.stack([classes[:, 0] % (M * N) // M, classes[:, 1] % (M * N) // M,
-                       classes[:, 2] % (alpha * L) // alpha], axis=1)
+    groups = np.stack(
+        [classes[:, 0] % (M * N) // M, classes[:, 1] % (M * N) // M, classes[:, 2] % (alpha * L) // alpha], axis=1
+    )
     return classes, groups
 
 
@@ -72,7 +74,7 @@ class ClassGroup(Sequence):
 
     def __getitem__(self, index: int) -> list[Path]:
         index = range(len(self))[index]  # negative indices count from the end; IndexError past it
-        return [self.listing[int(i)] for i in self.images[self.starts[index]:self.starts[index + 1]]]
+        return [self.listing[int(i)] for i in self.images[self.starts[index] : self.starts[index + 1]]]
 
     @property
     def images_per_class(self) -> np.ndarray:
@@ -86,8 +88,9 @@ class ClassGroup(Sequence):
 class Groups(Sequence):
     """Every non-empty group, in CosPlace's order: `groups[g]` is a `ClassGroup`."""
 
-    def __init__(self, listing: Listing, images: np.ndarray, class_starts: np.ndarray,
-                 group_starts: np.ndarray) -> None:
+    def __init__(
+        self, listing: Listing, images: np.ndarray, class_starts: np.ndarray, group_starts: np.ndarray
+    ) -> None:
         self.listing = listing
         self.images = images  # int32 listing indices: group after group, class after class
         self.class_starts = class_starts  # int64, classes + 1, into images
@@ -101,8 +104,8 @@ class Groups(Sequence):
             return [self[i] for i in range(len(self))[index]]
         index = range(len(self))[index]
         first, last = self.group_starts[index], self.group_starts[index + 1]
-        starts = self.class_starts[first:last + 1]
-        return ClassGroup(self.listing, self.images[starts[0]:starts[-1]], starts - starts[0])
+        starts = self.class_starts[first : last + 1]
+        return ClassGroup(self.listing, self.images[starts[0] : starts[-1]], starts - starts[0])
 
 
 def build_groups(
@@ -142,8 +145,9 @@ def build_groups(
     return Groups(listing, *arrays)
 
 
-def _group_images(listing: Listing, *, M: int, alpha: int, N: int, L: int,
-                  min_images_per_class: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _group_images(
+    listing: Listing, *, M: int, alpha: int, N: int, L: int, min_images_per_class: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The (images, class_starts, group_starts) arrays of `Groups`."""
     positions = np.empty((len(listing), 3), dtype=np.float64)
     root = str(listing.root)
@@ -219,15 +223,23 @@ def _read_cache(cache_file: Path, n_images: int) -> tuple[np.ndarray, np.ndarray
 def _check_arrays(images: np.ndarray, class_starts: np.ndarray, group_starts: np.ndarray, n_images: int) -> None:
     """Raise ValueError unless the arrays describe non-empty groups of non-empty classes of
     distinct images of the listing."""
-    for name, array, dtype in (("images", images, np.int32), ("class_starts", class_starts, np.int64),
-                               ("group_starts", group_starts, np.int64)):
+    for name, array, dtype in (
+        ("images", images, np.int32),
+        ("class_starts", class_starts, np.int64),
+        ("group_starts", group_starts, np.int64),
+    ):
         if array.dtype != dtype or array.ndim != 1:
             raise ValueError(f"{name} is not a 1-d {np.dtype(dtype).name} array")
     valid = (
-        len(group_starts) >= 2 and group_starts[0] == 0 and group_starts[-1] == len(class_starts) - 1
-        and class_starts[0] == 0 and class_starts[-1] == len(images)
-        and (np.diff(group_starts) > 0).all() and (np.diff(class_starts) > 0).all()
-        and ((images >= 0) & (images < n_images)).all() and np.bincount(images, minlength=1).max() == 1
+        len(group_starts) >= 2
+        and group_starts[0] == 0
+        and group_starts[-1] == len(class_starts) - 1
+        and class_starts[0] == 0
+        and class_starts[-1] == len(images)
+        and (np.diff(group_starts) > 0).all()
+        and (np.diff(class_starts) > 0).all()
+        and ((images >= 0) & (images < n_images)).all()
+        and np.bincount(images, minlength=1).max() == 1
     )
     if not valid:
         raise ValueError("its arrays do not describe groups of this listing")

@@ -60,8 +60,9 @@ class ImageCache:
     copies neither pixels nor a Python object per image.
     """
 
-    def __init__(self, data_file: Path, row_of: dict[str, int], size: int, errors: dict[int, str],
-                 build_seconds: float) -> None:
+    def __init__(
+        self, data_file: Path, row_of: dict[str, int], size: int, errors: dict[int, str], build_seconds: float
+    ) -> None:
         self.data_file = data_file
         self.index_file = data_file.with_suffix(".json")
         self.size = size
@@ -126,8 +127,9 @@ class ImageCache:
         if row in self.errors:
             raise GeolocError(f"image cache: row {row} is an image that could not be decoded: {self.errors[row]}")
         if self._array is None:
-            self._array = np.memmap(self.data_file, dtype=np.uint8, mode="r",
-                                    shape=(len(self), 3, self.size, self.size))
+            self._array = np.memmap(
+                self.data_file, dtype=np.uint8, mode="r", shape=(len(self), 3, self.size, self.size)
+            )
         # A copy: the map is read-only and torch wants writable memory.
         return torch.from_numpy(np.array(self._array[row]))
 
@@ -282,8 +284,10 @@ def _reserve(handle, needed: int, what: str, folder: Path) -> None:
     except OSError as exc:
         free = shutil.disk_usage(folder).free
         reason = "not enough space" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else exc.strerror or str(exc)
-        raise GeolocError(f"image cache: cannot reserve {_human_bytes(needed)} for {what} in {folder} "
-                          f"({_human_bytes(free)} free): {reason}") from exc
+        raise GeolocError(
+            f"image cache: cannot reserve {_human_bytes(needed)} for {what} in {folder} "
+            f"({_human_bytes(free)} free): {reason}"
+        ) from exc
 
 
 def _copy_file(source: Path, target: Path) -> None:
@@ -312,15 +316,20 @@ def _build(data_file: Path, resolved: list[str], size: int, num_workers: int) ->
     n = len(resolved)
     needed = n * 3 * size * size
     log.info("building image cache %s: %d images at %d px (%s)", data_file, n, size, _human_bytes(needed))
-    loader = DataLoader(_DecodeOrReport([Path(p) for p in resolved], size), batch_size=_BUILD_BATCH,
-                        num_workers=num_workers, collate_fn=_as_list)
+    loader = DataLoader(
+        _DecodeOrReport([Path(p) for p in resolved], size),
+        batch_size=_BUILD_BATCH,
+        num_workers=num_workers,
+        collate_fn=_as_list,
+    )
     errors: dict[int, str] = {}
     with atomic_path(data_file) as tmp:
         with open(tmp, "r+b") as handle:
             _reserve(handle, needed, f"{n} images at {size} px", data_file.parent)
         pixels = np.memmap(tmp, dtype=np.uint8, mode="r+", shape=(n, 3, size, size))
-        with tqdm(total=n, desc="image cache", unit="img", file=sys.stderr,
-                  mininterval=1.0 if sys.stderr.isatty() else 30.0) as bar:
+        with tqdm(
+            total=n, desc="image cache", unit="img", file=sys.stderr, mininterval=1.0 if sys.stderr.isatty() else 30.0
+        ) as bar:
             for batch in loader:
                 for row, image, error in batch:
                     if image is None:
@@ -330,8 +339,13 @@ def _build(data_file: Path, resolved: list[str], size: int, num_workers: int) ->
                 bar.update(len(batch))
         pixels.flush()
         del pixels
-    index = {"format": _FORMAT, "image_size": size, "n_images": n, "data_file": data_file.name,
-             "build_seconds": time.perf_counter() - start,
-             "errors": {str(row): error for row, error in sorted(errors.items())}}
+    index = {
+        "format": _FORMAT,
+        "image_size": size,
+        "n_images": n,
+        "data_file": data_file.name,
+        "build_seconds": time.perf_counter() - start,
+        "errors": {str(row): error for row, error in sorted(errors.items())},
+    }
     atomic_write_text(data_file.with_suffix(".json"), json.dumps(index, indent=1) + "\n")
     return index

@@ -14,10 +14,9 @@ $GEOLOC_MAX_IMAGE_PIXELS; default 50 million) is refused from its header, before
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
-
-import math
 
 import numpy as np
 import torch
@@ -97,8 +96,12 @@ def read_image(path: Path, size: int | tuple[int, int] | None) -> torch.Tensor:
     return torch.from_numpy(channels)
 
 
-def decode_size(image_size: int, stored_side: int, crop_scale: tuple[float, float] = CROP_SCALE,
-                crop_ratio: tuple[float, float] = CROP_RATIO) -> int:
+def decode_size(
+    image_size: int,
+    stored_side: int,
+    crop_scale: tuple[float, float] = CROP_SCALE,
+    crop_ratio: tuple[float, float] = CROP_RATIO,
+) -> int:
     """The square side training images are decoded (and cached) at, before the random-resized crop.
 
     CosPlace cuts its crop from the stored image (512 px). Decoded at image_size instead, a

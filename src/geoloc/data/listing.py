@@ -72,13 +72,13 @@ def listing_fingerprint(folder: Path) -> dict[str, int | str]:
     found = sorted(_image_entries(Path(folder)), key=lambda item: item[0])
     _reject_duplicate_names(folder, _some(folder, [name for name, _ in found]))
     # A stat is a round trip to the server on a network file system: several at a time.
-    chunks = [found[first:first + _STAT_CHUNK] for first in range(0, len(found), _STAT_CHUNK)]
+    chunks = [found[first : first + _STAT_CHUNK] for first in range(0, len(found), _STAT_CHUNK)]
     with ThreadPoolExecutor(_STAT_THREADS) as pool:
         stats = [stat for chunk in pool.map(_stats, chunks) for stat in chunk]
     entries = [(name, stat) for (name, _), stat in zip(found, stats)]
     digest = hashlib.sha256()
     for first in range(0, len(entries), _CHUNK):
-        chunk = entries[first:first + _CHUNK]
+        chunk = entries[first : first + _CHUNK]
         lines = (f"{len(name)}:{name}\0{stat.st_size}\0{stat.st_mtime_ns}\n" for name, stat in chunk)
         digest.update("".join(lines).encode("utf-8", "surrogateescape"))
     return {"images": len(entries), "sha256": digest.hexdigest()}
@@ -112,8 +112,10 @@ def _image_entries(folder: Path) -> Iterator[tuple[str, os.DirEntry]]:
                             yield prefix + name, entry
                             continue
                         if not entry.is_dir():
-                            raise GeolocError(f"{entry.path} is named like an image but is no regular file (a FIFO, "
-                                              "socket, device or dangling link): remove it from the dataset")
+                            raise GeolocError(
+                                f"{entry.path} is named like an image but is no regular file (a FIFO, "
+                                "socket, device or dangling link): remove it from the dataset"
+                            )
                     if entry.is_dir(follow_symlinks=False):
                         pending.append((f"{prefix}{name}/", entry.path))
         except OSError as exc:

@@ -67,8 +67,10 @@ def split_fields(path: str | Path) -> dict[str, str]:
         raise BadImageName(f"{expected}: the name must start with '@'")
     if not stem.endswith("@"):
         after = stem.rpartition("@")[2]
-        raise BadImageName(f"{expected}: the name must end with '@' right before the extension {suffix}, "
-                           f"but {after!r} follows the last '@'")
+        raise BadImageName(
+            f"{expected}: the name must end with '@' right before the extension {suffix}, "
+            f"but {after!r} follows the last '@'"
+        )
     parts = stem.split("@")
     if len(parts) != len(FIELDS) + 2:
         raise BadImageName(f"{expected}, found {len(parts) - 2}")
@@ -81,8 +83,9 @@ def _number(path: str | Path, fields: dict[str, str], field: str) -> float:
         raise BadImageName(f"{path}: field {field} is empty")
     if not _DECIMAL.fullmatch(text):
         problem = "is not finite" if text.strip().lstrip("+-").lower() in _NOT_FINITE else "is not a number"
-        raise BadImageName(f"{path}: field {field} {problem}: {text!r} "
-                           "(ASCII digits with an optional sign and decimal point)")
+        raise BadImageName(
+            f"{path}: field {field} {problem}: {text!r} (ASCII digits with an optional sign and decimal point)"
+        )
     return float(text)
 
 

@@ -43,7 +43,7 @@ class PackedNames:
 
     def __getitem__(self, index: int) -> str:
         index = range(len(self))[index]  # negative indices count from the end; IndexError past it
-        return os.fsdecode(self.buffer[self.offsets[index]:self.offsets[index + 1]].tobytes())
+        return os.fsdecode(self.buffer[self.offsets[index] : self.offsets[index + 1]].tobytes())
 
     def __iter__(self) -> Iterator[str]:
         return (self[index] for index in range(len(self)))

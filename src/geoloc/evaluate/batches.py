@@ -70,9 +70,13 @@ def image_sizes(paths: list[Path], num_workers: int = 0) -> list[tuple[int, int]
     512 px JPEG), the 27,191 headers of SF-XS test would take about 4 s: as long as decoding
     them takes spread over 14 workers.
     """
-    loader = torch.utils.data.DataLoader(_SizesOrErrors(paths), batch_size=_SIZES_PER_CHUNK,
-                                         num_workers=num_workers, collate_fn=_as_list,
-                                         worker_init_fn=leave_stop_signals_to_the_main_process)
+    loader = torch.utils.data.DataLoader(
+        _SizesOrErrors(paths),
+        batch_size=_SIZES_PER_CHUNK,
+        num_workers=num_workers,
+        collate_fn=_as_list,
+        worker_init_fn=leave_stop_signals_to_the_main_process,
+    )
     sizes = []
     for chunk in loader:
         if failed := next((item for item in chunk if isinstance(item, str)), None):
@@ -91,5 +95,8 @@ def equal_size_batches(sizes: list[tuple[int, int]], batch_size: int) -> list[li
     groups: dict[tuple[int, int], list[int]] = {}
     for index, size in enumerate(sizes):
         groups.setdefault(size, []).append(index)
-    return [indices[start:start + batch_size] for indices in groups.values()
-            for start in range(0, len(indices), batch_size)]
+    return [
+        indices[start : start + batch_size]
+        for indices in groups.values()
+        for start in range(0, len(indices), batch_size)
+    ]

@@ -81,40 +81,84 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model = parser.add_argument_group("the model: --model, or --untrained and what builds it")
     source = model.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", type=Path, help="model.pt written by geoloc train")
-    source.add_argument("--untrained", action="store_true",
-                        help="the network as training starts it (seeded, pretrained weights, random GeM/fc)")
-    source.add_argument("--published", choices=list(PUBLISHED),
-                        help="a released model (geoloc.model.published), its file given by --weights")
+    source.add_argument(
+        "--untrained",
+        action="store_true",
+        help="the network as training starts it (seeded, pretrained weights, random GeM/fc)",
+    )
+    source.add_argument(
+        "--published",
+        choices=list(PUBLISHED),
+        help="a released model (geoloc.model.published), its file given by --weights",
+    )
     model.add_argument("--backbone", help="with --untrained: a study backbone or timm:<name>")
-    model.add_argument("--pretraining",
-                       help=f"with --untrained: the weights' label ({NO_PRETRAINING!r}: random initialisation)")
+    model.add_argument(
+        "--pretraining", help=f"with --untrained: the weights' label ({NO_PRETRAINING!r}: random initialisation)"
+    )
     model.add_argument("--weights", type=Path, help="with --untrained: the pretrained weights file")
     model.add_argument("--weights-format", choices=FORMATS, help="with --weights (default: the backbone's)")
-    model.add_argument("--fc-output-dim", type=integer(minimum=1),
-                       help=f"with --untrained: descriptor size (default {_DEFAULT_FC_OUTPUT_DIM})")
-    model.add_argument("--seed", type=integer(minimum=0, maximum=2**64 - 1),  # torch.manual_seed's range
-                       help=f"with --untrained: the training seed (default {_DEFAULT_SEED})")
+    model.add_argument(
+        "--fc-output-dim",
+        type=integer(minimum=1),
+        help=f"with --untrained: descriptor size (default {_DEFAULT_FC_OUTPUT_DIM})",
+    )
+    model.add_argument(
+        "--seed",
+        type=integer(minimum=0, maximum=2**64 - 1),  # torch.manual_seed's range
+        help=f"with --untrained: the training seed (default {_DEFAULT_SEED})",
+    )
     model.add_argument("--summary-out", type=Path, help="with --untrained: the baseline.json to write")
     data = parser.add_argument_group("test sets and outputs")
-    data.add_argument("--test-set", dest="test_sets", type=test_set_argument, action="append", required=True,
-                      metavar="NAME=DIR", help="DIR holds database/ and queries/; repeat for more test sets")
-    data.add_argument("--out-dir", type=Path, required=True,
-                      help="gets NAME.csv and NAME.queries.csv for every NAME, all or none")
+    data.add_argument(
+        "--test-set",
+        dest="test_sets",
+        type=test_set_argument,
+        action="append",
+        required=True,
+        metavar="NAME=DIR",
+        help="DIR holds database/ and queries/; repeat for more test sets",
+    )
+    data.add_argument(
+        "--out-dir", type=Path, required=True, help="gets NAME.csv and NAME.queries.csv for every NAME, all or none"
+    )
     protocol = parser.add_argument_group("protocol (changes the recalls; defaults: CosPlace's test.py)")
-    protocol.add_argument("--resize", type=integer(minimum=1), nargs=2, metavar=("H", "W"),
-                          help="resize every image to H x W (default: each at its own resolution)")
-    protocol.add_argument("--autocast", action="store_true",
-                          help="forward pass under autocast, as amp trains (default: fp32)")
-    protocol.add_argument("--k", type=integer(minimum=1), default=20,
-                          help="neighbours retrieved per query (at most the database size)")
-    protocol.add_argument("--positive-dist-threshold", type=number(exclusive_minimum=0), default=25.0,
-                          help="metres (UTM) within which a database image is a correct match")
-    protocol.add_argument("--set-threshold", dest="set_thresholds", action="append", default=[],
-                          type=_named(number(exclusive_minimum=0), "METRES"), metavar="NAME=METRES",
-                          help="test set NAME's threshold (default: --positive-dist-threshold); repeatable")
-    protocol.add_argument("--set-queries", dest="set_queries", action="append", default=[],
-                          type=_named(Path, "FILE"), metavar="NAME=FILE",
-                          help="keep only the queries FILE lists (one file name a line) in test set NAME; repeatable")
+    protocol.add_argument(
+        "--resize",
+        type=integer(minimum=1),
+        nargs=2,
+        metavar=("H", "W"),
+        help="resize every image to H x W (default: each at its own resolution)",
+    )
+    protocol.add_argument(
+        "--autocast", action="store_true", help="forward pass under autocast, as amp trains (default: fp32)"
+    )
+    protocol.add_argument(
+        "--k", type=integer(minimum=1), default=20, help="neighbours retrieved per query (at most the database size)"
+    )
+    protocol.add_argument(
+        "--positive-dist-threshold",
+        type=number(exclusive_minimum=0),
+        default=25.0,
+        help="metres (UTM) within which a database image is a correct match",
+    )
+    protocol.add_argument(
+        "--set-threshold",
+        dest="set_thresholds",
+        action="append",
+        default=[],
+        type=_named(number(exclusive_minimum=0), "METRES"),
+        metavar="NAME=METRES",
+        help="test set NAME's threshold (default: --positive-dist-threshold); repeatable",
+    )
+    protocol.add_argument(
+        "--set-queries",
+        dest="set_queries",
+        action="append",
+        default=[],
+        type=_named(Path, "FILE"),
+        metavar="NAME=FILE",
+        help="keep only the queries FILE lists (one file name a line) in test set NAME; repeatable",
+    )
     runtime = parser.add_argument_group("runtime (does not change the recalls)")
     runtime.add_argument("--batch-size", type=integer(minimum=1), default=32, help="images of one size per batch")
     runtime.add_argument("--num-workers", type=integer(minimum=0), default=0, help="image decoding processes")
@@ -127,8 +171,10 @@ def run(args: argparse.Namespace) -> int:
     folders = {args.out_dir.resolve(): "--out-dir"}
     if args.untrained:  # a baseline folder that holds the recalls folder stands for both
         summary_folder = args.summary_out.parent.resolve()
-        folders = {summary_folder: "--summary-out's folder",
-                   **{folder: flag for folder, flag in folders.items() if not folder.is_relative_to(summary_folder)}}
+        folders = {
+            summary_folder: "--summary-out's folder",
+            **{folder: flag for folder, flag in folders.items() if not folder.is_relative_to(summary_folder)},
+        }
     with contextlib.ExitStack() as locks:  # a second evaluation into the same files is refused
         for folder, flag in folders.items():
             locks.enter_context(locked(folder, flag))
@@ -152,10 +198,24 @@ def _evaluate(args: argparse.Namespace) -> int:
     model, model_sha256 = _model(args, seed, device)
     resize = tuple(args.resize) if args.resize else None
     kind = "baseline" if args.untrained else "published" if args.published else "trained"
-    provenance = functools.partial(Provenance, model_sha256=model_sha256, k=args.k,  # the threshold: per set
-                                   resize=resize, autocast=args.autocast, device=device_name(device), kind=kind)
-    embed_images = functools.partial(embed, model, batch_size=args.batch_size, device=device,
-                                     num_workers=args.num_workers, resize=resize, autocast=args.autocast)
+    provenance = functools.partial(
+        Provenance,
+        model_sha256=model_sha256,
+        k=args.k,  # the threshold: per set
+        resize=resize,
+        autocast=args.autocast,
+        device=device_name(device),
+        kind=kind,
+    )
+    embed_images = functools.partial(
+        embed,
+        model,
+        batch_size=args.batch_size,
+        device=device,
+        num_workers=args.num_workers,
+        resize=resize,
+        autocast=args.autocast,
+    )
 
     databases: list[tuple[TestSet, Embedding]] = []
     recall_files, query_files = [], []
@@ -171,16 +231,22 @@ def _evaluate(args: argparse.Namespace) -> int:
         log.info("%s: %s", name, ", ".join(f"R@{n} {value:.1f}" for n, value in result.recalls.items()))
         row = recall_row(result, name, folder, provenance(positive_dist_threshold=thresholds[name]))
         recall_files.append((args.out_dir / f"{name}.csv", functools.partial(write_recalls, row=row)))
-        query_files.append((args.out_dir / f"{name}.queries.csv",
-                            functools.partial(write_queries, result=result, test_set=test_set)))
+        query_files.append(
+            (args.out_dir / f"{name}.queries.csv", functools.partial(write_queries, result=result, test_set=test_set))
+        )
 
     summary_files = []
     if args.untrained:
         first_image = next(iter(test_sets.values())).database_paths[0]
-        summary = baseline_summary(model, pretraining=args.pretraining, seed=seed, weights=args.weights,
-                                   weights_format=args.weights_format, device=device,
-                                   image_size=nearest_multiple(resize or upright_size(first_image),
-                                                               input_size_multiple(model)))
+        summary = baseline_summary(
+            model,
+            pretraining=args.pretraining,
+            seed=seed,
+            weights=args.weights,
+            weights_format=args.weights_format,
+            device=device,
+            image_size=nearest_multiple(resize or upright_size(first_image), input_size_multiple(model)),
+        )
         text = json.dumps(summary, indent=2) + "\n"
         summary_files.append((args.summary_out, lambda handle: handle.write(text)))
     # Renamed last to first: the per-query files, then the recall CSVs, then baseline.json.
@@ -205,8 +271,13 @@ def _model(args: argparse.Namespace, seed: int, device: torch.device) -> tuple[t
     """The model on `device` and the sha256 of its file ("" for the untrained baseline)."""
     if args.untrained:
         fc_output_dim = _DEFAULT_FC_OUTPUT_DIM if args.fc_output_dim is None else args.fc_output_dim
-        model = build_baseline(args.backbone, fc_output_dim=fc_output_dim, seed=seed, weights=args.weights,
-                               weights_format=args.weights_format).to(device)
+        model = build_baseline(
+            args.backbone,
+            fc_output_dim=fc_output_dim,
+            seed=seed,
+            weights=args.weights,
+            weights_format=args.weights_format,
+        ).to(device)
         model_sha256 = ""
     elif args.published:
         model = load_published(args.published, args.weights).to(device)
@@ -230,15 +301,24 @@ def _check_model_flags(args: argparse.Namespace) -> None:
         if given:
             raise GeolocError(f"--{given[0].replace('_', '-')} goes with --untrained, not --model")
         return
-    missing = [f"--{name.replace('_', '-')}" for name in ("backbone", "pretraining", "summary_out")
-               if getattr(args, name) is None]
+    missing = [
+        f"--{name.replace('_', '-')}"
+        for name in ("backbone", "pretraining", "summary_out")
+        if getattr(args, name) is None
+    ]
     if missing:
-        raise GeolocError("--untrained needs --backbone, --pretraining and --summary-out "
-                          f"(missing: {', '.join(missing)})")
+        raise GeolocError(
+            f"--untrained needs --backbone, --pretraining and --summary-out (missing: {', '.join(missing)})"
+        )
     if (args.pretraining == NO_PRETRAINING) != (args.weights is None):
-        raise GeolocError(f"--pretraining {args.pretraining} " + (
-            "is random initialisation: it takes no --weights" if args.weights is not None
-            else f"needs its --weights file (or --pretraining {NO_PRETRAINING} for random initialisation)"))
+        raise GeolocError(
+            f"--pretraining {args.pretraining} "
+            + (
+                "is random initialisation: it takes no --weights"
+                if args.weights is not None
+                else f"needs its --weights file (or --pretraining {NO_PRETRAINING} for random initialisation)"
+            )
+        )
     if args.weights_format is not None and args.weights is None:
         raise GeolocError("--weights-format goes with --weights")
 
@@ -248,16 +328,22 @@ def _check_outputs(args: argparse.Namespace) -> None:
     for name, _ in args.test_sets:
         # Case-insensitive file systems (macOS) would write Tokyo.csv over tokyo.csv.
         if (earlier := seen.get(name.casefold())) is not None:
-            raise GeolocError(f"--test-set: the name {name!r} is given twice" if earlier == name else
-                              f"--test-set: the names {earlier!r} and {name!r} are one file on a case-insensitive disk")
+            raise GeolocError(
+                f"--test-set: the name {name!r} is given twice"
+                if earlier == name
+                else f"--test-set: the names {earlier!r} and {name!r} are one file on a case-insensitive disk"
+            )
         seen[name.casefold()] = name
     _check_folder("--out-dir", args.out_dir)
     if args.untrained:
         if args.summary_out.is_dir():
             raise GeolocError(f"--summary-out {args.summary_out} is a folder, not a file name")
         _check_folder("--summary-out", args.summary_out.parent)
-        outputs = {(args.out_dir / f"{name}{suffix}").resolve() for name, _ in args.test_sets
-                   for suffix in (".csv", ".queries.csv")}
+        outputs = {
+            (args.out_dir / f"{name}{suffix}").resolve()
+            for name, _ in args.test_sets
+            for suffix in (".csv", ".queries.csv")
+        }
         if args.summary_out.resolve() in outputs:
             raise GeolocError(f"--summary-out {args.summary_out} is one of the CSVs --out-dir gets")
 
@@ -267,8 +353,9 @@ def _check_folder(flag: str, folder: Path) -> None:
     not after all the embedding)."""
     existing = next(path for path in (folder, *folder.parents) if path.exists())
     if not existing.is_dir():
-        raise GeolocError(f"{flag} {folder} is not a folder" if existing == folder else
-                          f"{flag} {folder}: {existing} is not a folder")
+        raise GeolocError(
+            f"{flag} {folder} is not a folder" if existing == folder else f"{flag} {folder}: {existing} is not a folder"
+        )
 
 
 def _check_file_names(test_set: TestSet) -> None:
@@ -286,8 +373,10 @@ def _same_database(a: TestSet, b: TestSet) -> bool:
     sizes (Tokyo-Night's is a copy of Tokyo-XS's), and, only then, the same bytes (two
     databases of one city can share names and sizes, but not content)."""
     folders = a.folder / "database", b.folder / "database"
-    names = [[path.relative_to(folder) for path in paths]
-             for folder, paths in zip(folders, (a.database_paths, b.database_paths))]
+    names = [
+        [path.relative_to(folder) for path in paths]
+        for folder, paths in zip(folders, (a.database_paths, b.database_paths))
+    ]
     if names[0] != names[1]:
         return False
     if os.path.samefile(*folders):

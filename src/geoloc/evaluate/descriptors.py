@@ -48,9 +48,11 @@ class _ImagesOrErrors(torch.utils.data.Dataset):
         except GeolocError as exc:
             return torch.zeros(3, height, width, dtype=torch.uint8), str(exc)
         if image.shape[1:] != (height, width):  # the file changed since its header was read
-            return (torch.zeros(3, height, width, dtype=torch.uint8),
-                    f"image {self.paths[index]} decodes to {image.shape[2]}x{image.shape[1]} pixels, "
-                    f"but its header said {width}x{height}")
+            return (
+                torch.zeros(3, height, width, dtype=torch.uint8),
+                f"image {self.paths[index]} decodes to {image.shape[2]}x{image.shape[1]} pixels, "
+                f"but its header said {width}x{height}",
+            )
         return image, ""
 
 
@@ -87,12 +89,19 @@ def compute_descriptors(
     sizes = [nearest_multiple(size, multiple) for size in stored]
     resized = [resize is not None or size != own for size, own in zip(sizes, stored)]
     if sizes != stored:
-        log.info("%d of %d images resized to the nearest multiple of %d px (the backbone's patch size)",
-                 sum(size != own for size, own in zip(sizes, stored)), len(paths), multiple)
+        log.info(
+            "%d of %d images resized to the nearest multiple of %d px (the backbone's patch size)",
+            sum(size != own for size, own in zip(sizes, stored)),
+            len(paths),
+            multiple,
+        )
     batches = equal_size_batches(sizes, batch_size)
     loader = torch.utils.data.DataLoader(
-        _ImagesOrErrors(paths, sizes, resized), batch_sampler=batches, num_workers=num_workers,
-        pin_memory=device.type == "cuda", worker_init_fn=leave_stop_signals_to_the_main_process,
+        _ImagesOrErrors(paths, sizes, resized),
+        batch_sampler=batches,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+        worker_init_fn=leave_stop_signals_to_the_main_process,
     )
     was_training = model.training
     model.eval()

@@ -81,7 +81,10 @@ def checked_positives(test_set: TestSet, positive_dist_threshold: float) -> list
     if n_without:
         log.warning(
             "test set %s: %d of %d queries have no database image within %s m; they count as misses",
-            test_set.folder, n_without, n_queries, positive_dist_threshold,
+            test_set.folder,
+            n_without,
+            n_queries,
+            positive_dist_threshold,
         )
     return positives
 
@@ -95,9 +98,7 @@ def checked_k(test_set: TestSet, k: int) -> None:
     except GeolocError as exc:
         raise GeolocError(f"test set {test_set.folder}: {exc}; lower k (--k, evaluation.k in the config)") from None
     if k < max(RECALL_KS) and k < n_database:
-        raise GeolocError(
-            f"k={k} is too small to measure recall@{max(RECALL_KS)} on {n_database} database images"
-        )
+        raise GeolocError(f"k={k} is too small to measure recall@{max(RECALL_KS)} on {n_database} database images")
 
 
 def embed(model: torch.nn.Module, paths: list[Path], **options) -> Embedding:
@@ -107,8 +108,9 @@ def embed(model: torch.nn.Module, paths: list[Path], **options) -> Embedding:
     return Embedding(descriptors, time.perf_counter() - start)
 
 
-def score(test_set: TestSet, positives: list[np.ndarray], database: Embedding, queries: Embedding,
-          k: int) -> EvalResult:
+def score(
+    test_set: TestSet, positives: list[np.ndarray], database: Embedding, queries: Embedding, k: int
+) -> EvalResult:
     """Search the database for each query and count the correct ones (CosPlace's recall@N)."""
     start = time.perf_counter()
     _, predictions = search(database.descriptors, queries.descriptors, k)

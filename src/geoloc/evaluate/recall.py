@@ -99,9 +99,7 @@ def check_k(k: int, n_database: int) -> None:
     if k < 1:
         raise GeolocError(f"k must be at least 1, got {k}")
     if k > n_database:
-        raise GeolocError(
-            f"k={k} nearest neighbours asked for, but the database holds only {n_database} images"
-        )
+        raise GeolocError(f"k={k} nearest neighbours asked for, but the database holds only {n_database} images")
 
 
 def search(database: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -163,9 +161,12 @@ def _k_smallest(distances: np.ndarray, indices: np.ndarray, k: int) -> tuple[np.
 
 def _exact_knn(database: np.ndarray, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """The k nearest of one query over the whole database, by `_squared_l2`, ties by index."""
-    distances = np.concatenate([
-        _squared_l2(query[None], database[None, start:start + _RERANK_BLOCK * 16])[0]
-        for start in range(0, len(database), _RERANK_BLOCK * 16)])
+    distances = np.concatenate(
+        [
+            _squared_l2(query[None], database[None, start : start + _RERANK_BLOCK * 16])[0]
+            for start in range(0, len(database), _RERANK_BLOCK * 16)
+        ]
+    )
     found, indices = _k_smallest(distances[None], np.arange(len(database))[None], k)
     return found[0], indices[0]
 
@@ -212,9 +213,7 @@ def recalls_at(ranks: np.ndarray, ks: Sequence[int] = RECALL_KS) -> dict[int, fl
     return {int(n): float(100.0 * np.count_nonzero(found & (ranks <= n)) / len(ranks)) for n in ks}
 
 
-def prediction_distances_m(
-    database_utm: np.ndarray, queries_utm: np.ndarray, predictions: np.ndarray
-) -> np.ndarray:
+def prediction_distances_m(database_utm: np.ndarray, queries_utm: np.ndarray, predictions: np.ndarray) -> np.ndarray:
     """UTM distance in metres between each query and each of its predicted database images."""
     database_utm = _coordinates(database_utm, "database_utm")
     queries_utm = _coordinates(queries_utm, "queries_utm")

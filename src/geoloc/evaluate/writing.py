@@ -75,13 +75,15 @@ def write_queries(handle: TextIO, result: EvalResult, test_set: TestSet) -> None
     for query, rank, has_positive, predicted, distances in zip(
         test_set.queries_paths, result.ranks, result.has_positive, result.predictions, result.distances_m
     ):
-        writer.writerow([
-            query.relative_to(test_set.folder).as_posix(),
-            int(rank),
-            int(has_positive),
-            json.dumps([database_names[i] for i in predicted], ensure_ascii=False),
-            json.dumps([round(float(d), 1) for d in distances]),
-        ])
+        writer.writerow(
+            [
+                query.relative_to(test_set.folder).as_posix(),
+                int(rank),
+                int(has_positive),
+                json.dumps([database_names[i] for i in predicted], ensure_ascii=False),
+                json.dumps([round(float(d), 1) for d in distances]),
+            ]
+        )
 
 
 def write_all_or_none(files: list[tuple[Path, Callable[[TextIO], None]]]) -> None:

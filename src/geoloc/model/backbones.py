@@ -42,7 +42,11 @@ STUDY_BACKBONES: dict[str, StudyBackbone] = {
     "resnet18": StudyBackbone(
         "resnet18",
         kept=("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"),
-        channels=512, default_trainable_blocks=2, blocks=6, label="ResNet-18"),  # layer3, layer4
+        channels=512,
+        default_trainable_blocks=2,
+        blocks=6,
+        label="ResNet-18",
+    ),  # layer3, layer4
     # Blocks: the children of `features`.
     "efficientnet_b0": StudyBackbone("efficientnet_b0", _FEATURES, 1280, 2, 9, "EfficientNet-B0"),
     "efficientnet_b1": StudyBackbone("efficientnet_b1", _FEATURES, 1280, 2, 9, "EfficientNet-B1"),
@@ -54,8 +58,7 @@ STUDY_BACKBONES: dict[str, StudyBackbone] = {
     "convnext_tiny": StudyBackbone("convnext_tiny", _FEATURES, 768, 1, 8, "ConvNeXt-Tiny", min_image_size=32),
     # swin's feature stages output NHWC tokens; its own `permute` module turns them to NCHW.
     # The two trailing blocks are the last stage and the final norm; its 4x4 patches need 4 px.
-    "swin_tiny": StudyBackbone("swin_t", ("features", "norm", "permute"), 768, 2, 9, "Swin-Tiny",
-                               min_image_size=4),
+    "swin_tiny": StudyBackbone("swin_t", ("features", "norm", "permute"), 768, 2, 9, "Swin-Tiny", min_image_size=4),
 }
 
 
@@ -80,8 +83,9 @@ def check_backbone(name: str, known: Collection[str] = STUDY_BACKBONES) -> Backb
     parsed = parse_backbone(name)
     if parsed.source is None and parsed.model in known or parsed.source == TIMM and parsed.model:
         return parsed
-    raise GeolocError(f"unknown backbone {name!r}; known backbones: {', '.join(sorted(known))}, "
-                      f"or {TIMM_PREFIX}<timm model name>")
+    raise GeolocError(
+        f"unknown backbone {name!r}; known backbones: {', '.join(sorted(known))}, or {TIMM_PREFIX}<timm model name>"
+    )
 
 
 def block_count(backbone: str) -> int | None:

@@ -35,8 +35,9 @@ class MarginClassifier(nn.Module):
     def __init__(self, in_features: int, out_features: int, scale: float, margin: float):
         super().__init__()
         if in_features < 1 or out_features < 1:
-            raise GeolocError(f"a classifier needs in_features and out_features >= 1, "
-                              f"got {in_features} and {out_features}")
+            raise GeolocError(
+                f"a classifier needs in_features and out_features >= 1, got {in_features} and {out_features}"
+            )
         self.in_features = in_features
         self.out_features = out_features
         self.scale = scale
@@ -57,8 +58,10 @@ class MarginClassifier(nn.Module):
         return self.scale * (cosine + offsets)
 
     def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, scale={self.scale}, "
-                f"margin={self.margin}")
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, scale={self.scale}, "
+            f"margin={self.margin}"
+        )
 
 
 class CosFace(MarginClassifier):

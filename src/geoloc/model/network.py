@@ -97,9 +97,14 @@ class TimmTokens(TimmFeatures):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         try:
-            last = self.body.forward_intermediates(x, indices=1, norm=self.norm, output_fmt="NCHW",
-                                                   intermediates_only=True,
-                                                   return_prefix_tokens=self.class_token)[-1]
+            last = self.body.forward_intermediates(
+                x,
+                indices=1,
+                norm=self.norm,
+                output_fmt="NCHW",
+                intermediates_only=True,
+                return_prefix_tokens=self.class_token,
+            )[-1]
         except AssertionError as exc:  # timm checks input sizes with asserts
             raise GeolocError(f"{self.name} cannot take {x.shape[-2]}x{x.shape[-1]} images: {exc}") from exc
         return (last[0], last[1][:, 0]) if self.class_token else last
@@ -116,9 +121,18 @@ class GeoLocNet(nn.Module):
     feature-map size (MixVPR) makes the network resize its images to `input_size` first.
     """
 
-    def __init__(self, backbone_name: str, backbone: nn.Module, aggregator: str, aggregator_params: dict[str, Any],
-                 fc_output_dim: int, trainable_blocks: int, mean: tuple[float, ...] = IMAGENET_MEAN,
-                 std: tuple[float, ...] = IMAGENET_STD, input_size: tuple[int, int] | None = None):
+    def __init__(
+        self,
+        backbone_name: str,
+        backbone: nn.Module,
+        aggregator: str,
+        aggregator_params: dict[str, Any],
+        fc_output_dim: int,
+        trainable_blocks: int,
+        mean: tuple[float, ...] = IMAGENET_MEAN,
+        std: tuple[float, ...] = IMAGENET_STD,
+        input_size: tuple[int, int] | None = None,
+    ):
         super().__init__()
         self.backbone_name = backbone_name
         self.aggregator = aggregator
@@ -157,17 +171,25 @@ def feature_map_size(backbone: str, image_size: int) -> tuple[int, int]:
     return tuple(features.shape[-2:])
 
 
-def build_model(backbone: str, fc_output_dim: int = 512, weights: Path | None = None,
-                weights_format: str | None = None, trainable_blocks: int | None = None, *,
-                aggregator: str = DEFAULT_AGGREGATOR, image_size: int | None = None,
-                aggregator_params: dict[str, Any] | None = None,
-                normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None) -> GeoLocNet:
+def build_model(
+    backbone: str,
+    fc_output_dim: int = 512,
+    weights: Path | None = None,
+    weights_format: str | None = None,
+    trainable_blocks: int | None = None,
+    *,
+    aggregator: str = DEFAULT_AGGREGATOR,
+    image_size: int | None = None,
+    aggregator_params: dict[str, Any] | None = None,
+    normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
+) -> GeoLocNet:
     """The network of `backbone` and `aggregator`, randomly initialised or with backbone `weights` loaded.
 
     `trainable_blocks`: how many trailing backbone blocks train (None: the study's default, or
-    for a ViT the aggregator's reference default where it has one); the head always trains. `image_size`: the training size, needed by an aggregator built for
-    one feature-map size (MixVPR). `aggregator_params` (complete, as model.pt records them) and
-    `normalization` (mean, std) rebuild a saved model; by default they follow the backbone.
+    for a ViT the aggregator's reference default where it has one); the head always trains.
+    `image_size`: the training size, needed by an aggregator built for one feature-map size (MixVPR).
+    `aggregator_params` (complete, as model.pt records them) and `normalization` (mean, std) rebuild
+    a saved model; by default they follow the backbone.
     """
     spec = backbone_spec(backbone)
     entry = aggregator_entry(aggregator)
@@ -194,7 +216,7 @@ def build_model(backbone: str, fc_output_dim: int = 512, weights: Path | None = 
         raise GeolocError(f"trainable_blocks for {backbone} must be between 0 and {len(blocks)}, got {trainable}")
     for param in body.parameters():
         param.requires_grad = False
-    for block in blocks[len(blocks) - trainable:]:
+    for block in blocks[len(blocks) - trainable :]:
         for param in block:
             param.requires_grad = True
     if entry.uses_class_token and _has_class_token(body):
@@ -202,8 +224,9 @@ def build_model(backbone: str, fc_output_dim: int = 512, weights: Path | None = 
     input_size = (image_size, image_size) if entry.fixed_feature_map else None
     if aggregator_params is None:
         feature_hw = feature_map_size(backbone, image_size) if entry.fixed_feature_map else (0, 0)
-        aggregator_params = resolve_hyperparameters(aggregator, spec.output_channels(body), fc_output_dim=fc_output_dim,
-                                                     feature_hw=feature_hw, vit=vit)
+        aggregator_params = resolve_hyperparameters(
+            aggregator, spec.output_channels(body), fc_output_dim=fc_output_dim, feature_hw=feature_hw, vit=vit
+        )
     return GeoLocNet(backbone, body, aggregator, aggregator_params, fc_output_dim, trainable, mean, std, input_size)
 
 
@@ -221,10 +244,16 @@ def load_checked(full: nn.Module, state: Mapping[str, torch.Tensor], cut: tuple[
     # Old checkpoints lack BatchNorm's step counters; torch fills them in.
     missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
     unknown = [k for k in state if k not in expected]
-    wrong_shape = [f"{k} {tuple(state[k].shape)} (the network has {tuple(v.shape)})"
-                   for k, v in expected.items() if k in state and state[k].shape != v.shape]
-    problems = [f"{label}: {_first(keys)}" for label, keys in
-                (("missing keys", missing), ("wrong shapes", wrong_shape), ("unknown keys", unknown)) if keys]
+    wrong_shape = [
+        f"{k} {tuple(state[k].shape)} (the network has {tuple(v.shape)})"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    problems = [
+        f"{label}: {_first(keys)}"
+        for label, keys in (("missing keys", missing), ("wrong shapes", wrong_shape), ("unknown keys", unknown))
+        if keys
+    ]
     if problems:
         raise GeolocError(f"{source} does not fit the network; " + "; ".join(problems))
     full.load_state_dict(state, strict=False)
@@ -272,11 +301,15 @@ def load_model(path: Path, map_location: str | torch.device = "cpu") -> GeoLocNe
     _check_model_fields(path, payload)
     aggregator = payload.get("aggregator") or {"name": DEFAULT_AGGREGATOR, "params": None}
     try:
-        model = build_model(payload["backbone"], payload["fc_output_dim"], trainable_blocks=payload["trainable_blocks"],
-                            aggregator=aggregator["name"], aggregator_params=aggregator["params"],
-                            image_size=payload.get("image_size"),
-                            normalization=(tuple(payload.get("mean", IMAGENET_MEAN)),
-                                           tuple(payload.get("std", IMAGENET_STD))))
+        model = build_model(
+            payload["backbone"],
+            payload["fc_output_dim"],
+            trainable_blocks=payload["trainable_blocks"],
+            aggregator=aggregator["name"],
+            aggregator_params=aggregator["params"],
+            image_size=payload.get("image_size"),
+            normalization=(tuple(payload.get("mean", IMAGENET_MEAN)), tuple(payload.get("std", IMAGENET_STD))),
+        )
     except TypeError as exc:  # hyperparameters the aggregator's module does not take
         raise GeolocError(f"model file {path} is damaged: its aggregator hyperparameters do not fit: {exc}") from exc
     load_checked(model, payload["state_dict"], (), f"model file {path}")
@@ -288,8 +321,9 @@ def _is_count(value: object, minimum: int) -> bool:
 
 
 def _is_state_dict(value: object) -> bool:
-    return isinstance(value, Mapping) and all(isinstance(key, str) and isinstance(tensor, torch.Tensor)
-                                              for key, tensor in value.items())
+    return isinstance(value, Mapping) and all(
+        isinstance(key, str) and isinstance(tensor, torch.Tensor) for key, tensor in value.items()
+    )
 
 
 # What each field of a model file must hold, and how the error says it.
@@ -301,8 +335,14 @@ _MODEL_FIELDS = {
 }
 # Fields added with the aggregators; absent from older files (read as GeM, ImageNet statistics).
 _OPTIONAL_FIELDS = {
-    "aggregator": (lambda value: isinstance(value, Mapping) and isinstance(value.get("name"), str)
-                   and isinstance(value.get("params"), Mapping), "a mapping with a name and params"),
+    "aggregator": (
+        lambda value: (
+            isinstance(value, Mapping)
+            and isinstance(value.get("name"), str)
+            and isinstance(value.get("params"), Mapping)
+        ),
+        "a mapping with a name and params",
+    ),
     "image_size": (lambda value: value is None or _is_count(value, 1), "null or a positive integer"),
     "mean": (lambda value: _is_triple(value), "three numbers"),
     "std": (lambda value: _is_triple(value), "three numbers"),

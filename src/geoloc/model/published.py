@@ -59,41 +59,71 @@ class PublishedModel:
 
 
 _GEM_2048 = {"p": 3.0, "eps": 1e-6, "fc_output_dim": 2048}
-_GEM_RENAMES = (*_prefixed("backbone.", "backbone.", _SEQUENTIAL_RESNET),
-                ("aggregation.1.", "aggregation.gem."), ("aggregation.3.", "aggregation.fc."))
+_GEM_RENAMES = (
+    *_prefixed("backbone.", "backbone.", _SEQUENTIAL_RESNET),
+    ("aggregation.1.", "aggregation.gem."),
+    ("aggregation.3.", "aggregation.fc."),
+)
 _DINOV2_B = "timm:vit_base_patch14_dinov2"
 
 PUBLISHED: dict[str, PublishedModel] = {
     "cosplace-resnet50-2048": PublishedModel(
         "CosPlace ResNet-50 2048",
-        "resnet50", "gem", _GEM_2048, _GEM_RENAMES, None,
-        "gmberton/CosPlace hubconf.py; tested at each image's own resolution"),
+        "resnet50",
+        "gem",
+        _GEM_2048,
+        _GEM_RENAMES,
+        None,
+        "gmberton/CosPlace hubconf.py; tested at each image's own resolution",
+    ),
     "eigenplaces-resnet50-2048": PublishedModel(
         "EigenPlaces ResNet-50 2048",
-        "resnet50", "gem", _GEM_2048, _GEM_RENAMES, None,
-        "gmberton/EigenPlaces hubconf.py (CosPlace's network); tested at each image's own resolution"),
+        "resnet50",
+        "gem",
+        _GEM_2048,
+        _GEM_RENAMES,
+        None,
+        "gmberton/EigenPlaces hubconf.py (CosPlace's network); tested at each image's own resolution",
+    ),
     "mixvpr-resnet50-4096": PublishedModel(
         "MixVPR ResNet-50 4096",
-        "resnet50_layer3", "mixvpr",
+        "resnet50_layer3",
+        "mixvpr",
         {"in_h": 20, "in_w": 20, "out_channels": 1024, "mix_depth": 4, "mlp_ratio": 1, "out_rows": 4},
-        (("backbone.model.", "backbone."), ("aggregator.", "aggregation.")), (320, 320),
-        "amaralibey/MixVPR README (Lightning checkpoint, images resized to 320x320)"),
+        (("backbone.model.", "backbone."), ("aggregator.", "aggregation.")),
+        (320, 320),
+        "amaralibey/MixVPR README (Lightning checkpoint, images resized to 320x320)",
+    ),
     "salad-dinov2": PublishedModel(
         "SALAD DINOv2 ViT-B/14",
-        _DINOV2_B, "salad", {"num_clusters": 64, "cluster_dim": 128, "token_dim": 256, "dropout": 0.3},
-        (("backbone.model.", "backbone.body."), ("aggregator.", "aggregation.")), (322, 322),
-        "serizba/salad hubconf.py and README (eval.py --image_size 322 322)", dropped=("backbone.model.mask_token",)),
+        _DINOV2_B,
+        "salad",
+        {"num_clusters": 64, "cluster_dim": 128, "token_dim": 256, "dropout": 0.3},
+        (("backbone.model.", "backbone.body."), ("aggregator.", "aggregation.")),
+        (322, 322),
+        "serizba/salad hubconf.py and README (eval.py --image_size 322 322)",
+        dropped=("backbone.model.mask_token",),
+    ),
     "boq-dinov2": PublishedModel(
         "BoQ DINOv2 ViT-B/14 12288",
-        _DINOV2_B, "boq", {"proj_channels": 384, "num_queries": 64, "num_layers": 2, "row_dim": 32},
-        (("backbone.dino.", "backbone.body."), ("aggregator.", "aggregation.")), (322, 322),
+        _DINOV2_B,
+        "boq",
+        {"proj_channels": 384, "num_queries": 64, "num_layers": 2, "row_dim": 32},
+        (("backbone.dino.", "backbone.body."), ("aggregator.", "aggregation.")),
+        (322, 322),
         "amaralibey/Bag-of-Queries hubconf.py and README (322x322 for DINOv2); patch tokens without the final norm",
-        dropped=("backbone.dino.mask_token",), vit_final_norm=False),
+        dropped=("backbone.dino.mask_token",),
+        vit_final_norm=False,
+    ),
     "boq-resnet50": PublishedModel(
         "BoQ ResNet-50 16384",
-        "resnet50_layer3", "boq", {"proj_channels": 512, "num_queries": 64, "num_layers": 2, "row_dim": 32},
-        (*_prefixed("backbone.net.", "backbone.", _SEQUENTIAL_RESNET), ("aggregator.", "aggregation.")), (384, 384),
-        "amaralibey/Bag-of-Queries hubconf.py and README (384x384 for ResNet-50)"),
+        "resnet50_layer3",
+        "boq",
+        {"proj_channels": 512, "num_queries": 64, "num_layers": 2, "row_dim": 32},
+        (*_prefixed("backbone.net.", "backbone.", _SEQUENTIAL_RESNET), ("aggregator.", "aggregation.")),
+        (384, 384),
+        "amaralibey/Bag-of-Queries hubconf.py and README (384x384 for ResNet-50)",
+    ),
 }
 
 
@@ -109,11 +139,24 @@ def build_published(name: str) -> GeoLocNet:
     spec = _BACKBONES.get(entry.backbone) or backbone_spec(entry.backbone)
     body = spec.truncate(spec.build_full())
     if entry.backbone.startswith("timm:"):
-        body = TimmTokens(body.name, body.body, class_token=aggregator_entry(entry.aggregator).uses_class_token,
-                          norm=entry.vit_final_norm)
+        body = TimmTokens(
+            body.name,
+            body.body,
+            class_token=aggregator_entry(entry.aggregator).uses_class_token,
+            norm=entry.vit_final_norm,
+        )
     params = {"in_channels": spec.output_channels(body), **entry.params}
-    model = GeoLocNet(name, body, entry.aggregator, params, entry.params.get("fc_output_dim", 1), 0,
-                      entry.mean, entry.std, entry.image_size)
+    model = GeoLocNet(
+        name,
+        body,
+        entry.aggregator,
+        params,
+        entry.params.get("fc_output_dim", 1),
+        0,
+        entry.mean,
+        entry.std,
+        entry.image_size,
+    )
     model.fc_output_dim = model.descriptor_dim
     for param in model.parameters():
         param.requires_grad = False
@@ -127,14 +170,16 @@ def to_geoloc_keys(name: str, state: dict[str, torch.Tensor]) -> dict[str, torch
     for key, value in state.items():
         if key in entry.dropped:
             continue
-        target = next((new + key[len(old):] for old, new in entry.renames if key.startswith(old)), None)
+        target = next((new + key[len(old) :] for old, new in entry.renames if key.startswith(old)), None)
         if target is None:
             unknown.append(key)
         else:
             renamed[target] = value
     if unknown:
-        raise GeolocError(f"published model {name}: the file holds tensors this release does not have: "
-                          f"{', '.join(unknown[:8])}{' ...' if len(unknown) > 8 else ''}")
+        raise GeolocError(
+            f"published model {name}: the file holds tensors this release does not have: "
+            f"{', '.join(unknown[:8])}{' ...' if len(unknown) > 8 else ''}"
+        )
     return renamed
 
 

@@ -38,8 +38,7 @@ class TimmFeatures(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         try:
-            maps = self.body.forward_intermediates(x, indices=1, norm=True, output_fmt="NCHW",
-                                                   intermediates_only=True)
+            maps = self.body.forward_intermediates(x, indices=1, norm=True, output_fmt="NCHW", intermediates_only=True)
         except AssertionError as exc:  # timm checks input sizes with asserts
             raise GeolocError(f"{self.name} cannot take {x.shape[-2]}x{x.shape[-1]} images: {exc}") from exc
         return maps[-1]
@@ -82,8 +81,7 @@ class TimmBackbone:
 
     def truncate(self, full: nn.Module) -> nn.Module:
         if not hasattr(full, "forward_intermediates"):
-            raise GeolocError(f"{self.name} cannot give a feature map: timm offers no "
-                              "forward_intermediates for it")
+            raise GeolocError(f"{self.name} cannot give a feature map: timm offers no forward_intermediates for it")
         full.prune_intermediate_layers(indices=1, prune_norm=False, prune_head=True)
         return TimmFeatures(self.name, full)
 

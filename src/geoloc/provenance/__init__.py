@@ -13,7 +13,7 @@ import json
 import os
 import platform
 import resource
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,8 +24,12 @@ if TYPE_CHECKING:  # torch takes seconds to import; the workflow imports this pa
     import torch
 
 # Distribution names whose versions are recorded (faiss ships as one of three).
-_PACKAGES = {"torch": ("torch",), "torchvision": ("torchvision",), "timm": ("timm",),
-             "faiss": ("faiss-cpu", "faiss-gpu", "faiss")}
+_PACKAGES = {
+    "torch": ("torch",),
+    "torchvision": ("torchvision",),
+    "timm": ("timm",),
+    "faiss": ("faiss-cpu", "faiss-gpu", "faiss"),
+}
 
 
 def package_versions() -> dict[str, str | None]:
@@ -63,7 +67,7 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def fingerprint_of(settings: dict) -> dict:
@@ -95,11 +99,13 @@ def checked_model(model: Path) -> str:
     try:
         recorded = json.loads(summary.read_text(encoding="utf-8")).get("model_sha256")
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as exc:
-        raise GeolocError(f"{summary}: not readable JSON ({exc}): delete it and {model}, and rerun the "
-                          "workflow (it retrains the run)") from exc
+        raise GeolocError(
+            f"{summary}: not readable JSON ({exc}): delete it and {model}, and rerun the workflow (it retrains the run)"
+        ) from exc
     if recorded != digest:
         raise GeolocError(
             f"{model}: its sha256 {digest[:12]}... is not the model_sha256 {str(recorded)[:12]}... that {summary} "
             f"records (the file changed after training): delete {model} and {summary} and rerun the workflow "
-            "(it retrains the run)")
+            "(it retrains the run)"
+        )
     return digest

@@ -32,8 +32,11 @@ from geoloc.provenance import sha256_of_file
 FIRST_TIME = 0  # seconds since the epoch: the time of a stamp that did not exist before
 
 
-def expected(settings: str | Mapping[str, Any], folders: Mapping[str, str | os.PathLike] | None = None,
-             files: Mapping[str, str | os.PathLike] | None = None) -> dict[str, Any]:
+def expected(
+    settings: str | Mapping[str, Any],
+    folders: Mapping[str, str | os.PathLike] | None = None,
+    files: Mapping[str, str | os.PathLike] | None = None,
+) -> dict[str, Any]:
     """A job's stamp content: its settings, the fingerprint of each image folder it reads (by a
     name of the caller's choice, e.g. "train") and the sha256 of each other file it reads.
 

@@ -106,8 +106,10 @@ def read_run(run_dir: Path) -> list[dict[str, Any]]:
     for queries in sorted((run_dir / "recalls").glob("*.queries.csv")):
         recall = queries.with_name(queries.name.removesuffix(".queries.csv") + ".csv")
         if recall not in recall_files:  # a deleted summary must not make its test set vanish from the study
-            raise GeolocError(f"{recall}: missing beside {queries.name}: delete {queries.parent} and rerun the "
-                              f"workflow (it re-evaluates {run_dir.name})")
+            raise GeolocError(
+                f"{recall}: missing beside {queries.name}: delete {queries.parent} and rerun the "
+                f"workflow (it re-evaluates {run_dir.name})"
+            )
     if recall_files and (run_dir / "model.pt").exists():  # a run folder copied without it has nothing to compare
         checked_model(run_dir / "model.pt")
     rows = []
@@ -174,8 +176,15 @@ def published_summary(folder: Path) -> dict[str, Any]:
 
     if folder.name not in PUBLISHED:
         raise GeolocError(f"{folder}: {folder.name!r} is not a released model ({', '.join(PUBLISHED)})")
-    run = {"name": folder.name, "backbone": PUBLISHED[folder.name].backbone, "pretraining": "published",
-           "precision": "fp32", "seed": None, "tag": "", "kind": "published"}
+    run = {
+        "name": folder.name,
+        "backbone": PUBLISHED[folder.name].backbone,
+        "pretraining": "published",
+        "precision": "fp32",
+        "seed": None,
+        "tag": "",
+        "kind": "published",
+    }
     return {"run": run, **dict.fromkeys(SUMMARY_KEYS)}
 
 

@@ -46,15 +46,16 @@ class _Rows:
     total: int
 
     def rand(self, generator: torch.Generator, device) -> torch.Tensor:
-        return torch.rand(self.total, generator=generator, device=device)[self.start: self.start + self.count]
+        return torch.rand(self.total, generator=generator, device=device)[self.start : self.start + self.count]
 
 
 def _uniform(rows: _Rows, low: float, high: float, generator: torch.Generator, device) -> torch.Tensor:
     return rows.rand(generator, device) * (high - low) + low
 
 
-def color_jitter(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator,
-                 rows: _Rows | None = None) -> torch.Tensor:
+def color_jitter(
+    images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator, rows: _Rows | None = None
+) -> torch.Tensor:
     """Per-image brightness, contrast, saturation and hue jitter of float images in [0, 1].
 
     Hue is rotated in YIQ space (one 3x3 matrix per image), a linear stand-in for the HSV
@@ -86,8 +87,9 @@ def color_jitter(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Gene
     return images.clamp_(0, 1)
 
 
-def crop_boxes(n: int, cfg: AugmentConfig, generator: torch.Generator, device,
-               rows: _Rows | None = None) -> tuple[torch.Tensor, ...]:
+def crop_boxes(
+    n: int, cfg: AugmentConfig, generator: torch.Generator, device, rows: _Rows | None = None
+) -> tuple[torch.Tensor, ...]:
     """Random crops (w, h, cx, cy) of n images: width and height as fractions of the image, centre
     in normalised [-1, 1] coordinates, one area and aspect ratio per image, the crop inside."""
     rows = rows or _Rows(0, n, n)
@@ -102,7 +104,10 @@ def crop_boxes(n: int, cfg: AugmentConfig, generator: torch.Generator, device,
 
 
 def random_resized_crop(
-    images: torch.Tensor, size: int, cfg: AugmentConfig, generator: torch.Generator,
+    images: torch.Tensor,
+    size: int,
+    cfg: AugmentConfig,
+    generator: torch.Generator,
     rows: _Rows | None = None,
 ) -> torch.Tensor:
     """Crop a random area (scale and aspect ratio per image, `crop_boxes`) and resize it to size x size."""
@@ -116,7 +121,10 @@ def random_resized_crop(
 
 
 def augment_batch(
-    images_uint8: torch.Tensor, size: int, generator: torch.Generator, cfg: AugmentConfig = AugmentConfig(),
+    images_uint8: torch.Tensor,
+    size: int,
+    generator: torch.Generator,
+    cfg: AugmentConfig = AugmentConfig(),
     rows: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """uint8 (n, 3, H, W) on the training device -> augmented float (n, 3, size, size) in [0, 1].

@@ -18,8 +18,9 @@ from torch import nn
 
 # Its suggested successor (torch.distributed._functional_collectives) is private and has no
 # autograd: this one stays, without a warning at every run.
-warnings.filterwarnings("ignore", message="torch.distributed.nn.functional.all_reduce is deprecated",
-                        category=FutureWarning)
+warnings.filterwarnings(
+    "ignore", message="torch.distributed.nn.functional.all_reduce is deprecated", category=FutureWarning
+)
 
 
 class GlobalBatchNorm2d(nn.BatchNorm2d):
@@ -30,13 +31,14 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
             return super().forward(x)
         channels = self.num_features
         xf = x.float()
-        local = torch.cat([xf.sum((0, 2, 3)), (xf * xf).sum((0, 2, 3)),
-                           xf.new_tensor([x.shape[0] * x.shape[2] * x.shape[3]])])
+        local = torch.cat(
+            [xf.sum((0, 2, 3)), (xf * xf).sum((0, 2, 3)), xf.new_tensor([x.shape[0] * x.shape[2] * x.shape[3]])]
+        )
         # Its backward all-reduces the gradients too: each rank gets d(sum of all losses)/d(its x).
         total = dist_nn.all_reduce(local)
         count = total[-1]
         mean = total[:channels] / count
-        var = (total[channels: 2 * channels] / count - mean * mean).clamp(min=0)
+        var = (total[channels : 2 * channels] / count - mean * mean).clamp(min=0)
         with torch.no_grad():
             self.num_batches_tracked.add_(1)
             momentum = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
@@ -56,8 +58,9 @@ def sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
         return nn.SyncBatchNorm.convert_sync_batchnorm(model)
     for name, child in model.named_children():
         if type(child) is nn.BatchNorm2d:
-            replacement = GlobalBatchNorm2d(child.num_features, child.eps, child.momentum, child.affine,
-                                            child.track_running_stats)
+            replacement = GlobalBatchNorm2d(
+                child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats
+            )
             replacement.load_state_dict(child.state_dict())
             if child.affine:
                 replacement.weight.requires_grad = child.weight.requires_grad

@@ -26,14 +26,33 @@ KEEP = 2
 
 _NUMBER = (int, float)
 # What a checkpoint holds, and the type of each field.
-FIELDS = {"fingerprint": dict, "progress": dict, "model": dict, "classifiers": list, "model_opt": dict,
-          "classifier_opts": list, "scaler": dict, "cpu_rng": torch.Tensor}
+FIELDS = {
+    "fingerprint": dict,
+    "progress": dict,
+    "model": dict,
+    "classifiers": list,
+    "model_opt": dict,
+    "classifier_opts": list,
+    "scaler": dict,
+    "cpu_rng": torch.Tensor,
+}
 PROGRESS_FIELDS = {
-    "epoch": int, "iteration": int, "global_iteration": int, "history": list, "loss_sum": _NUMBER,
-    "loss_count": int, "bad_steps": int, "train_seconds": _NUMBER, "val_seconds": _NUMBER,
-    "epoch_train_seconds": _NUMBER, "compile_seconds": (*_NUMBER, type(None)),
-    "best_r1": (*_NUMBER, type(None)), "best_epoch": (int, type(None)), "best_state": (dict, type(None)),
-    "started_at": str, "resumed_from_iteration": (int, type(None)),
+    "epoch": int,
+    "iteration": int,
+    "global_iteration": int,
+    "history": list,
+    "loss_sum": _NUMBER,
+    "loss_count": int,
+    "bad_steps": int,
+    "train_seconds": _NUMBER,
+    "val_seconds": _NUMBER,
+    "epoch_train_seconds": _NUMBER,
+    "compile_seconds": (*_NUMBER, type(None)),
+    "best_r1": (*_NUMBER, type(None)),
+    "best_epoch": (int, type(None)),
+    "best_state": (dict, type(None)),
+    "started_at": str,
+    "resumed_from_iteration": (int, type(None)),
 }
 
 
@@ -99,8 +118,10 @@ def _check(value: Any, kind: type | tuple[type, ...], where: str, field: str) ->
     # bool is an int to isinstance, never to a checkpoint.
     if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
         expected = " or ".join("None" if k is type(None) else k.__name__ for k in kinds)
-        raise GeolocError(f"{where}: field {field} should be {expected}, found {type(value).__name__} "
-                          f"{value!r:.40} (edited by hand? rerun with --fresh to start over)")
+        raise GeolocError(
+            f"{where}: field {field} should be {expected}, found {type(value).__name__} "
+            f"{value!r:.40} (edited by hand? rerun with --fresh to start over)"
+        )
 
 
 def discard_checkpoints(folder: Path) -> None:

@@ -71,7 +71,8 @@ class Ranks:
         # BatchNorm buffers are equal on every rank already (global statistics): no broadcast
         # before each forward.
         return nn.parallel.DistributedDataParallel(
-            module, device_ids=[device.index] if device.type == "cuda" else None, forward_sync_buffers=False)
+            module, device_ids=[device.index] if device.type == "cuda" else None, forward_sync_buffers=False
+        )
 
     def all_reduce(self, tensor: torch.Tensor) -> None:
         """Sum `tensor` over the ranks, in place (nothing to do alone)."""
@@ -97,8 +98,9 @@ def ranks_from_environment() -> tuple[Ranks, str, int] | None:
     else:
         return None
     if ranks.world < 1 or not 0 <= ranks.rank < ranks.world:
-        raise GeolocError(f"rank {ranks.rank} of world size {ranks.world} from the launcher's environment "
-                          "is not a valid rank")
+        raise GeolocError(
+            f"rank {ranks.rank} of world size {ranks.world} from the launcher's environment is not a valid rank"
+        )
     return ranks, address, port
 
 
@@ -130,10 +132,16 @@ def launch_local(nproc: int, argv: list[str], threads: int) -> int:
     port = _free_port()
     ranks = []
     for rank in range(nproc):
-        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": str(nproc), "LOCAL_RANK": str(rank),
-               "LOCAL_WORLD_SIZE": str(nproc), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-        ranks.append(subprocess.Popen([sys.executable, "-m", "geoloc.cli", *argv, "--threads", str(threads)],
-                                      env=env))
+        env = {
+            **os.environ,
+            "RANK": str(rank),
+            "WORLD_SIZE": str(nproc),
+            "LOCAL_RANK": str(rank),
+            "LOCAL_WORLD_SIZE": str(nproc),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+        }
+        ranks.append(subprocess.Popen([sys.executable, "-m", "geoloc.cli", *argv, "--threads", str(threads)], env=env))
 
     def forward(signum, _frame) -> None:
         for process in ranks:
@@ -183,11 +191,14 @@ def _number(name: str, default: str | None = None) -> int:
 def _first_host(nodelist: str) -> str:
     """The first host of a SLURM node list ("gpu[03-04,07]" -> "gpu03"), as scontrol expands it."""
     try:
-        hosts = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True,
-                               check=True, timeout=60).stdout.split()
+        hosts = subprocess.run(
+            ["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, check=True, timeout=60
+        ).stdout.split()
     except (OSError, subprocess.SubprocessError) as exc:
-        raise GeolocError(f"cannot find the first node of SLURM_NODELIST={nodelist!r} for the rendezvous "
-                          f"(scontrol show hostnames: {exc}); set MASTER_ADDR") from exc
+        raise GeolocError(
+            f"cannot find the first node of SLURM_NODELIST={nodelist!r} for the rendezvous "
+            f"(scontrol show hostnames: {exc}); set MASTER_ADDR"
+        ) from exc
     return hosts[0]
 
 

@@ -61,6 +61,5 @@ class TrainingEvents:
         self._writer = None
 
     def _give_up(self, exc: Exception) -> None:
-        log.warning("TensorBoard events in %s are not written any more (the training goes on): %s",
-                    self.folder, exc)
+        log.warning("TensorBoard events in %s are not written any more (the training goes on): %s", self.folder, exc)
         self._writer = None

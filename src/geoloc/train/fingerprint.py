@@ -43,7 +43,7 @@ def trained_images_sha256(groups: Iterable[ClassGroup]) -> str:
 
 
 def _chunks(images: np.ndarray) -> Iterator[np.ndarray]:
-    return (images[first:first + _CHUNK] for first in range(0, len(images), _CHUNK))
+    return (images[first : first + _CHUNK] for first in range(0, len(images), _CHUNK))
 
 
 def _gather(buffer: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:

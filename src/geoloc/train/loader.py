@@ -33,14 +33,19 @@ class _SamplesOrErrors(Dataset):
             return torch.zeros(3, self.image_size, self.image_size, dtype=torch.uint8), index[0], str(exc)
 
 
-def training_loader(dataset: Dataset, batch_sampler, image_size: int, num_workers: int,
-                    device: torch.device) -> DataLoader:
-    return DataLoader(_SamplesOrErrors(dataset, image_size), batch_sampler=batch_sampler,
-                      num_workers=num_workers, pin_memory=device.type == "cuda",
-                      worker_init_fn=init_loader_worker,
-                      prefetch_factor=_PREFETCH_BATCHES if num_workers else None,
-                      # Its own generator: creating a loader must not advance the global RNG.
-                      generator=torch.Generator())
+def training_loader(
+    dataset: Dataset, batch_sampler, image_size: int, num_workers: int, device: torch.device
+) -> DataLoader:
+    return DataLoader(
+        _SamplesOrErrors(dataset, image_size),
+        batch_sampler=batch_sampler,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+        worker_init_fn=init_loader_worker,
+        prefetch_factor=_PREFETCH_BATCHES if num_workers else None,
+        # Its own generator: creating a loader must not advance the global RNG.
+        generator=torch.Generator(),
+    )
 
 
 def batches(loader: DataLoader):

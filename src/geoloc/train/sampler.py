@@ -24,8 +24,16 @@ class GroupBatchSampler:
     stop) keeps that slice of every batch (a rank's share of the global batch).
     """
 
-    def __init__(self, images_per_class: list[int], batch_size: int, seed: int, epoch: int,
-                 start: int, stop: int, part: tuple[int, int] | None = None) -> None:
+    def __init__(
+        self,
+        images_per_class: list[int],
+        batch_size: int,
+        seed: int,
+        epoch: int,
+        start: int,
+        stop: int,
+        part: tuple[int, int] | None = None,
+    ) -> None:
         self.counts = torch.tensor(images_per_class, dtype=torch.float64)
         self.batch_size, self.seed, self.epoch, self.start, self.stop = batch_size, seed, epoch, start, stop
         self.part = slice(*part) if part else slice(None)

@@ -23,12 +23,24 @@ from geoloc.model.losses import LOSSES
 TRAINING, EVALUATION, RUN = "training", "evaluation", "run"
 
 
-def setting(default: Any, *, source: str = TRAINING, minimum: float | None = None, maximum: float | None = None,
-            exclusive_minimum: float | None = None, choices: tuple[str, ...] | None = None, help: str = "") -> Any:
+def setting(
+    default: Any,
+    *,
+    source: str = TRAINING,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    exclusive_minimum: float | None = None,
+    choices: tuple[str, ...] | None = None,
+    help: str = "",
+) -> Any:
     """A field of the table; bounds as the schema's minimum, maximum, exclusiveMinimum and enum."""
     bounds = {"minimum": minimum, "maximum": maximum, "exclusive_minimum": exclusive_minimum}
-    metadata = {"source": source, "bounds": {k: v for k, v in bounds.items() if v is not None},
-                "choices": choices, "help": help}
+    metadata = {
+        "source": source,
+        "bounds": {k: v for k, v in bounds.items() if v is not None},
+        "choices": choices,
+        "help": help,
+    }
     return dataclasses.field(default=default, metadata=metadata)
 
 

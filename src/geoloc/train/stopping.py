@@ -85,15 +85,20 @@ class StopFlag:
         """The exception that ends the run, once its checkpoint is written."""
         if self.signal is not None:
             name = signal.Signals(self.signal).name
-            return TrainingInterrupted(f"stopped by signal {self.signal} ({name}) {where}; checkpoint saved, "
-                                       "rerun to resume", self.signal)
+            return TrainingInterrupted(
+                f"stopped by signal {self.signal} ({name}) {where}; checkpoint saved, rerun to resume", self.signal
+            )
         if self.out_of_time:
             return TrainingInterrupted(
                 f"stopped {where}, {self.deadline.margin_seconds:g} s before the SLURM job's time limit "
-                "(--stop-margin-seconds); checkpoint saved, rerun to resume", signal.SIGTERM)
+                "(--stop-margin-seconds); checkpoint saved, rerun to resume",
+                signal.SIGTERM,
+            )
         # In a distributed run, another rank was signalled or ran out of time.
-        return TrainingInterrupted(f"stopped {where} because another training process was asked to stop; "
-                                   "checkpoint saved, rerun to resume", signal.SIGTERM)
+        return TrainingInterrupted(
+            f"stopped {where} because another training process was asked to stop; checkpoint saved, rerun to resume",
+            signal.SIGTERM,
+        )
 
 
 def slurm_deadline(margin_seconds: float | None) -> Deadline | None:
@@ -110,9 +115,11 @@ def slurm_deadline(margin_seconds: float | None) -> Deadline | None:
     if left is None:
         return None
     if left <= margin_seconds:
-        raise GeolocError(f"SLURM job {job} has {left} s left, not more than --stop-margin-seconds "
-                          f"{margin_seconds:g}: it would stop before its first step (ask for a longer time "
-                          "limit or a smaller training.stop_margin_minutes)")
+        raise GeolocError(
+            f"SLURM job {job} has {left} s left, not more than --stop-margin-seconds "
+            f"{margin_seconds:g}: it would stop before its first step (ask for a longer time "
+            "limit or a smaller training.stop_margin_minutes)"
+        )
     log.info("SLURM job %s ends in %d s: training stops %g s before", job, left, margin_seconds)
     return Deadline(time.monotonic() + left - margin_seconds, margin_seconds)
 
@@ -123,16 +130,24 @@ def _time_left(job: str) -> int | None:
     command = ["squeue", "-h", "-j", job, "-o", "%L"]
     try:
         answer = subprocess.run(command, capture_output=True, text=True, timeout=60)
-        said = answer.stdout.strip().splitlines()[0] if answer.returncode == 0 and answer.stdout.strip() else (
-            answer.stderr.strip() or f"exit code {answer.returncode}, no output")
+        said = (
+            answer.stdout.strip().splitlines()[0]
+            if answer.returncode == 0 and answer.stdout.strip()
+            else (answer.stderr.strip() or f"exit code {answer.returncode}, no output")
+        )
     except (OSError, subprocess.SubprocessError) as exc:
         said = str(exc)
     if said in _NO_LIMIT:
         log.info("SLURM job %s has no time limit (squeue says %s)", job, said)
         return None
     if not (match := _TIME_LEFT.match(said)):
-        log.warning("cannot read the time left of SLURM job %s (%s: %s); only SLURM's USR1 signal can stop "
-                    "training before its time limit", job, " ".join(command), said)
+        log.warning(
+            "cannot read the time left of SLURM job %s (%s: %s); only SLURM's USR1 signal can stop "
+            "training before its time limit",
+            job,
+            " ".join(command),
+            said,
+        )
         return None
     days, hours, minutes, seconds = (int(part or 0) for part in match.groups())
     return ((days * 24 + hours) * 60 + minutes) * 60 + seconds

@@ -70,16 +70,41 @@ class Trainer:
     checkpoint, if any, and runs the loop.
     """
 
-    def __init__(self, settings: TrainSettings, run: RunInfo, *, train_dir: Path, val_dir: Path,
-                 weights: Path | None, checkpoint_dir: Path, cache_dir: Path | None, device: str,
-                 num_workers: int, checkpoint_every: int, weights_sha256: str | None = None,
-                 image_cache_dir: Path | None = None, image_cache_copy_to: Path | None = None,
-                 max_bad_images: int = 0, max_bad_steps: int = 20, events_dir: Path | None = None,
-                 compile: bool = False, deadline: Deadline | None = None, ranks: Ranks = Ranks()) -> None:
+    def __init__(
+        self,
+        settings: TrainSettings,
+        run: RunInfo,
+        *,
+        train_dir: Path,
+        val_dir: Path,
+        weights: Path | None,
+        checkpoint_dir: Path,
+        cache_dir: Path | None,
+        device: str,
+        num_workers: int,
+        checkpoint_every: int,
+        weights_sha256: str | None = None,
+        image_cache_dir: Path | None = None,
+        image_cache_copy_to: Path | None = None,
+        max_bad_images: int = 0,
+        max_bad_steps: int = 20,
+        events_dir: Path | None = None,
+        compile: bool = False,
+        deadline: Deadline | None = None,
+        ranks: Ranks = Ranks(),
+    ) -> None:
         settings.check()
-        _check_runtime_options(settings, ranks, checkpoint_every=checkpoint_every, max_bad_steps=max_bad_steps,
-                               image_cache_dir=image_cache_dir, image_cache_copy_to=image_cache_copy_to,
-                               max_bad_images=max_bad_images, weights=weights, weights_sha256=weights_sha256)
+        _check_runtime_options(
+            settings,
+            ranks,
+            checkpoint_every=checkpoint_every,
+            max_bad_steps=max_bad_steps,
+            image_cache_dir=image_cache_dir,
+            image_cache_copy_to=image_cache_copy_to,
+            max_bad_images=max_bad_images,
+            weights=weights,
+            weights_sha256=weights_sha256,
+        )
         self.settings, self.run, self.ranks = settings, run, ranks
         self.device = ranks.device(resolve_device(device))
         self.num_workers, self.checkpoint_every, self.max_bad_steps = num_workers, checkpoint_every, max_bad_steps
@@ -110,28 +135,48 @@ class Trainer:
             self.train_model = torch.compile(self.train_model)
 
     # -- data, model ------------------------------------------------------------------------
-    def _load_data(self, train_dir: Path, val_dir: Path, cache_dir: Path | None, image_cache_dir: Path | None,
-                   image_cache_copy_to: Path | None, max_bad_images: int) -> None:
+    def _load_data(
+        self,
+        train_dir: Path,
+        val_dir: Path,
+        cache_dir: Path | None,
+        image_cache_dir: Path | None,
+        image_cache_copy_to: Path | None,
+        max_bad_images: int,
+    ) -> None:
         """The training set of each group (CosPlace's classes and groups) and the validation set."""
         settings = self.settings
-        groups = build_groups(train_dir, M=settings.M, alpha=settings.alpha, N=settings.N, L=settings.L,
-                              min_images_per_class=settings.min_images_per_class, cache_dir=cache_dir)
+        groups = build_groups(
+            train_dir,
+            M=settings.M,
+            alpha=settings.alpha,
+            N=settings.N,
+            L=settings.L,
+            min_images_per_class=settings.min_images_per_class,
+            cache_dir=cache_dir,
+        )
         if settings.groups_num > len(groups):
-            raise GeolocError(f"groups_num={settings.groups_num} but {train_dir} has only {len(groups)} "
-                              "non-empty groups with these M, alpha, N, L")
+            raise GeolocError(
+                f"groups_num={settings.groups_num} but {train_dir} has only {len(groups)} "
+                "non-empty groups with these M, alpha, N, L"
+            )
         # Decoded large enough that a random-resized crop keeps the stored images' detail.
         self.decode_size = decode_size(settings.image_size, stored_side(groups.listing[0]))
         cache = None
         if image_cache_dir is not None:
-            cache = open_image_cache(groups.listing, self.decode_size, image_cache_dir, image_cache_copy_to,
-                                     self.num_workers, max_bad_images)
+            cache = open_image_cache(
+                groups.listing, self.decode_size, image_cache_dir, image_cache_copy_to, self.num_workers, max_bad_images
+            )
         self.image_cache_build_seconds = None if cache is None else cache.build_seconds
-        self.datasets = [TrainGroupDataset(groups[g], self.decode_size, cache=cache)
-                         for g in range(settings.groups_num)]
+        self.datasets = [
+            TrainGroupDataset(groups[g], self.decode_size, cache=cache) for g in range(settings.groups_num)
+        ]
         for g, ds in enumerate(self.datasets):
             if settings.batch_size > len(ds):
-                raise GeolocError(f"batch_size={settings.batch_size} is larger than the {len(ds)} classes "
-                                  f"of group {g} in {train_dir}; lower batch_size or min_images_per_class")
+                raise GeolocError(
+                    f"batch_size={settings.batch_size} is larger than the {len(ds)} classes "
+                    f"of group {g} in {train_dir}; lower batch_size or min_images_per_class"
+                )
         self.val_set = TestSet(val_dir)
         # A swapped or positive-less validation set must stop the run now, not after an epoch.
         checked_positives(self.val_set, settings.positive_dist_threshold)
@@ -141,9 +186,15 @@ class Trainer:
     def _build_model(self) -> torch.nn.Module:
         """The network with its pretrained weights, on the device, in the memory format it trains in."""
         settings = self.settings
-        model = build_model(settings.backbone, settings.fc_output_dim, weights=self.weights,
-                            weights_format=settings.weights_format, trainable_blocks=settings.trainable_blocks,
-                            aggregator=settings.aggregator, image_size=settings.image_size)
+        model = build_model(
+            settings.backbone,
+            settings.fc_output_dim,
+            weights=self.weights,
+            weights_format=settings.weights_format,
+            trainable_blocks=settings.trainable_blocks,
+            aggregator=settings.aggregator,
+            image_size=settings.image_size,
+        )
         if self.ranks.world > 1:
             model = sync_batchnorm(model, self.device)
         model = model.to(self.device)
@@ -155,8 +206,11 @@ class Trainer:
     # -- checkpoints ------------------------------------------------------------------------
     def fingerprint(self) -> dict[str, Any]:
         # The data too: resuming onto other classes would silently mix two trainings.
-        return {**dataclasses.asdict(self.settings), "weights_sha256": self.weights_sha256,
-                "train_images": self.data_fingerprint}
+        return {
+            **dataclasses.asdict(self.settings),
+            "weights_sha256": self.weights_sha256,
+            "train_images": self.data_fingerprint,
+        }
 
     def _resume_or_start(self, fresh: bool) -> Progress:
         """The progress of the latest checkpoint, with the weights and optimizers restored; or a
@@ -173,12 +227,16 @@ class Trainer:
         return progress
 
     def _state(self, progress: Progress) -> dict[str, Any]:
-        state = {"fingerprint": self.fingerprint(), "progress": progress.as_dict(),
-                 "model": self.model.state_dict(),
-                 "classifiers": [c.state_dict() for c in self.classifiers],
-                 "model_opt": self.model_opt.state_dict(),
-                 "classifier_opts": [o.state_dict() for o in self.classifier_opts],
-                 "scaler": self.step.scaler.state_dict(), "cpu_rng": torch.get_rng_state()}
+        state = {
+            "fingerprint": self.fingerprint(),
+            "progress": progress.as_dict(),
+            "model": self.model.state_dict(),
+            "classifiers": [c.state_dict() for c in self.classifiers],
+            "model_opt": self.model_opt.state_dict(),
+            "classifier_opts": [o.state_dict() for o in self.classifier_opts],
+            "scaler": self.step.scaler.state_dict(),
+            "cpu_rng": torch.get_rng_state(),
+        }
         if self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
         return state
@@ -196,8 +254,9 @@ class Trainer:
             if "cuda_rng" in state and self.device.type == "cuda":
                 torch.cuda.set_rng_state(state["cuda_rng"], self.device)
         except (RuntimeError, KeyError, ValueError, TypeError) as exc:
-            raise GeolocError(f"checkpoint {state['path']} does not fit this training ({exc}); rerun with "
-                              "--fresh to start over") from exc
+            raise GeolocError(
+                f"checkpoint {state['path']} does not fit this training ({exc}); rerun with --fresh to start over"
+            ) from exc
 
     def _save(self, progress: Progress) -> None:
         if self.ranks.is_main:
@@ -244,12 +303,24 @@ class Trainer:
         classifier_step = self.ranks.wrap(classifier, device)
         dataset = self.datasets[group]
         rows = self.ranks.part(settings.batch_size)
-        sampler = GroupBatchSampler(dataset.images_per_class, settings.batch_size, settings.seed, epoch,
-                                    progress.iteration, settings.iterations_per_epoch, part=rows)
+        sampler = GroupBatchSampler(
+            dataset.images_per_class,
+            settings.batch_size,
+            settings.seed,
+            epoch,
+            progress.iteration,
+            settings.iterations_per_epoch,
+            part=rows,
+        )
         loader = training_loader(dataset, sampler, self.decode_size, self.num_workers, device)
         self.model.train()
-        log.info("epoch %d: training group %d (%d classes) for %d iterations", epoch, group, len(dataset),
-                 settings.iterations_per_epoch - progress.iteration)
+        log.info(
+            "epoch %d: training group %d (%d classes) for %d iterations",
+            epoch,
+            group,
+            len(dataset),
+            settings.iterations_per_epoch - progress.iteration,
+        )
         window = StepWindow(device)
         # The bar is closed before any error propagates: an error line must be the last one.
         with self._progress_bar(progress) as bar, _cudnn_autotuning(device):
@@ -283,19 +354,33 @@ class Trainer:
         _move_optimizer_state(classifier_opt, torch.device("cpu"))
 
     def _progress_bar(self, progress: Progress) -> tqdm:
-        return tqdm(total=self.settings.iterations_per_epoch, initial=progress.iteration,
-                    desc=f"epoch {progress.epoch}", unit="it", mininterval=1.0 if sys.stderr.isatty() else 30.0,
-                    file=sys.stderr, disable=not self.ranks.is_main)
+        return tqdm(
+            total=self.settings.iterations_per_epoch,
+            initial=progress.iteration,
+            desc=f"epoch {progress.epoch}",
+            unit="it",
+            mininterval=1.0 if sys.stderr.isatty() else 30.0,
+            file=sys.stderr,
+            disable=not self.ranks.is_main,
+        )
 
-    def _train_step(self, images: torch.Tensor, labels: torch.Tensor, classifier: torch.nn.Module,
-                    classifier_opt: torch.optim.Optimizer, progress: Progress, rows: tuple[int, int]) -> torch.Tensor:
+    def _train_step(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        classifier: torch.nn.Module,
+        classifier_opt: torch.optim.Optimizer,
+        progress: Progress,
+        rows: tuple[int, int],
+    ) -> torch.Tensor:
         """One optimizer step on this rank's `rows` of the batch. Returns the rank's share of the
         batch's mean loss, on the device (read later: reading it now would wait for the device)."""
         settings, device = self.settings, self.device
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
         aug_gen = torch.Generator(device=device).manual_seed(
-            seed_for(settings.seed, progress.epoch, progress.iteration, 1))
+            seed_for(settings.seed, progress.epoch, progress.iteration, 1)
+        )
         x = augment_batch(images, settings.image_size, aug_gen, rows=(rows[0], settings.batch_size))
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -323,8 +408,9 @@ class Trainer:
             torch.cuda.synchronize(self.device)
         return time.perf_counter() - start
 
-    def _read_window(self, progress: Progress, window: StepWindow, stop: StopFlag,
-                     events: TrainingEvents, bar: tqdm) -> bool:
+    def _read_window(
+        self, progress: Progress, window: StepWindow, stop: StopFlag, events: TrainingEvents, bar: tqdm
+    ) -> bool:
         """Account the steps since the last read, in order, as the host would have step by step.
 
         Raises the divergence error at the step where the streak of non-finite losses reached
@@ -341,16 +427,25 @@ class Trainer:
                 raise GeolocError(
                     f"training diverged: {progress.bad_steps} consecutive non-finite losses at "
                     f"epoch {progress.epoch} iteration {iteration + offset}; the last good checkpoint in "
-                    f"{self.checkpoint_dir} is kept and no model.pt is written (lower lr or use fp32)")
-        scalars = {"train/lr_backbone": self.model_opt.param_groups[0]["lr"],
-                   "train/lr_classifier": self.classifier_opts[0].param_groups[0]["lr"],
-                   **({"train/gem_p": float(self.model.aggregation.gem.p.detach())}
-                      if hasattr(self.model.aggregation, "gem") else {})}
+                    f"{self.checkpoint_dir} is kept and no model.pt is written (lower lr or use fp32)"
+                )
+        scalars = {
+            "train/lr_backbone": self.model_opt.param_groups[0]["lr"],
+            "train/lr_classifier": self.classifier_opts[0].param_groups[0]["lr"],
+            **(
+                {"train/gem_p": float(self.model.aggregation.gem.p.detach())}
+                if hasattr(self.model.aggregation, "gem")
+                else {}
+            ),
+        }
         if losses:
             scalars["train/images_per_second"] = len(losses) * batch_size / max(seconds, 1e-9)
         events.scalars(progress.global_iteration, scalars)
-        bar.set_postfix(loss=f"{progress.mean_loss:.3f}",
-                        img_s=f"{bar.n * batch_size / max(bar.format_dict['elapsed'], 1e-9):.0f}", refresh=False)
+        bar.set_postfix(
+            loss=f"{progress.mean_loss:.3f}",
+            img_s=f"{bar.n * batch_size / max(bar.format_dict['elapsed'], 1e-9):.0f}",
+            refresh=False,
+        )
         return stopping
 
     def _validate(self, progress: Progress, events: TrainingEvents) -> None:
@@ -358,9 +453,15 @@ class Trainer:
         settings = self.settings
         start = time.perf_counter()
         if self.ranks.is_main:
-            result = evaluate_model(self.model, self.val_set, batch_size=settings.batch_size, device=self.device,
-                                    num_workers=self.num_workers, k=min(20, len(self.val_set.database_paths)),
-                                    positive_dist_threshold=settings.positive_dist_threshold)
+            result = evaluate_model(
+                self.model,
+                self.val_set,
+                batch_size=settings.batch_size,
+                device=self.device,
+                num_workers=self.num_workers,
+                k=min(20, len(self.val_set.database_paths)),
+                positive_dist_threshold=settings.positive_dist_threshold,
+            )
             recalls = {f"r{k}": float(v) for k, v in result.recalls.items()}
         self.ranks.barrier()
         val_seconds = time.perf_counter() - start
@@ -368,15 +469,23 @@ class Trainer:
         if not self.ranks.is_main:
             return
         images = settings.iterations_per_epoch * settings.batch_size
-        progress.history.append({
-            "epoch": progress.epoch, "group": progress.epoch % settings.groups_num, "loss": loss,
-            "iterations": settings.iterations_per_epoch, "train_seconds": train_seconds,
-            "val_seconds": val_seconds, "images_per_second": images / max(train_seconds, 1e-9),
-            "val_recalls": recalls})
+        progress.history.append(
+            {
+                "epoch": progress.epoch,
+                "group": progress.epoch % settings.groups_num,
+                "loss": loss,
+                "iterations": settings.iterations_per_epoch,
+                "train_seconds": train_seconds,
+                "val_seconds": val_seconds,
+                "images_per_second": images / max(train_seconds, 1e-9),
+                "val_recalls": recalls,
+            }
+        )
         events.scalars(progress.global_iteration, {f"val/R@{k[1:]}": v for k, v in recalls.items()})
         events.flush()
-        log.info("epoch %d: loss %.4f, val %s", progress.epoch, loss,
-                 ", ".join(f"{k}={v:.1f}" for k, v in recalls.items()))
+        log.info(
+            "epoch %d: loss %.4f, val %s", progress.epoch, loss, ", ".join(f"{k}={v:.1f}" for k, v in recalls.items())
+        )
         progress.keep_if_best(recalls["r1"], self.model)
 
     # -- outputs ----------------------------------------------------------------------------
@@ -394,53 +503,79 @@ class Trainer:
         return {
             "run": dataclasses.asdict(self.run),
             "fingerprint": fingerprint_of(self.fingerprint()),
-            "hyperparameters": {**dataclasses.asdict(settings), "checkpoint_every": self.checkpoint_every,
-                                "num_workers": self.num_workers, "max_bad_steps": self.max_bad_steps},
-            "weights": None if self.weights is None else {
-                "path": str(self.weights), "sha256": self.weights_sha256, "format": settings.weights_format},
+            "hyperparameters": {
+                **dataclasses.asdict(settings),
+                "checkpoint_every": self.checkpoint_every,
+                "num_workers": self.num_workers,
+                "max_bad_steps": self.max_bad_steps,
+            },
+            "weights": None
+            if self.weights is None
+            else {"path": str(self.weights), "sha256": self.weights_sha256, "format": settings.weights_format},
             "epochs": progress.history,
-            "best_epoch": progress.best_epoch, "best_val_r1": progress.best_r1,
-            "train_seconds": train_s, "val_seconds": val_s, "training_time_seconds": train_s + val_s,
+            "best_epoch": progress.best_epoch,
+            "best_val_r1": progress.best_r1,
+            "train_seconds": train_s,
+            "val_seconds": val_s,
+            "training_time_seconds": train_s + val_s,
             "images_per_second": iterations * settings.batch_size / max(train_s, 1e-9),
             "compile_seconds": progress.compile_seconds,
             "image_cache_build_seconds": self.image_cache_build_seconds,
-            "peak_memory_mb": peak_memory_mb(self.device), "device": device_name(self.device),
-            "device_type": self.device.type, "world_size": self.ranks.world,
+            "peak_memory_mb": peak_memory_mb(self.device),
+            "device": device_name(self.device),
+            "device_type": self.device.type,
+            "world_size": self.ranks.world,
             "gpus": self.ranks.world if self.device.type == "cuda" else 0,
-            "params": total, "trainable_params": trainable,
+            "params": total,
+            "trainable_params": trainable,
             "gflops_per_image": gflops_per_image(self.model, settings.image_size),
             "descriptor_dim": self.model.descriptor_dim,
             # Validation (and evaluation) resize each image to the nearest multiple of this (a ViT's patch).
             "eval_size_multiple": input_size_multiple(self.model),
             "decode_size": self.decode_size,  # training images' side before the random-resized crop
             "resumed_from_iteration": progress.resumed_from_iteration,
-            "versions": package_versions(), "started_at": progress.started_at, "finished_at": now(),
+            "versions": package_versions(),
+            "started_at": progress.started_at,
+            "finished_at": now(),
         }
 
 
-def _check_runtime_options(settings: TrainSettings, ranks: Ranks, *, checkpoint_every: int, max_bad_steps: int,
-                           image_cache_dir: Path | None, image_cache_copy_to: Path | None, max_bad_images: int,
-                           weights: Path | None, weights_sha256: str | None) -> None:
+def _check_runtime_options(
+    settings: TrainSettings,
+    ranks: Ranks,
+    *,
+    checkpoint_every: int,
+    max_bad_steps: int,
+    image_cache_dir: Path | None,
+    image_cache_copy_to: Path | None,
+    max_bad_images: int,
+    weights: Path | None,
+    weights_sha256: str | None,
+) -> None:
     """The runtime knobs that contradict each other or the settings, refused before any work."""
     for name, value in (("checkpoint_every", checkpoint_every), ("max_bad_steps", max_bad_steps)):
         if value < 1:
             raise GeolocError(f"{name} must be at least 1, got {value}")
     if image_cache_dir is None and max_bad_images:
-        raise GeolocError(f"max_bad_images={max_bad_images} needs the image cache (training.image_cache, "
-                          "--image-cache): undecodable images are found while it is filled; without it "
-                          "the first one stops the training")
+        raise GeolocError(
+            f"max_bad_images={max_bad_images} needs the image cache (training.image_cache, "
+            "--image-cache): undecodable images are found while it is filled; without it "
+            "the first one stops the training"
+        )
     if image_cache_dir is None and image_cache_copy_to is not None:
-        raise GeolocError(f"--image-cache-copy-to {image_cache_copy_to} needs --image-cache: there is no "
-                          "cache to copy")
+        raise GeolocError(f"--image-cache-copy-to {image_cache_copy_to} needs --image-cache: there is no cache to copy")
     if settings.batch_size < ranks.world:
-        raise GeolocError(f"batch_size={settings.batch_size} is smaller than the {ranks.world} training "
-                          "processes: each needs at least one image of every batch")
+        raise GeolocError(
+            f"batch_size={settings.batch_size} is smaller than the {ranks.world} training "
+            "processes: each needs at least one image of every batch"
+        )
     if weights is None and weights_sha256 is not None:
         raise GeolocError(f"--weights-sha256 {weights_sha256} is given but no --weights file")
 
 
-def open_image_cache(listing: Listing, size: int, folder: Path, copy_to: Path | None, num_workers: int,
-                      max_bad_images: int) -> ImageCache:
+def open_image_cache(
+    listing: Listing, size: int, folder: Path, copy_to: Path | None, num_workers: int, max_bad_images: int
+) -> ImageCache:
     """The decoded-image cache of the whole training folder (what `geoloc cache-images` builds,
     so the key matches; built here when missing), copied to `copy_to` first if given.
 
@@ -451,11 +586,16 @@ def open_image_cache(listing: Listing, size: int, folder: Path, copy_to: Path | 
     if copy_to is not None:
         cache = cache.copy_to(copy_to)
     if len(cache.bad_paths) > max_bad_images:
-        raise GeolocError(f"{len(cache.bad_paths)} images of {listing.root} cannot be decoded (more than "
-                          f"max_bad_images={max_bad_images}); first: {cache.errors[min(cache.errors)]}")
+        raise GeolocError(
+            f"{len(cache.bad_paths)} images of {listing.root} cannot be decoded (more than "
+            f"max_bad_images={max_bad_images}); first: {cache.errors[min(cache.errors)]}"
+        )
     if cache.bad_paths:
-        log.warning("skipping %d training images that cannot be decoded: %s", len(cache.bad_paths),
-                    ", ".join(map(str, cache.bad_paths[:10])))
+        log.warning(
+            "skipping %d training images that cannot be decoded: %s",
+            len(cache.bad_paths),
+            ", ".join(map(str, cache.bad_paths[:10])),
+        )
     return cache
 
 

@@ -30,8 +30,7 @@ def _hash01(*keys) -> np.ndarray:
     return (h >> np.uint64(11)).astype(np.float64) / float(2**53)
 
 
-def _facade(city: City, seg: np.ndarray, u: np.ndarray, v: np.ndarray, lit_windows: np.ndarray,
-            glow: np.ndarray):
+def _facade(city: City, seg: np.ndarray, u: np.ndarray, v: np.ndarray, lit_windows: np.ndarray, glow: np.ndarray):
     """Albedo (P, 3), emitted light (P, 3) and a glass mask (P,) of facade points.
 
     `seg`, `u` (metres along the facade), `v` (metres above the ground) and the lighting
@@ -119,8 +118,7 @@ def _visible_facades(city: City, origins: np.ndarray, rays: np.ndarray) -> np.nd
 
 def _condition_arrays(conditions: list[Conditions]) -> dict[str, np.ndarray]:
     """Each condition parameter as an array with one row per view."""
-    return {f.name: np.array([getattr(c, f.name) for c in conditions], dtype=float)
-            for f in fields(Conditions)}
+    return {f.name: np.array([getattr(c, f.name) for c in conditions], dtype=float) for f in fields(Conditions)}
 
 
 def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], cells: int) -> np.ndarray:
@@ -134,12 +132,21 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], cells: int) 
     return top * (1 - fy) + bottom * fy
 
 
-CAR_COLOURS = np.array([(0.92, 0.92, 0.92), (0.12, 0.12, 0.13), (0.55, 0.56, 0.58), (0.65, 0.12, 0.10),
-                        (0.15, 0.25, 0.55), (0.80, 0.78, 0.70)])
+CAR_COLOURS = np.array(
+    [
+        (0.92, 0.92, 0.92),
+        (0.12, 0.12, 0.13),
+        (0.55, 0.56, 0.58),
+        (0.65, 0.12, 0.10),
+        (0.15, 0.25, 0.55),
+        (0.80, 0.78, 0.70),
+    ]
+)
 
 
-def _draw_cars(image: np.ndarray, wall_depth: np.ndarray, cond: Conditions, focal: float, horizon: float,
-               rng: np.random.Generator) -> None:
+def _draw_cars(
+    image: np.ndarray, wall_depth: np.ndarray, cond: Conditions, focal: float, horizon: float, rng: np.random.Generator
+) -> None:
     """Paint passing and parked cars (upright boxes on the road, nearer walls hiding them) into
     one view's image (H, W, 3), given the perpendicular wall distance of each pixel (H, W)."""
     height, width = wall_depth.shape
@@ -184,8 +191,9 @@ def _nearest_walls(city: City, origin: np.ndarray, rays: np.ndarray, visible: np
     return np.take_along_axis(t, nearest, 1), np.take_along_axis(s, nearest, 1), candidates[nearest]
 
 
-def render_views(city: City, cameras: np.ndarray, conditions: list[Conditions], pixels: int,
-                 noise: list[np.random.Generator]) -> np.ndarray:
+def render_views(
+    city: City, cameras: np.ndarray, conditions: list[Conditions], pixels: int, noise: list[np.random.Generator]
+) -> np.ndarray:
     """Render views from cameras (B, 3) = map x, y and compass heading: uint8 (B, H, W, 3).
 
     Views are shaded together to share numpy's per-call overhead; each view's pixels depend
@@ -259,6 +267,5 @@ def render_views(city: City, cameras: np.ndarray, conditions: list[Conditions], 
 
     image = image * (cond["exposure"][:, None] * cond["tint"])[None, :, None]
     image = np.clip(image, 0, 1) ** cond["gamma"][None, :, None, None]
-    image += np.stack([rng.normal(0, sigma, (pixels, width, 3)) for rng, sigma in zip(noise, cond["noise"])],
-                      axis=1)
+    image += np.stack([rng.normal(0, sigma, (pixels, width, 3)) for rng, sigma in zip(noise, cond["noise"])], axis=1)
     return np.clip(np.rint(image * 255), 0, 255).astype(np.uint8).transpose(1, 0, 2, 3)

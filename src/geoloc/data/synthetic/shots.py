@@ -67,8 +67,15 @@ def _street_shift(street_heading: float, along: float, across: float) -> tuple[f
     return along * math.sin(rad) + across * math.cos(rad), along * math.cos(rad) - across * math.sin(rad)
 
 
-def panorama_shots(city: City, folder: str, points: np.ndarray, headings: int, conditions: str,
-                   pano_prefix: str, rng: np.random.Generator) -> list[Shot]:
+def panorama_shots(
+    city: City,
+    folder: str,
+    points: np.ndarray,
+    headings: int,
+    conditions: str,
+    pano_prefix: str,
+    rng: np.random.Generator,
+) -> list[Shot]:
     """`headings` evenly spaced views (random start) at each point, like cropped panoramas."""
     shots = []
     for i, (x, y, street_heading, street_w) in enumerate(points):
@@ -77,27 +84,53 @@ def panorama_shots(city: City, folder: str, points: np.ndarray, headings: int, c
         start = rng.uniform(0, 360 / headings)
         for k in range(headings):
             heading = (start + k * 360 / headings + rng.uniform(-3, 3)) % 360
-            shots.append(Shot(folder, x + dx, y + dy, heading, street_heading,
-                              sample_conditions(conditions, rng), int(rng.integers(2**63)),
-                              f"{pano_prefix}{i:05d}"))
+            shots.append(
+                Shot(
+                    folder,
+                    x + dx,
+                    y + dy,
+                    heading,
+                    street_heading,
+                    sample_conditions(conditions, rng),
+                    int(rng.integers(2**63)),
+                    f"{pano_prefix}{i:05d}",
+                )
+            )
     return shots
 
 
-def query_shots(database: list[Shot], count: int, folder: str, conditions: tuple[str, ...],
-                pano_prefix: str, rng: np.random.Generator) -> list[Shot]:
+def query_shots(
+    database: list[Shot],
+    count: int,
+    folder: str,
+    conditions: tuple[str, ...],
+    pano_prefix: str,
+    rng: np.random.Generator,
+) -> list[Shot]:
     """Queries near randomly chosen database views: a few metres along the street, turned up to
     10 degrees, each place taken once per kind of conditions in `conditions`."""
     chosen = rng.choice(len(database), size=min(count, len(database)), replace=False)
     shots = []
     for i, index in enumerate(sorted(chosen)):
         base = database[index]
-        dx, dy = _street_shift(base.street_heading, rng.uniform(-1, 1) * QUERY_SHIFT_ALONG_M,
-                               rng.uniform(-1, 1) * QUERY_SHIFT_ACROSS_M)
+        dx, dy = _street_shift(
+            base.street_heading, rng.uniform(-1, 1) * QUERY_SHIFT_ALONG_M, rng.uniform(-1, 1) * QUERY_SHIFT_ACROSS_M
+        )
         heading = (base.heading + rng.uniform(-QUERY_TURN_DEG, QUERY_TURN_DEG)) % 360
         for kind in conditions:
-            shots.append(Shot(folder, base.x + dx, base.y + dy, heading, base.street_heading,
-                              sample_conditions(kind, rng), int(rng.integers(2**63)), f"{pano_prefix}{i:04d}",
-                              note=kind))
+            shots.append(
+                Shot(
+                    folder,
+                    base.x + dx,
+                    base.y + dy,
+                    heading,
+                    base.street_heading,
+                    sample_conditions(kind, rng),
+                    int(rng.integers(2**63)),
+                    f"{pano_prefix}{i:04d}",
+                    note=kind,
+                )
+            )
     return shots
 
 
@@ -155,12 +188,12 @@ SIZES = {
 }
 
 
-
 def plan_shots(seed: int, spec: SizeSpec) -> dict[str, tuple[City, list[Shot]]]:
     """Both cities and every image to render, keyed by city name; all randomness from `seed`."""
     # One generator per part, so that changing one part leaves the others as they were.
     sf_rng, tokyo_rng, train_rng, val_rng, test_rng, tokyo_shots_rng = (
-        np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(6))
+        np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(6)
+    )
     sf = build_city(SF_STYLE, spec.sf_blocks, sf_rng)
     tokyo = build_city(TOKYO_STYLE, spec.tokyo_blocks, tokyo_rng)
 
@@ -177,6 +210,7 @@ def plan_shots(seed: int, spec: SizeSpec) -> dict[str, tuple[City, list[Shot]]]:
         db = database(sf, region, f"sf_xs/{split}/database", f"sf{split[0]}", rng)
         sf_shots += db + query_shots(db, n_queries, f"sf_xs/{split}/queries", ("day",), f"sf{split[0]}q", rng)
     tokyo_db = database(tokyo, spec.tokyo_region, "tokyo_xs/test/database", "tky", tokyo_shots_rng)
-    tokyo_queries = query_shots(tokyo_db, spec.tokyo_places, "tokyo_xs/test/queries",
-                                ("day", "sunset", "night"), "tkyq", tokyo_shots_rng)
+    tokyo_queries = query_shots(
+        tokyo_db, spec.tokyo_places, "tokyo_xs/test/queries", ("day", "sunset", "night"), "tkyq", tokyo_shots_rng
+    )
     return {"sf": (sf, sf_shots), "tokyo": (tokyo, tokyo_db + tokyo_queries)}

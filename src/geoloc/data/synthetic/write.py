@@ -48,8 +48,15 @@ FOLDERS = (
 
 def shot_file_name(city: City, shot: Shot) -> str:
     east, north, heading = city.to_utm(shot.x, shot.y, shot.heading)
-    return format_image_name(east, north, heading, utm_zone=city.style.utm_zone,
-                             zone_letter=city.style.zone_letter, pano_id=shot.pano_id, note=shot.note)
+    return format_image_name(
+        east,
+        north,
+        heading,
+        utm_zone=city.style.utm_zone,
+        zone_letter=city.style.zone_letter,
+        pano_id=shot.pano_id,
+        note=shot.note,
+    )
 
 
 def _render_jobs(city: City, batches: list[list[Shot]], pixels: int, root: str) -> None:
@@ -116,8 +123,13 @@ def generate_city(out: Path, seed: int, size: str, workers: int = 1) -> dict[str
         for source in sorted((tmp / "tokyo_xs/test/queries").glob("*@night@.jpg")):
             _link_or_copy(source, tmp / "tokyo_night/test/queries" / source.name)
         counts = {folder: sum(1 for _ in (tmp / folder).iterdir()) for folder in FOLDERS}
-        info = {"generator_version": GENERATOR_VERSION, "seed": seed, "size": size,
-                "image_pixels": spec.pixels, "images": counts}
+        info = {
+            "generator_version": GENERATOR_VERSION,
+            "seed": seed,
+            "size": size,
+            "image_pixels": spec.pixels,
+            "images": counts,
+        }
         (tmp / "synthetic.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
         if out.exists():
             out.rmdir()  # checked empty above
@@ -138,12 +150,21 @@ def _available_cpus() -> int:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out", type=Path, help="output folder (must not exist, or be empty)")
-    parser.add_argument("--seed", type=integer(minimum=0, maximum=MAX_SEED), required=True,
-                        help="random seed; same seed, same files")
-    parser.add_argument("--size", choices=sorted(SIZES), required=True,
-                        help="tiny: a few hundred images for tests; demo: a few thousand")
-    parser.add_argument("--workers", type=integer(minimum=1), default=min(2, _available_cpus()),
-                        help="rendering processes (default: %(default)s); does not change the output")
+    parser.add_argument(
+        "--seed", type=integer(minimum=0, maximum=MAX_SEED), required=True, help="random seed; same seed, same files"
+    )
+    parser.add_argument(
+        "--size",
+        choices=sorted(SIZES),
+        required=True,
+        help="tiny: a few hundred images for tests; demo: a few thousand",
+    )
+    parser.add_argument(
+        "--workers",
+        type=integer(minimum=1),
+        default=min(2, _available_cpus()),
+        help="rendering processes (default: %(default)s); does not change the output",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

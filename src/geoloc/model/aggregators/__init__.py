@@ -35,28 +35,49 @@ class AggregatorEntry:
 
 AGGREGATORS: dict[str, AggregatorEntry] = {
     "gem": AggregatorEntry(
-        "GeMHead", "GeM", {"p": 3.0, "eps": 1e-6}, uses_fc_output_dim=True,
-        reference="CosPlace (gmberton/CosPlace): L2 norm, GeM p=3 learnable, linear, L2 norm"),
+        "GeMHead",
+        "GeM",
+        {"p": 3.0, "eps": 1e-6},
+        uses_fc_output_dim=True,
+        reference="CosPlace (gmberton/CosPlace): L2 norm, GeM p=3 learnable, linear, L2 norm",
+    ),
     "netvlad": AggregatorEntry(
-        "NetVLADHead", "NetVLAD", {"clusters": 64, "normalize_input": True}, uses_fc_output_dim=True,
+        "NetVLADHead",
+        "NetVLAD",
+        {"clusters": 64, "normalize_input": True},
+        uses_fc_output_dim=True,
         reference="dVGL benchmark (gmberton/deep-visual-geo-localization-benchmark): NetVLAD, K=64, "
-                  "then linear + L2 norm"),
+        "then linear + L2 norm",
+    ),
     "convap": AggregatorEntry(
-        "ConvAP", "ConvAP", {"out_channels": 1024, "s1": 2, "s2": 2},
-        reference="GSV-Cities (amaralibey/gsv-cities main.py): 1x1 conv to 1024 channels, 2x2 average pooling"),
+        "ConvAP",
+        "ConvAP",
+        {"out_channels": 1024, "s1": 2, "s2": 2},
+        reference="GSV-Cities (amaralibey/gsv-cities main.py): 1x1 conv to 1024 channels, 2x2 average pooling",
+    ),
     "mixvpr": AggregatorEntry(
-        "MixVPR", "MixVPR", {"out_channels": 1024, "mix_depth": 4, "mlp_ratio": 1, "out_rows": 4},
+        "MixVPR",
+        "MixVPR",
+        {"out_channels": 1024, "mix_depth": 4, "mlp_ratio": 1, "out_rows": 4},
         fixed_feature_map=True,
-        reference="MixVPR (amaralibey/MixVPR main.py): 4 feature mixers, 1024 channels x 4 rows"),
+        reference="MixVPR (amaralibey/MixVPR main.py): 4 feature mixers, 1024 channels x 4 rows",
+    ),
     "salad": AggregatorEntry(
-        "SALAD", "SALAD", {"num_clusters": 64, "cluster_dim": 128, "token_dim": 256, "dropout": 0.3},
-        uses_class_token=True, vit_trainable_blocks=4,
-        reference="SALAD (serizba/salad hubconf.py): 64 clusters of 128, a 256-d scene token"),
+        "SALAD",
+        "SALAD",
+        {"num_clusters": 64, "cluster_dim": 128, "token_dim": 256, "dropout": 0.3},
+        uses_class_token=True,
+        vit_trainable_blocks=4,
+        reference="SALAD (serizba/salad hubconf.py): 64 clusters of 128, a 256-d scene token",
+    ),
     "boq": AggregatorEntry(
-        "BoQ", "BoQ", {"proj_channels": None, "num_queries": 64, "num_layers": 2, "row_dim": 32},
+        "BoQ",
+        "BoQ",
+        {"proj_channels": None, "num_queries": 64, "num_layers": 2, "row_dim": 32},
         vit_trainable_blocks=4,
         reference="Bag-of-Queries (amaralibey/Bag-of-Queries hubconf.py): 2 blocks of 64 queries, 32 rows; "
-                  "proj_channels 512 on a CNN, 384 on DINOv2 (None: chosen by the input)"),
+        "proj_channels 512 on a CNN, 384 on DINOv2 (None: chosen by the input)",
+    ),
 }
 
 

@@ -103,8 +103,9 @@ class FeatureMixer(nn.Module):
     def __init__(self, positions: int, mlp_ratio: float):
         super().__init__()
         hidden = int(positions * mlp_ratio)
-        self.mix = nn.Sequential(nn.LayerNorm(positions), nn.Linear(positions, hidden), nn.ReLU(),
-                                 nn.Linear(hidden, positions))
+        self.mix = nn.Sequential(
+            nn.LayerNorm(positions), nn.Linear(positions, hidden), nn.ReLU(), nn.Linear(hidden, positions)
+        )
         for layer in (self.mix[1], self.mix[3]):  # the reference's initialisation
             nn.init.trunc_normal_(layer.weight, std=0.02)
             nn.init.zeros_(layer.bias)
@@ -121,8 +122,16 @@ class MixVPR(nn.Module):
     this map came from (`GeoLocNet.input_size`).
     """
 
-    def __init__(self, in_channels: int, in_h: int, in_w: int, out_channels: int = 1024, mix_depth: int = 4,
-                 mlp_ratio: float = 1, out_rows: int = 4):
+    def __init__(
+        self,
+        in_channels: int,
+        in_h: int,
+        in_w: int,
+        out_channels: int = 1024,
+        mix_depth: int = 4,
+        mlp_ratio: float = 1,
+        out_rows: int = 4,
+    ):
         super().__init__()
         positions = in_h * in_w
         self.mix = nn.Sequential(*(FeatureMixer(positions, mlp_ratio) for _ in range(mix_depth)))
@@ -167,13 +176,23 @@ class SALAD(nn.Module):
     aggregate], L2-normalised. On a CNN, which has no class token, the feature map's mean stands in.
     """
 
-    def __init__(self, in_channels: int, num_clusters: int = 64, cluster_dim: int = 128, token_dim: int = 256,
-                 dropout: float = 0.3):
+    def __init__(
+        self,
+        in_channels: int,
+        num_clusters: int = 64,
+        cluster_dim: int = 128,
+        token_dim: int = 256,
+        dropout: float = 0.3,
+    ):
         super().__init__()
 
         def local_mlp(out_channels: int) -> nn.Sequential:
-            return nn.Sequential(nn.Conv2d(in_channels, 512, 1), nn.Dropout(dropout) if dropout > 0 else nn.Identity(),
-                                 nn.ReLU(), nn.Conv2d(512, out_channels, 1))
+            return nn.Sequential(
+                nn.Conv2d(in_channels, 512, 1),
+                nn.Dropout(dropout) if dropout > 0 else nn.Identity(),
+                nn.ReLU(),
+                nn.Conv2d(512, out_channels, 1),
+            )
 
         self.token_features = nn.Sequential(nn.Linear(in_channels, 512), nn.ReLU(), nn.Linear(512, token_dim))
         self.cluster_features = local_mlp(cluster_dim)
@@ -197,8 +216,9 @@ class BoQBlock(nn.Module):
 
     def __init__(self, dim: int, num_queries: int, heads: int):
         super().__init__()
-        self.encoder = nn.TransformerEncoderLayer(d_model=dim, nhead=heads, dim_feedforward=4 * dim,
-                                                  dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoderLayer(
+            d_model=dim, nhead=heads, dim_feedforward=4 * dim, dropout=0.0, batch_first=True
+        )
         self.queries = nn.Parameter(torch.randn(1, num_queries, dim))
         self.self_attn = nn.MultiheadAttention(dim, num_heads=heads, batch_first=True)
         self.norm_q = nn.LayerNorm(dim)
@@ -220,8 +240,9 @@ class BoQ(nn.Module):
     One attention head per 64 channels. The reference drops DINOv2's class token: so does this.
     """
 
-    def __init__(self, in_channels: int, proj_channels: int = 512, num_queries: int = 64, num_layers: int = 2,
-                 row_dim: int = 32):
+    def __init__(
+        self, in_channels: int, proj_channels: int = 512, num_queries: int = 64, num_layers: int = 2, row_dim: int = 32
+    ):
         super().__init__()
         self.proj_c = nn.Conv2d(in_channels, proj_channels, kernel_size=3, padding=1)
         self.norm_input = nn.LayerNorm(proj_channels)
@@ -256,14 +277,15 @@ def from_reference(name: str, state: dict[str, torch.Tensor]) -> dict[str, torch
     def renamed(key: str) -> str:
         for old, new in renames:
             if key.startswith(old):
-                return new + key[len(old):]
+                return new + key[len(old) :]
         return key
 
     return {renamed(key): value for key, value in state.items()}
 
 
-def resolve_hyperparameters(name: str, in_channels: int, *, fc_output_dim: int, feature_hw: tuple[int, int],
-                            vit: bool) -> dict[str, Any]:
+def resolve_hyperparameters(
+    name: str, in_channels: int, *, fc_output_dim: int, feature_hw: tuple[int, int], vit: bool
+) -> dict[str, Any]:
     """The full keyword arguments of aggregator `name`'s module: its reference defaults, completed
     by what the backbone decides (channels, the feature map's size, CNN or ViT)."""
     entry = aggregator_entry(name)

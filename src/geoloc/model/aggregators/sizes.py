@@ -26,6 +26,8 @@ def input_size_problem(aggregator: str, backbone: str, image_size: int) -> str |
     height, width = feature_map_size(backbone, image_size)
     rows = AGGREGATORS[aggregator].defaults["out_rows"]
     if height * width < rows:
-        return (f"aggregator {aggregator} projects the backbone's feature positions to {rows} rows, but {backbone} "
-                f"gives a {height}x{width} map at {image_size} px; use a larger image_size")
+        return (
+            f"aggregator {aggregator} projects the backbone's feature positions to {rows} rows, but {backbone} "
+            f"gives a {height}x{width} map at {image_size} px; use a larger image_size"
+        )
     return None

@@ -9,5 +9,13 @@ from geoloc.model.weights.download import fetch, sha256_file, verify_weights
 from geoloc.model.weights.loading import load_state_dict, read_torch_file
 from geoloc.model.weights.registry import FORMATS, load_registry, lookup
 
-__all__ = ["FORMATS", "fetch", "load_registry", "load_state_dict", "lookup", "read_torch_file", "sha256_file",
-           "verify_weights"]
+__all__ = [
+    "FORMATS",
+    "fetch",
+    "load_registry",
+    "load_state_dict",
+    "lookup",
+    "read_torch_file",
+    "sha256_file",
+    "verify_weights",
+]

@@ -12,17 +12,24 @@ from geoloc.model.weights.registry import lookup
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--registry", type=Path, action="append",
-                        help="weights registry YAML; repeat it to add a user's registry to the shipped one "
-                             "(later files add entries and replace those of the same backbone and pretraining)")
+    parser.add_argument(
+        "--registry",
+        type=Path,
+        action="append",
+        help="weights registry YAML; repeat it to add a user's registry to the shipped one "
+        "(later files add entries and replace those of the same backbone and pretraining)",
+    )
     parser.add_argument("--backbone")
     parser.add_argument("--pretraining")
-    parser.add_argument("--published", metavar="NAME",
-                        help="a released model's file (geoloc.model.published), instead of --registry, "
-                             "--backbone and --pretraining")
+    parser.add_argument(
+        "--published",
+        metavar="NAME",
+        help="a released model's file (geoloc.model.published), instead of --registry, --backbone and --pretraining",
+    )
     parser.add_argument("--out", type=Path, required=True, help="where the weights file goes")
-    parser.add_argument("--retries", type=integer(minimum=0), default=3,
-                        help="further attempts after a failed download")
+    parser.add_argument(
+        "--retries", type=integer(minimum=0), default=3, help="further attempts after a failed download"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -83,8 +83,12 @@ def fetch(entry: Mapping[str, Any], out: Path, retries: int = 3, *, backoff_seco
         if problem is not None:
             raise GeolocError(f"download of {entry['url']} rejected and deleted: {problem}")
     if entry["sha256"] is None:
-        log.warning("the registry pins no sha256 for %s; the downloaded file has sha256 %s "
-                    "(write it into the registry to pin it)", entry["url"], digest)
+        log.warning(
+            "the registry pins no sha256 for %s; the downloaded file has sha256 %s "
+            "(write it into the registry to pin it)",
+            entry["url"],
+            digest,
+        )
     return digest
 
 
@@ -102,10 +106,12 @@ def verify_weights(path: Path, expected_sha256: str | None) -> str:
     """The sha256 of weights file `path`, checked against `expected_sha256` (the registry's
     pinned digest or hex prefix of at least 8 digits; None checks nothing)."""
     path = Path(path)
-    if expected_sha256 is not None and not (isinstance(expected_sha256, str)
-                                            and SHA256_OR_PREFIX.fullmatch(expected_sha256)):
-        raise GeolocError(f"the pinned sha256 of {path} must be {MIN_HASH_PREFIX} to 64 lowercase hex digits, "
-                          f"got {expected_sha256!r}")
+    if expected_sha256 is not None and not (
+        isinstance(expected_sha256, str) and SHA256_OR_PREFIX.fullmatch(expected_sha256)
+    ):
+        raise GeolocError(
+            f"the pinned sha256 of {path} must be {MIN_HASH_PREFIX} to 64 lowercase hex digits, got {expected_sha256!r}"
+        )
     if not path.is_file():
         raise GeolocError(f"weights file {path} does not exist")
     try:
@@ -113,8 +119,10 @@ def verify_weights(path: Path, expected_sha256: str | None) -> str:
     except OSError as exc:
         raise GeolocError(f"cannot read weights file {path}: {exc.strerror or exc}") from exc
     if expected_sha256 is not None and not digest.startswith(expected_sha256):
-        raise GeolocError(f"weights file {path} has sha256 {digest}, but the registry pins {expected_sha256}: "
-                          "it is another file (delete it and run fetch-weights again)")
+        raise GeolocError(
+            f"weights file {path} has sha256 {digest}, but the registry pins {expected_sha256}: "
+            "it is another file (delete it and run fetch-weights again)"
+        )
     return digest
 
 
@@ -158,16 +166,20 @@ def _open_file_response(url: str, final: Path):
         if not _is_web_page(response):
             return response
         response.close()
-    raise GeolocError(f"{url} answered with a web page instead of the file (Google Drive does so when its "
-                      f"download quota is exceeded or the file is not shared). Download the file with a browser "
-                      f"and put it at {final}: geoloc fetch-weights accepts a file in place when its sha256 "
-                      f"matches the registry")
+    raise GeolocError(
+        f"{url} answered with a web page instead of the file (Google Drive does so when its "
+        f"download quota is exceeded or the file is not shared). Download the file with a browser "
+        f"and put it at {final}: geoloc fetch-weights accepts a file in place when its sha256 "
+        f"matches the registry"
+    )
 
 
 def _stream(response, dest: Path, expected_size: int | None, label: str) -> tuple[str, int]:
     digest, received = hashlib.sha256(), 0
-    with open(dest, "wb") as handle, tqdm(total=expected_size, unit="B", unit_scale=True, unit_divisor=1024,
-                                           desc=label, disable=None) as progress:
+    with (
+        open(dest, "wb") as handle,
+        tqdm(total=expected_size, unit="B", unit_scale=True, unit_divisor=1024, desc=label, disable=None) as progress,
+    ):
         while chunk := response.read(_CHUNK):
             handle.write(chunk)
             digest.update(chunk)

@@ -24,8 +24,13 @@ if TYPE_CHECKING:
 # Containers a format's checkpoints may wrap their state dict in: CSAIL's Places365 ResNets
 # are training checkpoints, the benchmark's Places365/GLDv2 copies plain state dicts; both
 # load. timm checkpoints may be training checkpoints too.
-_CONTAINERS = {"torchvision": (), "places365": ("state_dict",), "gldv2": ("state_dict",),
-               "timm": ("state_dict", "model"), "published": ("state_dict",)}
+_CONTAINERS = {
+    "torchvision": (),
+    "places365": ("state_dict",),
+    "gldv2": ("state_dict",),
+    "timm": ("state_dict", "model"),
+    "published": ("state_dict",),
+}
 _DATA_PARALLEL_PREFIX = "module."
 
 
@@ -84,10 +89,13 @@ def read_torch_file(path: Path, what: str) -> Any:
     except pickle.UnpicklingError as exc:
         code = _python_globals(path, str(exc))
         if code:
-            raise GeolocError(f"{what} {path} was refused: loading it would run the Python code it "
-                              f"names ({', '.join(code)}); geoloc loads tensors only") from exc
-        raise GeolocError(f"{what} {path} is not a readable PyTorch file (its pickle holds more than "
-                          "tensors and plain containers)") from exc
+            raise GeolocError(
+                f"{what} {path} was refused: loading it would run the Python code it "
+                f"names ({', '.join(code)}); geoloc loads tensors only"
+            ) from exc
+        raise GeolocError(
+            f"{what} {path} is not a readable PyTorch file (its pickle holds more than tensors and plain containers)"
+        ) from exc
     except EOFError as exc:
         raise GeolocError(f"{what} {path} is not a readable PyTorch file: it is empty or cut short") from exc
     except (RuntimeError, OSError, ValueError, zipfile.BadZipFile) as exc:

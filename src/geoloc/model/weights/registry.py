@@ -60,13 +60,17 @@ def lookup(registry_path: Path | Sequence[Path], backbone: str, pretraining: str
     if pretraining == "none":
         raise GeolocError("pretraining 'none' means random initialisation: there are no weights to fetch")
     if backbone not in registry:
-        raise GeolocError(f"weights registry {registry_path} has no backbone {backbone!r}; "
-                          f"it has: {', '.join(map(str, registry)) or 'nothing'}")
+        raise GeolocError(
+            f"weights registry {registry_path} has no backbone {backbone!r}; "
+            f"it has: {', '.join(map(str, registry)) or 'nothing'}"
+        )
     pretrainings = registry[backbone] or {}
     if not isinstance(pretrainings, dict) or pretraining not in pretrainings:
         known = ", ".join(map(str, pretrainings)) if isinstance(pretrainings, dict) else "nothing"
-        raise GeolocError(f"weights registry {registry_path} has no pretraining {pretraining!r} for "
-                          f"{backbone}; known pretrainings for {backbone}: {known or 'none'}")
+        raise GeolocError(
+            f"weights registry {registry_path} has no pretraining {pretraining!r} for "
+            f"{backbone}; known pretrainings for {backbone}: {known or 'none'}"
+        )
     return checked_entry(pretrainings[pretraining], f"{registry_path}: {backbone}.{pretraining}")
 
 
@@ -88,11 +92,14 @@ def checked_entry(entry: Any, where: str) -> dict[str, Any]:
         raise GeolocError(f"{where}.url must be an http(s):// or file:// URL, got {url!r}")
     if isinstance(digest, (int, float)) and not isinstance(digest, bool):
         # An all-digit digest written without quotes is a number to YAML (leading zeros lost).
-        raise GeolocError(f"{where}.sha256 was read as a number: write the digest in quotes "
-                          "(sha256: \"0123...\"), as YAML reads unquoted digits as a number")
+        raise GeolocError(
+            f"{where}.sha256 was read as a number: write the digest in quotes "
+            '(sha256: "0123..."), as YAML reads unquoted digits as a number'
+        )
     if digest is not None and not (isinstance(digest, str) and SHA256_OR_PREFIX.fullmatch(digest)):
-        raise GeolocError(f"{where}.sha256 must be null or {MIN_HASH_PREFIX} to 64 lowercase hex digits, "
-                          f"got {digest!r}")
+        raise GeolocError(
+            f"{where}.sha256 must be null or {MIN_HASH_PREFIX} to 64 lowercase hex digits, got {digest!r}"
+        )
     if size is not None and not (isinstance(size, int) and not isinstance(size, bool) and size > 0):
         raise GeolocError(f"{where}.size must be null or a positive number of bytes, got {size!r}")
     if fmt not in FORMATS:
