@@ -5,8 +5,8 @@ trained for 1,000 iterations on CPU (about 2.5x the images/s of the ResNet-18 wi
 trainable stages that this test trained for 700 iterations before, in 611 s), must beat the same
 network untrained by at least 10 points of R@1 on sf_xs test (measured: 14.0 -> 29.5, in 146 s
 against the ResNet-18's 611 s), and tokyo_night must stay harder than tokyo_xs; the untrained
-network must stay far from 100 (the task is not trivial). A fixed number of iterations, not a clock, keeps the
-check deterministic on a slower machine.
+network must stay far from 100 (the task is not trivial). A fixed number of iterations, not a
+clock, keeps the check deterministic on a slower machine.
 """
 
 import pytest
