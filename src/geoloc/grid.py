@@ -23,7 +23,7 @@ from geoloc.errors import GeolocError
 from geoloc.model.backbones import TIMM, check_backbone, parse_backbone
 
 NO_PRETRAINING = "none"  # random initialisation: never has a weights entry
-BASELINE_PRECISION = "fp32"  # a baseline is the untrained network, evaluated in fp32 (contract C2)
+BASELINE_PRECISION = "fp32"  # a baseline is the untrained network, evaluated in fp32 as CosPlace evaluates
 
 
 class ConfigError(GeolocError):

@@ -31,7 +31,7 @@ class TrainingEvents:
             # Steps up to the checkpoint's are in it; later ones died with the killed run.
             purge = None if resumed_from is None else resumed_from + 1
             self._writer = SummaryWriter(str(folder), purge_step=purge)
-        except Exception as exc:  # noqa: BLE001 - TensorBoard must never stop a training
+        except Exception as exc:  # TensorBoard must never stop a training
             self._give_up(exc)
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
@@ -40,7 +40,7 @@ class TrainingEvents:
         try:
             for tag, value in values.items():
                 self._writer.add_scalar(tag, value, step)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             self._give_up(exc)
 
     def flush(self) -> None:
@@ -48,7 +48,7 @@ class TrainingEvents:
             return
         try:
             self._writer.flush()
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             self._give_up(exc)
 
     def close(self) -> None:
@@ -56,7 +56,7 @@ class TrainingEvents:
             return
         try:
             self._writer.close()
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             self._give_up(exc)
         self._writer = None
 
