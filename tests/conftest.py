@@ -16,6 +16,9 @@ REQUIRABLE_MARKS = ("slurm", "browser")
 def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
+    # File names that are not UTF-8 (tests of odd names) reach captured logs as lone surrogates,
+    # which pytest-xdist cannot send from a worker: it would crash the worker and end the run.
+    report.sections = [(title, text.encode("utf-8", "backslashreplace").decode()) for title, text in report.sections]
     if not report.skipped:
         return
     for mark in REQUIRABLE_MARKS:
