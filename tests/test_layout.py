@@ -27,7 +27,8 @@ ALLOWED = {
     "model": {"data"},
     "evaluate": {"data", "model", "geoloc.grid"},  # grid: the baseline's run name
     "train": {"data", "model", "evaluate"},  # evaluate: in-loop validation
-    "report": {"geoloc.evaluate.result_files", "geoloc.model.backbones", "geoloc.grid"},
+    # model.published: a released model's backbone, for its reference rows (imported lazily)
+    "report": {"geoloc.evaluate.result_files", "geoloc.model.backbones", "geoloc.model.published", "geoloc.grid"},
 }
 
 

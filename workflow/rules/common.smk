@@ -115,7 +115,9 @@ PUBLISHED_MODELS = config["published_models"]
 TEST_SETS = config["test_sets"]
 RESULTS = config["results"]
 # Checked here: a mistyped path would otherwise go unnoticed while a report exists.
-PUBLISHED_RESULTS = config["report"]["published"] and workflow_file(config["report"]["published"])
+PUBLISHED_RESULTS = config["report"]["published"] and workflow_file(
+    config["report"]["published"]
+)
 if PUBLISHED_RESULTS and not Path(PUBLISHED_RESULTS).is_file():
     raise WorkflowError(
         f"config key report.published: {config['report']['published']} is no file, here or in the "
@@ -208,12 +210,15 @@ def resource_of(rule: str, key: str):
 
 
 def gpus(wildcards) -> int | None:
-    """GPUs of one job in `gpus` mode (the plugin's --gpus=[model:]N is per job)."""
+    """GPUs of an evaluation or baseline job in `gpus` mode: one (the plugin's --gpus=[model:]N)."""
+    return 1 if config["resources"]["gpu_request"] == "gpus" else None
+
+
+def train_gpus(wildcards) -> int | None:
+    """GPUs of a training job in `gpus` mode: one per process, on every node (--gpus is per job)."""
     if config["resources"]["gpu_request"] != "gpus":
         return None
-    per_node, nodes = (
-        ranks(RUNS[wildcards.run]) if "run" in wildcards.keys() else (1, 1)
-    )
+    per_node, nodes = ranks(RUNS[wildcards.run])
     return per_node * nodes
 
 
@@ -229,13 +234,22 @@ def gpu_model(wildcards) -> str | None:
     return model_of_gpu(wildcards)
 
 
-def gres(wildcards) -> str | None:
+def gres_of(wildcards, per_node: int) -> str | None:
     """--gres=gpu[:model]:N, per node, for sites that take GPUs only that way."""
     if config["resources"]["gpu_request"] != "gres":
         return None
-    per_node = ranks(RUNS[wildcards.run])[0] if "run" in wildcards.keys() else 1
     model = model_of_gpu(wildcards)
     return f"gpu:{model}:{per_node}" if model else f"gpu:{per_node}"
+
+
+def gres(wildcards) -> str | None:
+    """An evaluation or baseline job's one GPU as --gres."""
+    return gres_of(wildcards, 1)
+
+
+def train_gres(wildcards) -> str | None:
+    """A training job's GPUs per node as --gres."""
+    return gres_of(wildcards, ranks(RUNS[wildcards.run])[0])
 
 
 def multi_rank(resource: str):
