@@ -108,7 +108,7 @@ def test_demo_config_is_random_initialisation_with_two_seeds_a_sweep_and_both_pr
     assert list(runs) == [
         "timm_resnet10t-none-fp32-s0-it1000",
         "timm_resnet10t-none-fp32-s1-it1000",
-        "timm_resnet10t-none-fp32-s0-it700",
+        "timm_resnet10t-none-fp32-s0-it1300",
         "timm_resnet10t-none-amp-s0-short",
     ]
     assert {run.pretraining for run in runs.values()} == {"none"}
